@@ -1,0 +1,356 @@
+"""Adapter I/O and validation: PEFT LoRA directories in, per-module factor pairs out.
+
+An adapter is a PEFT LoRA directory (``adapter_config.json`` + ``adapter_model.safetensors``), given as a local path
+or as ``hf://org/name@revision``. Loading is two-phase so a merge can stream: :func:`load_adapters` reads configs and
+safetensors *headers* only and validates everything that can be checked without the data; the factors of one module
+are read on demand by :meth:`AdapterSet.factors`, which also checks them for NaN/Inf before any math sees them.
+
+Every adapter's LoRA scale (alpha/r, or alpha/sqrt(r) with rsLoRA) is absorbed into B once, here, so every method
+downstream is scale-free (spec, section 0, gotcha 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .writer import sha256_file
+
+CONFIG_NAME = "adapter_config.json"
+SAFETENSORS_NAME = "adapter_model.safetensors"
+PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+
+# PEFT saves "base_model.model.<module>.lora_A.weight"; some tools keep the adapter-name infix
+# ("...lora_A.default.weight"). Both map to (<module>, "A").
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+
+
+class AdapterError(ValueError):
+    """A user-facing problem with an adapter: names the adapter, the module (when there is one) and the problem."""
+
+
+@dataclass
+class Source:
+    """Where one adapter came from and what exactly was read (for the manifest and lineage)."""
+
+    name: str
+    uri: str
+    path: Path
+    revision: str | None
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+
+    @property
+    def sha256(self) -> str:
+        """One digest over the adapter's files: sha256 of "name sha256\\n" lines, sorted by name."""
+        lines = "".join(f"{name} {digest}\n" for name, digest in sorted(self.files.items()))
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "uri": self.uri, "revision": self.revision, "sha256": self.sha256,
+                "files": dict(sorted(self.files.items()))}
+
+
+def resolve_source(src: str | Path, *, allow_pickle: bool = False) -> Source:
+    """Turn a local path or ``hf://org/name@revision`` into a local directory. Files are hashed later, lazily."""
+    text = str(src)
+    if text.startswith("hf://"):
+        repo, _, revision = text[len("hf://"):].partition("@")
+        if not repo or not revision:
+            raise AdapterError(f"{text}: pin a revision, e.g. hf://org/name@<commit sha> (unpinned hub sources are "
+                               "not reproducible)")
+        try:
+            from huggingface_hub import snapshot_download
+
+            patterns = [CONFIG_NAME, SAFETENSORS_NAME] + (list(PICKLE_NAMES) if allow_pickle else [])
+            local = snapshot_download(repo_id=repo, revision=revision, allow_patterns=patterns)
+        except Exception as exc:  # network, auth, missing revision: one clear line, not a hub traceback
+            raise AdapterError(f"{text}: could not download from the Hugging Face hub: {exc}") from exc
+        return Source(name=repo.split("/")[-1], uri=text, path=Path(local), revision=revision)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise AdapterError(f"{text}: no such adapter directory")
+    if path.is_file():  # accept the weights file itself
+        path = path.parent
+    return Source(name=path.resolve().name, uri=text, path=path, revision=None)
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """PEFT's rank_pattern/alpha_pattern lookup: the first key whose regex matches the end of the module name."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+@dataclass
+class Adapter:
+    """One adapter: its config, where its tensors live, and per module (rank, in, out, scale, key_A, key_B)."""
+
+    source: Source
+    config: dict
+    weights_path: Path
+    modules: dict[str, dict]
+    pickled: dict | None = None  # tensors of an opted-in pickle checkpoint (read eagerly; no lazy reads there)
+    _handle: object = field(default=None, repr=False)  # open safetensors file (mmap), opened on first read
+
+    def __getstate__(self):  # picklable for process-based task runners: the mmap handle is reopened there
+        return {**self.__dict__, "_handle": None}
+
+    def tensor(self, key: str) -> torch.Tensor:
+        if self.pickled is not None:
+            return self.pickled[key]
+        from safetensors import safe_open
+
+        try:
+            if self._handle is None:
+                self._handle = safe_open(self.weights_path, framework="pt")
+            return self._handle.get_tensor(key)
+        except Exception as exc:
+            raise AdapterError(f"{self.source.name}: {self.weights_path.name}: cannot read tensor {key}: {exc} "
+                               "(truncated or corrupt file?)") from exc
+
+
+def _read_header(adapter_name: str, path: Path) -> dict[str, tuple[str, list[int]]]:
+    """Parse a safetensors header without reading data: key -> (dtype, shape). Validates offsets against file size."""
+    size = path.stat().st_size
+    err = f"{adapter_name}: {path.name}: truncated or corrupt safetensors file"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise AdapterError(f"{err} (only {size} bytes)")
+        n = int.from_bytes(head, "little")
+        if n <= 0 or 8 + n > size:
+            raise AdapterError(f"{err} (header length {n} does not fit in {size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AdapterError(f"{err} (header is not JSON: {exc})") from exc
+    header.pop("__metadata__", None)
+    end = 8 + n
+    data_len = 0
+    out = {}
+    for key, info in header.items():
+        try:
+            start, stop = info["data_offsets"]
+            out[key] = (info["dtype"], list(info["shape"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AdapterError(f"{err} (bad header entry for {key})") from exc
+        data_len = max(data_len, stop)
+    if end + data_len > size:
+        raise AdapterError(f"{err} (data needs {end + data_len} bytes, file has {size})")
+    return out
+
+
+_UNMERGED_FEATURES = {
+    "use_dora": "DoRA (magnitude vectors are not LoRA factors)",
+    "lora_bias": "LoRA bias terms",
+}
+
+
+def _check_config(name: str, config: dict) -> None:
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise AdapterError(f"{name}: peft_type is {peft_type}; only LoRA adapters can be merged")
+    for key, what in _UNMERGED_FEATURES.items():
+        if config.get(key):
+            raise AdapterError(f"{name}: uses {what} ({key}=true), which pico does not merge; refusing rather than "
+                               "silently dropping it")
+    if config.get("bias", "none") not in (None, "none"):
+        raise AdapterError(f"{name}: trains base biases (bias={config['bias']!r}), which pico does not merge; "
+                           "refusing rather than silently dropping them")
+    if config.get("modules_to_save"):
+        raise AdapterError(f"{name}: has modules_to_save={config['modules_to_save']} (fully trained modules), which "
+                           "pico does not merge; refusing rather than silently dropping them")
+
+
+def load_adapter(src: str | Path, *, allow_pickle: bool = False) -> Adapter:
+    """Resolve, read the config and the weights header, and index the LoRA pairs. Reads no tensor data."""
+    source = resolve_source(src, allow_pickle=allow_pickle)
+    name = source.name
+    config_path = source.path / CONFIG_NAME
+    if not config_path.is_file():
+        raise AdapterError(f"{name}: missing {CONFIG_NAME} in {source.path}")
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"{name}: {CONFIG_NAME} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise AdapterError(f"{name}: {CONFIG_NAME} must hold a JSON object")
+    _check_config(name, config)
+    source.files[CONFIG_NAME] = ""  # hashed in AdapterSet.hash_sources
+
+    weights_path = source.path / SAFETENSORS_NAME
+    pickled = None
+    if weights_path.is_file():
+        header = _read_header(name, weights_path)
+    else:
+        pickle_path = next((source.path / p for p in PICKLE_NAMES if (source.path / p).is_file()), None)
+        if pickle_path is None:
+            raise AdapterError(f"{name}: no {SAFETENSORS_NAME} in {source.path}")
+        if not allow_pickle:
+            raise AdapterError(f"{name}: only a pickle checkpoint ({pickle_path.name}) was found; loading pickles can "
+                               "run arbitrary code, so it is refused. Convert it to safetensors, or pass "
+                               "--allow-pickle if you trust it")
+        try:
+            pickled = torch.load(pickle_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise AdapterError(f"{name}: cannot read {pickle_path.name}: {exc}") from exc
+        weights_path = pickle_path
+        header = {k: (str(v.dtype), list(v.shape)) for k, v in pickled.items()}
+    source.files[weights_path.name] = ""
+
+    pairs: dict[str, dict[str, tuple[str, list[int]]]] = {}
+    for key, (dtype, shape) in header.items():
+        m = _KEY.match(key)
+        if m is None:
+            what = "embedding LoRA" if "lora_embedding" in key else "a tensor that is not a LoRA factor"
+            raise AdapterError(f"{name}: {key} is {what}; pico merges only lora_A/lora_B pairs of linear layers "
+                               "and refuses rather than silently dropping it")
+        if len(shape) != 2:
+            raise AdapterError(f"{name}: module {m['module']}: {key} has shape {shape}, expected a 2-D factor "
+                               "(convolution LoRA is not supported)")
+        pairs.setdefault(m["module"], {})[m["which"]] = (key, shape)
+
+    r_default = config.get("r", 8)
+    alpha_default = config.get("lora_alpha", r_default)
+    rank_pattern = config.get("rank_pattern") or {}
+    alpha_pattern = config.get("alpha_pattern") or {}
+    rslora = bool(config.get("use_rslora", False))
+    modules = {}
+    for module, pair in sorted(pairs.items()):
+        if set(pair) != {"A", "B"}:
+            missing = ({"A", "B"} - set(pair)).pop()
+            raise AdapterError(f"{name}: module {module}: lora_{missing} is missing")
+        (key_a, (r_a, n)), (key_b, (m, r_b)) = pair["A"], pair["B"]
+        if r_a != r_b:
+            raise AdapterError(f"{name}: module {module}: lora_A has rank {r_a} but lora_B has rank {r_b}")
+        r_cfg = _pattern_value(rank_pattern, module, r_default)
+        if r_cfg != r_a:
+            raise AdapterError(f"{name}: module {module}: adapter_config.json says r={r_cfg} but the factors have "
+                               f"rank {r_a}")
+        alpha = _pattern_value(alpha_pattern, module, alpha_default)
+        scale = alpha / math.sqrt(r_a) if rslora else alpha / r_a
+        modules[module] = {"rank": r_a, "in": n, "out": m, "scale": scale, "A": key_a, "B": key_b}
+    if not modules:
+        raise AdapterError(f"{name}: {weights_path.name} holds no LoRA factors")
+    return Adapter(source=source, config=config, weights_path=weights_path, modules=modules, pickled=pickled)
+
+
+def _base_of(adapter: Adapter) -> tuple[str | None, str | None]:
+    cfg = adapter.config
+    return cfg.get("base_model_name_or_path"), cfg.get("revision")
+
+
+class AdapterSet:
+    """T validated adapters over one base model: the unit every merge works on.
+
+    ``factors(module)`` returns the T (B_t * s_t, A_t) pairs of one module in float32, scale absorbed.
+    """
+
+    def __init__(self, adapters: list[Adapter], modules: list[str], skipped: dict[str, list[str]]):
+        self.adapters = adapters
+        self.modules = modules  # merged modules, sorted
+        self.skipped = skipped  # module -> names of adapters that have it, when merging only common modules
+        self._hashed = False
+
+    @property
+    def sources(self) -> list[Source]:
+        return [a.source for a in self.adapters]
+
+    @property
+    def names(self) -> list[str]:
+        return [a.source.name for a in self.adapters]
+
+    @property
+    def base_model(self) -> str | None:
+        return _base_of(self.adapters[0])[0]
+
+    @property
+    def config(self) -> dict:
+        return self.adapters[0].config
+
+    def __len__(self) -> int:
+        return len(self.adapters)
+
+    def shape(self, module: str) -> tuple[int, int, tuple[int, ...]]:
+        """(out, in, ranks) of a module: the key modules are batched on."""
+        info = [a.modules[module] for a in self.adapters]
+        return info[0]["out"], info[0]["in"], tuple(i["rank"] for i in info)
+
+    def factors(self, module: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The T (B_t, A_t) pairs of a module, float32, with each adapter's scale absorbed into B."""
+        out = []
+        for adapter in self.adapters:
+            info = adapter.modules[module]
+            pair = []
+            for which in ("B", "A"):
+                tensor = adapter.tensor(info[which])
+                if not torch.isfinite(tensor).all():
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise AdapterError(f"{adapter.source.name}: module {module}: lora_{which} has {bad} NaN/Inf "
+                                       "values")
+                pair.append(tensor.to(torch.float32))
+            b, a = pair
+            out.append((b * info["scale"], a))
+        return out
+
+    def hash_sources(self) -> None:
+        """Compute sha256 of every source file (once)."""
+        if self._hashed:
+            return
+        for adapter in self.adapters:
+            for fname in adapter.source.files:
+                adapter.source.files[fname] = sha256_file(adapter.source.path / fname)
+        self._hashed = True
+
+
+def load_adapters(sources: list[str | Path], *, common_modules_only: bool = False,
+                  allow_pickle: bool = False) -> AdapterSet:
+    """Load and validate adapters for merging. Everything checkable without tensor data is checked here.
+
+    Raises :class:`AdapterError` naming the adapter, the module and the problem: different base models, different
+    target modules (unless ``common_modules_only``), shape mismatches, unmerged features (DoRA, LoRA bias,
+    modules_to_save), corrupt files, missing configs, pickle checkpoints without ``allow_pickle``.
+    """
+    if not sources:
+        raise AdapterError("no adapters given")
+    adapters = [load_adapter(s, allow_pickle=allow_pickle) for s in sources]
+    names = [a.source.name for a in adapters]
+    if len(set(names)) != len(names):  # disambiguate same-named directories by position
+        for i, a in enumerate(adapters):
+            a.source.name = f"{i}:{a.source.name}"
+
+    first = adapters[0]
+    for a in adapters[1:]:
+        if _base_of(a) != _base_of(first):
+            raise AdapterError(f"{a.source.name}: trained on base model {_base_of(a)[0]!r} "
+                               f"(revision {_base_of(a)[1]}), but {first.source.name} on {_base_of(first)[0]!r} "
+                               f"(revision {_base_of(first)[1]}); adapters of different base models cannot be merged")
+        if bool(a.config.get("fan_in_fan_out")) != bool(first.config.get("fan_in_fan_out")):
+            raise AdapterError(f"{a.source.name}: fan_in_fan_out differs from {first.source.name}")
+
+    all_modules = sorted(set().union(*(a.modules for a in adapters)))
+    common = [m for m in all_modules if all(m in a.modules for a in adapters)]
+    skipped = {m: [a.source.name for a in adapters if m in a.modules] for m in all_modules if m not in common}
+    if skipped and not common_modules_only:
+        module, holders = next(iter(skipped.items()))
+        lacking = [a.source.name for a in adapters if module not in a.modules]
+        raise AdapterError(f"adapters target different modules: {module} is in {', '.join(holders)} but not in "
+                           f"{', '.join(lacking)} ({len(skipped)} module(s) differ). Pass --common-modules to merge "
+                           "only the modules all adapters share")
+    if not common:
+        raise AdapterError("the adapters share no target module")
+    for module in common:
+        ref = first.modules[module]
+        for a in adapters[1:]:
+            info = a.modules[module]
+            if (info["out"], info["in"]) != (ref["out"], ref["in"]):
+                raise AdapterError(f"{a.source.name}: module {module}: delta shape {info['out']}x{info['in']} does "
+                                   f"not match {first.source.name}'s {ref['out']}x{ref['in']}")
+    return AdapterSet(adapters, common, skipped)

@@ -1,0 +1,238 @@
+"""The merge driver: stream modules from the input adapters, calibrate, merge, and write one PEFT adapter.
+
+Modules of equal shape (out, in, ranks) are batched (for Llama: the 32 layers of each projection) and processed on
+the chosen device; the input is read and the output written batch by batch, so memory stays at one batch.
+The unit of work is a batch of module names: ``calibrate_batch`` and ``merge_batch`` are pure functions of that
+batch's factors, which is what the pipeline maps over workers.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .adapters import SAFETENSORS_NAME, AdapterError, AdapterSet
+from .calibrate import calibrate, overlap_diagnostics
+from .linalg import frob_norm_of_product
+from .recipe import Recipe
+from .registry import Context, get_method
+from .spaces import merged_norm, project, reconstruct
+from .writer import AtomicDir, SafetensorsStreamWriter, sha256_file, write_json
+
+MANIFEST_NAME = "merge_manifest.json"
+BATCH_BYTES = 256 << 20  # working-set budget of one batch
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for but CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def natural_key(name: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def plan_batches(aset: AdapterSet, space: str = "core", budget_bytes: int = BATCH_BYTES) -> list[list[str]]:
+    """Group modules by shape and cut each group into batches that fit the working-set budget. Deterministic."""
+    groups: dict[tuple, list[str]] = {}
+    for module in sorted(aset.modules, key=natural_key):
+        groups.setdefault(aset.shape(module), []).append(module)
+    batches = []
+    for (m, n, ranks), modules in groups.items():
+        R, T = sum(ranks), len(ranks)
+        per_module = 4 * (4 * T * m * n if space == "full" else 8 * (m + n) * R + 4 * T * R * R)
+        size = max(1, budget_bytes // per_module)
+        batches += [modules[i:i + size] for i in range(0, len(modules), size)]
+    return batches
+
+
+@dataclass
+class CalibratedBatch:
+    modules: list[str]
+    ranks: tuple[int, ...]
+    bs: list[torch.Tensor]  # (L, m, r_t), calibrated, scale absorbed
+    as_: list[torch.Tensor]  # (L, r_t, n)
+    source_norms: torch.Tensor  # (L, T): ||B_t A_t||_F of the uncalibrated updates
+    diagnostics: dict[str, torch.Tensor]
+
+
+@dataclass
+class ModuleResult:
+    module: str
+    b: torch.Tensor  # (m, k) on the CPU
+    a: torch.Tensor  # (k, n)
+    info: dict
+
+
+def load_batch(aset: AdapterSet, modules: list[str], device: torch.device) -> tuple[list, list]:
+    pairs = [aset.factors(m) for m in modules]
+    T = len(aset)
+    bs = [torch.stack([p[t][0] for p in pairs]).to(device) for t in range(T)]
+    as_ = [torch.stack([p[t][1] for p in pairs]).to(device) for t in range(T)]
+    return bs, as_
+
+
+def calibrate_batch(aset: AdapterSet, modules: list[str], recipe: Recipe, device: torch.device | str = "cpu",
+                    diagnostics: bool = True) -> CalibratedBatch:
+    """Read one batch of modules and apply the recipe's calibration (Pico or a control); a no-op for 'none'."""
+    device = resolve_device(str(device))
+    bs, as_ = load_batch(aset, modules, device)
+    norms = torch.stack([frob_norm_of_product(b, a) for b, a in zip(bs, as_)], dim=-1)
+    diag = {}
+    if recipe.calibrate != "none":
+        bs, as_, diag = calibrate(bs, as_, mode=recipe.calibrate, kappa=recipe.kappa, gamma=recipe.gamma,
+                                  rescale_pre=recipe.rescale == "pre", modules=modules, seed=recipe.seed,
+                                  diagnostics=diagnostics)
+    return CalibratedBatch(modules, aset.shape(modules[0])[2], bs, as_, norms, diag)
+
+
+def merge_batch(cal: CalibratedBatch, recipe: Recipe) -> list[ModuleResult]:
+    """Merge one calibrated batch in the recipe's space and return exact-rank factors per module."""
+    method = get_method(recipe.method)
+    T = len(cal.bs)
+    weights = torch.tensor(recipe.weights if recipe.weights is not None else [1.0] * T)
+    taus, state = project(recipe.space, cal.bs, cal.as_)
+    ctx = Context(modules=cal.modules, ranks=cal.ranks, space=recipe.space, seed=recipe.seed)
+    merged = method.fn(taus, weights, ctx, **recipe.method_params()) * recipe.lam
+    target = cal.source_norms.mean(-1)
+    norm = merged_norm(recipe.space, merged)
+    ratio = norm / target.clamp_min(1e-30)
+    if recipe.rescale == "post":  # pin ||dW_merged|| to mean_t ||dW_t|| of the uncalibrated updates
+        factor = torch.where(norm > 0, target / norm.clamp_min(1e-30), torch.ones_like(norm))
+        merged = merged * factor[:, None, None]
+    rank = recipe.rank if recipe.rank is not None else sum(cal.ranks)
+    b, a, out_rank, kept = reconstruct(recipe.space, merged, state, rank)
+    b, a = b.cpu(), a.cpu()
+    diag = {k: v.cpu() for k, v in cal.diagnostics.items()}
+    results = []
+    for i, module in enumerate(cal.modules):
+        k = int(out_rank[i])
+        info = {"rank": k, "norm_ratio": _r(ratio[i]), "source_norm": _r(target[i])}
+        if recipe.space == "full":
+            info["kept_energy"] = _r(kept[i])
+        for key, value in diag.items():
+            info[key] = _r(value[i])
+        results.append(ModuleResult(module, b[i, :, :k].contiguous(), a[i, :k, :].contiguous(), info))
+    return results
+
+
+def _r(x: torch.Tensor):
+    """Diagnostics as plain, rounded floats: small manifests that read well and stay byte-stable."""
+    x = x.detach().cpu().double()
+    if x.dim() == 0:
+        return float(f"{x.item():.6g}")
+    return [float(f"{v:.6g}") for v in x.tolist()]
+
+
+def peft_key(module: str, which: str) -> str:
+    return f"base_model.model.{module}.lora_{which}.weight"
+
+
+def adapter_config(aset: AdapterSet, ranks: dict[str, int]) -> dict:
+    """A LoRA config with scale 1 everywhere (lora_alpha = r), exact per-module ranks through rank_pattern."""
+    common = Counter(ranks.values()).most_common(1)[0][0]
+    pattern = {re.escape(m): r for m, r in sorted(ranks.items()) if r != common}
+    src = aset.config
+    return {
+        "peft_type": "LORA",
+        "task_type": src.get("task_type"),
+        "base_model_name_or_path": src.get("base_model_name_or_path"),
+        "revision": src.get("revision"),
+        "r": common,
+        "lora_alpha": common,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "target_modules": sorted(ranks, key=natural_key),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": bool(src.get("fan_in_fan_out", False)),
+        "use_rslora": False,
+        "use_dora": False,
+        "inference_mode": True,
+    }
+
+
+def merge(aset: AdapterSet, recipe: Recipe, out: str | Path, *, device: str = "auto", overwrite: bool = False,
+          progress: bool = True, dtype: torch.dtype = torch.float32) -> dict:
+    """Merge ``aset`` with ``recipe`` into the PEFT adapter directory ``out`` and return its manifest.
+
+    Atomic: ``out`` appears complete or not at all. Deterministic: same inputs and recipe give the same bytes.
+    """
+    T = len(aset)
+    if recipe.weights is not None and len(recipe.weights) != T:
+        raise AdapterError(f"{len(recipe.weights)} weights given for {T} adapters")
+    dev = resolve_device(device)
+    batches = plan_batches(aset, recipe.space)
+    hasher = threading.Thread(target=aset.hash_sources, daemon=True)  # hashes inputs while the merge computes
+    hasher.start()
+    plan = []
+    for module in (m for batch in batches for m in batch):
+        out_dim, in_dim, ranks = aset.shape(module)
+        k = {"core": min(sum(ranks), in_dim), "knots": min(sum(ranks), out_dim),
+             "full": min(recipe.rank or sum(ranks), out_dim, in_dim)}[recipe.space]  # upper bound of the output rank
+        plan += [(peft_key(module, "A"), (k, in_dim)), (peft_key(module, "B"), (out_dim, k))]
+    layers, ranks = {}, {}
+    bar = _progress(len(aset.modules), progress, f"{recipe.method}/{recipe.space}")
+    with AtomicDir(Path(out), overwrite=overwrite) as tmp:
+        writer = SafetensorsStreamWriter(tmp / SAFETENSORS_NAME, plan, dtype)
+        try:
+            for batch in batches:
+                for res in merge_batch(calibrate_batch(aset, batch, recipe, dev), recipe):
+                    writer.write(peft_key(res.module, "A"), res.a)
+                    writer.write(peft_key(res.module, "B"), res.b)
+                    layers[res.module], ranks[res.module] = res.info, res.info["rank"]
+                bar.update(len(batch))
+            writer.close()
+        finally:
+            writer.abort()
+            bar.close()
+        config = adapter_config(aset, ranks)
+        write_json(tmp / "adapter_config.json", config)
+        hasher.join()
+        manifest = {
+            "pico_version": __version__,
+            "base_model": {"name_or_path": config["base_model_name_or_path"], "revision": config["revision"]},
+            "sources": [s.to_dict() for s in aset.sources],
+            "recipe": recipe.to_dict(),
+            "recipe_hash": recipe.hash(),
+            "skipped_modules": aset.skipped,
+            "output": {"files": {name: sha256_file(tmp / name) for name in (SAFETENSORS_NAME,
+                                                                           "adapter_config.json")},
+                       "dtype": str(dtype).removeprefix("torch."), "modules": len(layers),
+                       "max_rank": max(ranks.values())},
+            "layers": {m: layers[m] for m in sorted(layers, key=natural_key)},
+        }
+        write_json(tmp / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def inspect_adapters(aset: AdapterSet, device: str = "auto", kappa: float | None = None,
+                     progress: bool = True) -> dict[str, dict]:
+    """Pico's per-module diagnostics without merging: collision spectra, alphas, B versus A overlap."""
+    dev = resolve_device(device)
+    out = {}
+    bar = _progress(len(aset.modules), progress, "inspect")
+    for batch in plan_batches(aset, "core"):
+        bs, as_ = load_batch(aset, batch, dev)
+        _, _, diag = calibrate(bs, as_, mode="pico", kappa=kappa, modules=batch, diagnostics=False)
+        diag.update(overlap_diagnostics(bs, as_))
+        for i, module in enumerate(batch):
+            out[module] = {k: _r(v[i]) for k, v in diag.items()}
+        bar.update(len(batch))
+    bar.close()
+    return {m: out[m] for m in sorted(out, key=natural_key)}
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="module", disable=None if enabled else True, leave=False)

@@ -1,0 +1,108 @@
+"""Streaming, deterministic, atomic output: a PEFT adapter directory written module by module.
+
+safetensors wants its JSON header (with every tensor's offsets) before the data. Rather than holding the whole merged
+adapter in memory, the header space is reserved up front from an upper bound computed from the planned keys and
+their largest possible shapes; tensors are appended as they are computed, and the real header is written into the
+reserved space at the end, padded with spaces (which the format allows). Same plan + same tensors = same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
+_BIG = 10**20 - 1  # no offset needs more digits than this
+
+
+class SafetensorsStreamWriter:
+    def __init__(self, path: Path, plan: list[tuple[str, tuple[int, int]]], dtype: torch.dtype,
+                 metadata: dict[str, str] | None = None):
+        self.path, self.dtype, self.metadata = Path(path), dtype, metadata or {"format": "pt"}
+        self.entries: dict[str, dict] = {}
+        bound = {"__metadata__": self.metadata}
+        for key, shape in plan:
+            bound[key] = {"dtype": DTYPES[dtype], "shape": list(shape), "data_offsets": [_BIG, _BIG]}
+        n = len(json.dumps(bound, separators=(",", ":")).encode())
+        self.header_len = n + (-(8 + n) % 8)  # data starts 8-byte aligned
+        self.file = open(self.path, "wb")
+        self.file.write(b"\0" * (8 + self.header_len))
+        self.offset = 0
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        data = tensor.detach().to("cpu", self.dtype).contiguous()
+        raw = data.view(torch.uint8).numpy() if data.numel() else b""
+        self.file.write(raw)
+        size = data.numel() * data.element_size()
+        self.entries[key] = {"dtype": DTYPES[self.dtype], "shape": list(data.shape),
+                             "data_offsets": [self.offset, self.offset + size]}
+        self.offset += size
+
+    def close(self) -> None:
+        header = {"__metadata__": self.metadata, **self.entries}
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) > self.header_len:  # cannot happen unless the plan was wrong
+            raise RuntimeError(f"safetensors header ({len(text)} B) exceeds its reservation ({self.header_len} B)")
+        self.file.seek(0)
+        self.file.write(self.header_len.to_bytes(8, "little"))
+        self.file.write(text + b" " * (self.header_len - len(text)))
+        self.file.close()
+
+    def abort(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+
+
+def write_json(path: Path, data: dict) -> None:
+    Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+class AtomicDir:
+    """Build a directory under a temporary name beside ``target``, then move it into place in one rename.
+
+    On any error the temporary directory is removed and ``target`` is untouched; an existing ``target`` is replaced
+    only with ``overwrite`` (and only once the new one is complete).
+    """
+
+    def __init__(self, target: Path, overwrite: bool = False):
+        self.target = Path(target)
+        self.overwrite = overwrite
+        self.tmp = self.target.parent / f".{self.target.name}.tmp-{os.getpid()}"
+
+    def __enter__(self) -> Path:
+        if self.target.exists() and not self.overwrite:
+            raise FileExistsError(f"{self.target} already exists; pass --force to replace it")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        for f in self.tmp.iterdir():  # data reaches the disk before the rename makes it visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if self.target.exists():
+            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
+            os.rename(self.target, old)
+        os.rename(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
