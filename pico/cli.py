@@ -1,0 +1,196 @@
+"""The `pico` command: merge, inspect, methods."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .adapters import AdapterError, load_adapters
+from .calibrate import MODES
+from .recipe import RESCALES, Recipe
+from .registry import METHODS, SPACES, all_params
+
+EPILOG_MERGE = """examples:
+  pico merge ./math ./code ./med --out merged                      # Task Arithmetic (sum) in Core Space
+  pico merge ./math ./code ./med --method ties --calibrate pico --out merged
+  pico merge a b --method ta --lam 0.5 --weights 1,2 --out merged   # 0.5 * (a + 2 b)
+  pico merge a b --method ties --space full --rank 32 --out merged  # dense baseline, SVD-truncated to rank 32
+  pico merge hf://org/adapter@<commit> ./local --out merged
+
+Each SRC is a PEFT LoRA directory or hf://org/name@revision. The output is a PEFT LoRA directory (scale 1,
+exact per-module rank) plus merge_manifest.json with the sources' sha256, the recipe and per-layer diagnostics.
+`pico methods` lists the methods and their parameters."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pico", description="Exact LoRA merging with Pico calibration.")
+    parser.add_argument("--version", action="version", version=f"pico {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("merge", help="merge LoRA adapters into one PEFT adapter", epilog=EPILOG_MERGE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("sources", nargs="+", metavar="SRC", help="adapter directory or hf://org/name@revision")
+    m.add_argument("--out", required=True, type=Path, help="output directory (must not exist unless --force)")
+    m.add_argument("--method", default="ta", choices=sorted(METHODS), help="merge method (default: ta)")
+    m.add_argument("--space", default="core", choices=list(SPACES),
+                   help="core: exact and cheap (default); knots: KnOTS alignment; full: dense baseline")
+    m.add_argument("--calibrate", default="none", choices=list(MODES),
+                   help="Pico calibration of the B factors before the merge (default: none); pico-* are controls")
+    m.add_argument("--rescale", choices=list(RESCALES),
+                   help="post: match the merged norm to the mean source norm (default with calibration); pre: keep "
+                        "each calibrated adapter's own norm; none")
+    m.add_argument("--kappa", type=float, help="Pico strength: alpha_k = 1/(1 + kappa c_k) (default: T - 1)")
+    m.add_argument("--gamma", type=float, default=1.0, help="raise Pico's alphas to this power (default: 1)")
+    m.add_argument("--lam", type=float, default=1.0,
+                   help="lambda, scales the merged update (default 1; TA is a sum, so 1/T is the mean)")
+    m.add_argument("--weights", help="comma-separated per-adapter weights, in SRC order (default: all 1)")
+    m.add_argument("--rank", type=int, help="full space: SVD truncation rank (default: sum of input ranks)")
+    m.add_argument("--seed", type=int, default=0, help="seed of DARE masks and random controls (default: 0)")
+    for name, users in sorted(all_params().items()):
+        p = users[0][1]
+        defaults = ", ".join(f"{meth}: {prm.default}" for meth, prm in users)
+        m.add_argument(_flag(name), dest=f"param_{name}", type=p.type, default=argparse.SUPPRESS, metavar=name.upper(),
+                       help=f"{p.help} [{defaults}]")
+    m.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the written factors (default: float32)")
+    m.add_argument("--common-modules", action="store_true",
+                   help="merge only the modules every adapter has, and report the rest (default: error)")
+    m.add_argument("--allow-pickle", action="store_true",
+                   help="accept .bin/.pt checkpoints (loading pickles can run code; only for trusted files)")
+    m.add_argument("--force", action="store_true", help="replace --out if it exists (atomically)")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+    i = sub.add_parser("inspect", help="Pico diagnostics per layer: collision spectra, alphas, B vs A overlap")
+    i.add_argument("sources", nargs="+", metavar="SRC")
+    i.add_argument("--kappa", type=float, help="Pico strength for the alphas shown (default: T - 1)")
+    i.add_argument("--plot", type=Path, help="write a PNG of per-layer B/A overlap and the collision spectra")
+    i.add_argument("--json", type=Path, help="write the full diagnostics as JSON")
+    i.add_argument("--device", default="auto")
+    i.add_argument("--common-modules", action="store_true")
+    i.add_argument("--allow-pickle", action="store_true")
+
+    sub.add_parser("methods", help="list merge methods, spaces, calibrations and their parameters")
+    return parser
+
+
+def cmd_merge(args) -> int:
+    import torch
+
+    from .merge import merge
+
+    params = {k.removeprefix("param_"): v for k, v in vars(args).items() if k.startswith("param_")}
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+    recipe = Recipe(method=args.method, space=args.space, calibrate=args.calibrate, rescale=args.rescale,
+                    kappa=args.kappa, gamma=args.gamma, lam=args.lam, weights=weights, rank=args.rank,
+                    seed=args.seed, params=params)
+    aset = load_adapters(args.sources, common_modules_only=args.common_modules, allow_pickle=args.allow_pickle)
+    if aset.skipped and not args.quiet:
+        print(f"merging {len(aset.modules)} common modules; skipped {len(aset.skipped)} not in every adapter: "
+              + ", ".join(sorted(aset.skipped)[:5]) + (" ..." if len(aset.skipped) > 5 else ""), file=sys.stderr)
+    manifest = merge(aset, recipe, args.out, device=args.device, overwrite=args.force, progress=not args.quiet,
+                     dtype=getattr(torch, args.dtype))
+    if not args.quiet:
+        layers = manifest["layers"].values()
+        line = (f"merged {len(aset)} adapters ({recipe.method}, {recipe.space} space, calibrate={recipe.calibrate}) "
+                f"-> {args.out}: {len(manifest['layers'])} modules, rank <= {manifest['output']['max_rank']}")
+        kept = [layer["kept_energy"] for layer in layers if "kept_energy" in layer]
+        if kept:
+            line += f", kept energy min {min(kept):.4f} mean {sum(kept) / len(kept):.4f}"
+        print(line)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .merge import inspect_adapters
+
+    aset = load_adapters(args.sources, common_modules_only=args.common_modules, allow_pickle=args.allow_pickle)
+    diag = inspect_adapters(aset, device=args.device, kappa=args.kappa)
+    print(f"{len(aset)} adapters, {len(diag)} modules. c_1: top collision degree of B (share of B energy in its "
+          "top direction); overlap: mean pairwise subspace overlap across tasks (1 = same space)")
+    print(f"{'module':<48} {'c1 B':>7} {'c1 A':>7} {'min alpha':>9} {'overlap B':>9} {'overlap A':>9}")
+    for module, d in diag.items():
+        print(f"{module:<48} {d['collision_B'][0]:>7.3f} {d['collision_A'][0]:>7.3f} {min(d['alpha']):>9.3f} "
+              f"{d['overlap_B']:>9.3f} {d['overlap_A']:>9.3f}")
+    mean = lambda key: sum(d[key] for d in diag.values()) / len(diag)  # noqa: E731
+    print(f"{'mean':<48} {'':>7} {'':>7} {'':>9} {mean('overlap_B'):>9.3f} {mean('overlap_A'):>9.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({"sources": [s.uri for s in aset.sources], "modules": diag}, indent=1))
+    if args.plot:
+        plot_diagnostics(diag, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def plot_diagnostics(diag: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modules = list(diag)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    ax1.plot([diag[m]["overlap_B"] for m in modules], label="B column spaces", marker=".")
+    ax1.plot([diag[m]["overlap_A"] for m in modules], label="A row spaces", marker=".")
+    ax1.set_xlabel("module (in model order)")
+    ax1.set_ylabel("mean pairwise subspace overlap")
+    ax1.set_title("Cross-task overlap: B versus A")
+    ax1.legend()
+    for key, label in (("collision_B", "B (stacked)"), ("collision_A", "A (stacked)")):
+        k = min(len(diag[m][key]) for m in modules)
+        avg = [sum(diag[m][key][j] for m in modules) / len(modules) for j in range(k)]
+        ax2.plot(range(1, k + 1), avg, label=label, marker=".")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("direction k")
+    ax2.set_ylabel("collision degree c_k (mean over modules)")
+    ax2.set_title("Collision spectrum")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_methods(_args) -> int:
+    print("methods (--method):")
+    for method in sorted(METHODS.values(), key=lambda m: m.name):
+        params = ", ".join(f"{_flag(p.name)} {p.default}" for p in method.params.values())
+        print(f"  {method.name:<10} {method.summary}")
+        print(f"  {'':<10} spaces: {', '.join(method.spaces)}" + (f"; params: {params}" if params else ""))
+    print("\nspaces (--space):")
+    for name, text in SPACES.items():
+        print(f"  {name:<10} {text}")
+    print("\ncalibration (--calibrate):")
+    for name, text in MODES.items():
+        print(f"  {name:<13} {text}")
+    print("\nrescaling with calibration (--rescale):")
+    for name, text in RESCALES.items():
+        print(f"  {name:<10} {text}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"merge": cmd_merge, "inspect": cmd_inspect, "methods": cmd_methods}[args.command](args)
+    except (AdapterError, ValueError, FileExistsError) as exc:
+        print(f"pico: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pico: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
