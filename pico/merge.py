@@ -13,6 +13,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -167,11 +168,26 @@ def merge(aset: AdapterSet, recipe: Recipe, out: str | Path, *, device: str = "a
 
     Atomic: ``out`` appears complete or not at all. Deterministic: same inputs and recipe give the same bytes.
     """
+    if recipe.weights is not None and len(recipe.weights) != len(aset):
+        raise AdapterError(f"{len(recipe.weights)} weights given for {len(aset)} adapters")
+    dev = resolve_device(device)
+    batches = plan_batches(aset, recipe.space)
+    results = (merge_batch(calibrate_batch(aset, batch, recipe, dev), recipe) for batch in batches)  # lazy: streams
+    return write_merged(aset, recipe, batches, results, out, overwrite=overwrite, progress=progress, dtype=dtype)
+
+
+def write_merged(aset: AdapterSet, recipe: Recipe, batches: list[list[str]], results: Iterable[list[ModuleResult]],
+                 out: str | Path, *, overwrite: bool = False, progress: bool = True,
+                 dtype: torch.dtype = torch.float32) -> dict:
+    """Write merged per-batch results (in ``batches`` order) as one PEFT adapter directory + manifest, atomically.
+
+    ``results`` yields ``merge_batch`` outputs batch by batch (a generator streams: each batch is written as soon as
+    it is computed). Used by :func:`merge` and by pipelines that compute the batches elsewhere (mapped tasks);
+    the same batches and results give the same bytes either way.
+    """
     T = len(aset)
     if recipe.weights is not None and len(recipe.weights) != T:
         raise AdapterError(f"{len(recipe.weights)} weights given for {T} adapters")
-    dev = resolve_device(device)
-    batches = plan_batches(aset, recipe.space)
     hasher = threading.Thread(target=aset.hash_sources, daemon=True)  # hashes inputs while the merge computes
     hasher.start()
     plan = []
@@ -185,8 +201,11 @@ def merge(aset: AdapterSet, recipe: Recipe, out: str | Path, *, device: str = "a
     with AtomicDir(Path(out), overwrite=overwrite) as tmp:
         writer = SafetensorsStreamWriter(tmp / SAFETENSORS_NAME, plan, dtype)
         try:
-            for batch in batches:
-                for res in merge_batch(calibrate_batch(aset, batch, recipe, dev), recipe):
+            for batch, batch_results in zip(batches, results, strict=True):
+                if [res.module for res in batch_results] != list(batch):
+                    raise ValueError("merge results do not match the planned batch "
+                                     f"{batch[0]}..{batch[-1]} (out of order?)")
+                for res in batch_results:
                     writer.write(peft_key(res.module, "A"), res.a)
                     writer.write(peft_key(res.module, "B"), res.b)
                     layers[res.module], ranks[res.module] = res.info, res.info["rank"]
