@@ -43,17 +43,23 @@ class Source:
     uri: str
     path: Path
     revision: str | None
-    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    files: dict[str, str | None] = field(default_factory=dict)  # file name -> sha256 (computed on first use)
+
+    def hash_files(self) -> dict[str, str]:
+        for name, digest in self.files.items():
+            if digest is None:
+                self.files[name] = sha256_file(self.path / name)
+        return self.files
 
     @property
     def sha256(self) -> str:
         """One digest over the adapter's files: sha256 of "name sha256\\n" lines, sorted by name."""
-        lines = "".join(f"{name} {digest}\n" for name, digest in sorted(self.files.items()))
+        lines = "".join(f"{name} {digest}\n" for name, digest in sorted(self.hash_files().items()))
         return hashlib.sha256(lines.encode()).hexdigest()
 
     def to_dict(self) -> dict:
         return {"name": self.name, "uri": self.uri, "revision": self.revision, "sha256": self.sha256,
-                "files": dict(sorted(self.files.items()))}
+                "files": dict(sorted(self.hash_files().items()))}
 
 
 def resolve_source(src: str | Path, *, allow_pickle: bool = False) -> Source:
@@ -183,7 +189,7 @@ def load_adapter(src: str | Path, *, allow_pickle: bool = False) -> Adapter:
     if not isinstance(config, dict):
         raise AdapterError(f"{name}: {CONFIG_NAME} must hold a JSON object")
     _check_config(name, config)
-    source.files[CONFIG_NAME] = ""  # hashed in AdapterSet.hash_sources
+    source.files[CONFIG_NAME] = None  # hashed on first use
 
     weights_path = source.path / SAFETENSORS_NAME
     pickled = None
@@ -203,7 +209,7 @@ def load_adapter(src: str | Path, *, allow_pickle: bool = False) -> Adapter:
             raise AdapterError(f"{name}: cannot read {pickle_path.name}: {exc}") from exc
         weights_path = pickle_path
         header = {k: (str(v.dtype), list(v.shape)) for k, v in pickled.items()}
-    source.files[weights_path.name] = ""
+    source.files[weights_path.name] = None
 
     pairs: dict[str, dict[str, tuple[str, list[int]]]] = {}
     for key, (dtype, shape) in header.items():
@@ -257,7 +263,6 @@ class AdapterSet:
         self.adapters = adapters
         self.modules = modules  # merged modules, sorted
         self.skipped = skipped  # module -> names of adapters that have it, when merging only common modules
-        self._hashed = False
 
     @property
     def sources(self) -> list[Source]:
@@ -301,13 +306,9 @@ class AdapterSet:
         return out
 
     def hash_sources(self) -> None:
-        """Compute sha256 of every source file (once)."""
-        if self._hashed:
-            return
+        """Compute the sha256 of every source file not hashed yet."""
         for adapter in self.adapters:
-            for fname in adapter.source.files:
-                adapter.source.files[fname] = sha256_file(adapter.source.path / fname)
-        self._hashed = True
+            adapter.source.hash_files()
 
 
 def load_adapters(sources: list[str | Path], *, common_modules_only: bool = False,
