@@ -1,0 +1,326 @@
+"""The nightly merge: fetch -> validate -> calibrate (mapped over layer groups) -> merge -> benchmark -> version (DVC)
+-> register (MLflow) -> promote.
+
+Run it (builds the skills suite with ``dvc repro`` first if it is missing, then prints the leaderboard, the promotion
+decision and where to look)::
+
+    python -m flows.nightly                   # embedded default: SQLite MLflow, Prefect ephemeral API, DVC local
+    MLFLOW_TRACKING_URI=http://host:5000 python -m flows.nightly
+    python -m flows.nightly --set merge.method=ties --set merge.params.density=0.5
+
+The schedule lives in ``flows/deploy.py`` (``python -m flows.deploy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tasks.config import quiet_env
+
+quiet_env()
+
+from prefect import flow, get_run_logger, unmapped  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from tasks import benchmark, merging, steps  # noqa: E402
+from tasks.config import Settings, digest, load_settings  # noqa: E402
+
+
+def make_task_runner(settings: Settings):
+    """The task runner of the calibrate/merge map: threads (default) or Dask (prefect-dask)."""
+    cfg = settings.pipeline["task_runner"]
+    if cfg["kind"] == "threads":
+        return ThreadPoolTaskRunner(max_workers=int(cfg["max_workers"]))
+    if cfg["kind"] != "dask":
+        raise ValueError(f"pipeline.task_runner.kind must be threads or dask, got {cfg['kind']!r}")
+    from prefect_dask import DaskTaskRunner
+
+    if cfg["address"]:
+        return DaskTaskRunner(address=cfg["address"])
+    kwargs = {"n_workers": int(cfg["n_workers"]), "threads_per_worker": 1, "processes": bool(cfg["processes"]),
+              "dashboard_address": None}
+    if cfg["gpu_resource"]:
+        kwargs["resources"] = {cfg["gpu_resource"]: 1}
+    _share_api_with_workers()
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
+
+
+def _share_api_with_workers() -> None:
+    """Point local Dask worker processes at this process's Prefect API (else each starts its own, ~15-30 s)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if url:
+        os.environ["PREFECT_API_URL"] = str(url)
+        return
+    with contextlib.suppress(Exception):
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start()
+        os.environ["PREFECT_API_URL"] = server.api_url
+
+
+@flow(name="calibrate-and-merge", log_prints=True)
+def calibrate_and_merge(settings: Settings, aset, groups: list[list[str]], key: str, fetched: list[dict]):
+    """Calibrate each group of layers (mapped over the task runner's workers), merge each, write one adapter."""
+    recipe = settings.recipe_obj()
+    cfg = settings.pipeline["task_runner"]
+    annotate = contextlib.nullcontext()
+    if cfg["kind"] == "dask" and cfg["gpu_resource"]:
+        import dask
+
+        annotate = dask.annotate(resources={cfg["gpu_resource"]: 1})  # calibration runs on GPU workers
+    with annotate:
+        cals = steps.calibrate.map(unmapped(aset), groups, unmapped(recipe), unmapped(settings.pipeline["device"]))
+        merged = steps.merge_group.map(cals, unmapped(recipe))
+    results = [f.result() for f in merged]
+    return steps.write(settings, key, aset, recipe, groups, results, fetched)
+
+
+def git_info(project: Path) -> dict:
+    def git(*args):
+        proc = subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    return {"commit": commit, "dirty": dirty}
+
+
+@flow(name="nightly-merge", log_prints=True)
+def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: dict | None = None) -> dict:
+    """Merge the catalog's adapters with the recipe in params.yaml, benchmark, version, register and promote."""
+    log = get_run_logger()
+    t = {"start": time.perf_counter()}
+    marks = []
+
+    def mark(step):
+        marks.append((step, time.perf_counter()))
+
+    settings = load_settings(project, params, overrides)
+    if settings.pipeline["eval"]["suite"] != "callable":
+        benchmark.prewarm()
+    preflight = steps.mlflow_preflight.submit(settings)
+    fetch = steps.fetch_adapter.with_options(retries=int(settings.pipeline["fetch"]["retries"]),
+                                             retry_delay_seconds=float(settings.pipeline["fetch"]["retry_delay_s"]))
+    futures = [fetch.submit(settings, e) for e in settings.catalog.adapters]
+    base_f = steps.fetch_base.submit(settings)
+    baseline_fs = [fetch.submit(settings, e) for e in settings.catalog.baselines]
+    fetched = [f.result() for f in futures]
+    mark("fetch")
+
+    aset, groups, key, cached = steps.validate(settings, fetched)
+    mark("validate")
+    base = benchmark.resolve_base(settings, base_f.result(), fetched[0]["path"])
+    fingerprint_obj = benchmark.benchmark_fingerprint(settings)
+    fingerprint = digest(fingerprint_obj)
+    baseline_runs = []
+    if settings.pipeline["eval"]["baselines"]:  # overlap with the merge; cached by content after the first night
+        baseline_runs.append(steps.run_benchmark.submit(settings, base, None, "base"))
+        baseline_runs += [steps.run_benchmark.submit(settings, base, b.result()["path"], b.result()["name"])
+                          for b in baseline_fs]
+
+    if cached is not None:
+        store, manifest = str(merging.store_dir(settings, key)), cached
+        merging.check_sources(manifest, fetched)
+        log.info("merge cache hit: %s (same sources, recipe and pico version)", store)
+    else:
+        runner = make_task_runner(settings)
+        store, manifest = calibrate_and_merge.with_options(task_runner=runner)(settings, aset, groups, key, fetched)
+    mark("calibrate_merge")
+
+    merged_eval = steps.run_benchmark(settings, base, store, "merged")
+    mark("benchmark")
+    experiment = preflight.result()  # raises RegistryUnavailable: nothing below runs, no alias moves
+    champ = steps.champion(settings, base, fingerprint)
+    baselines = [f.result() for f in baseline_runs]
+    mark("baselines_champion")
+
+    lineage = {
+        "pico_version": manifest["pico_version"], "merge_key": key, "recipe": manifest["recipe"],
+        "recipe_hash": manifest["recipe_hash"],
+        "sources": [{k: f[k] for k in ("name", "uri", "revision", "sha256", "files", "dvc")} for f in fetched],
+        "base": {k: base[k] for k in ("name", "uri", "revision", "sha256")},
+        "output": {"files": manifest["output"]["files"]},
+        "git": git_info(settings.project),
+        "eval": {"fingerprint": fingerprint, "benchmark": fingerprint_obj, "scores": merged_eval["scores"],
+                 "mean": merged_eval["mean"]},
+        "project": str(settings.project),
+    }
+    dvc = steps.version_dvc(settings, store, merged_eval["scores"])
+    mark("version")
+    if dvc["enabled"]:
+        lineage["output"]["dvc"] = {"path": dvc["path"], "md5": dvc["md5"], "pushed": dvc["pushed"]}
+        lineage["dvc_lock"] = dvc["lock"]
+
+    timings = _durations(t["start"], marks)
+    params_logged = {"merge": settings.recipe, "recipe_hash": manifest["recipe_hash"],
+                     "catalog": [e.to_dict() for e in settings.catalog.adapters],
+                     "eval": settings.pipeline["eval"], "gate": settings.pipeline["gate"],
+                     "task_runner": settings.pipeline["task_runner"]["kind"], "dtype": settings.pipeline["dtype"],
+                     "merge_key": key}
+    metrics = {f"score.{k}": v for k, v in merged_eval["scores"].items()}
+    metrics["score.mean"] = merged_eval["mean"]
+    for b in baselines:
+        metrics[f"baseline.{b['label']}.mean"] = b["mean"]
+    if champ is not None:
+        metrics["champion.mean"] = champ["mean"]
+    metrics.update({f"time.{k}_s": v for k, v in timings.items()})
+    plot = merging.plot_diagnostics(manifest, settings.work / "plots" / f"{key[:16]}.png")
+    artifacts = {"merge_manifest.json": Path(store) / "merge_manifest.json",
+                 "diagnostics.json": merging.diagnostics(manifest), "plots/diagnostics.png": plot,
+                 "eval.json": {"merged": merged_eval, "baselines": baselines, "champion": champ},
+                 "lineage.json": lineage, "config/params.yaml": settings.params_path,
+                 "config/catalog.yaml": settings.catalog.path}
+    reg = steps.register(settings, lineage, store, params_logged, metrics, artifacts)
+    mark("register")
+    decision = steps.promote(settings, reg["version"], merged_eval["scores"], fingerprint, champ)
+    mark("promote")
+    timings = _durations(t["start"], marks)
+    return {"project": str(settings.project), "merge_key": key, "store": store, "cached_merge": cached is not None,
+            "eval": merged_eval, "baselines": baselines, "champion_before": champ, "registered": reg,
+            "decision": decision, "dvc": dvc, "experiment_id": experiment, "timings": timings,
+            "tracking_uri": settings.tracking_uri, "model": settings.pipeline["mlflow"]["model_name"]}
+
+
+def _durations(start: float, marks: list[tuple[str, float]]) -> dict[str, float]:
+    out, prev = {}, start
+    for step, at in marks:
+        out[step] = round(at - prev, 2)
+        prev = at
+    out["total"] = round(prev - start, 2)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The main command
+
+
+def parse_set(items: list[str]) -> dict:
+    """--set a.b.c=value (YAML value) -> nested overrides; `merge.` keys go to the recipe."""
+    import yaml
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def ensure_suite(settings: Settings) -> None:
+    """Build (with `dvc repro`) the DVC stages that produce the catalog's dvc:// sources, when any is missing."""
+    from tasks import dvcio
+
+    wanted = [e.source[len("dvc://"):].partition("@")[0] for e in
+              settings.catalog.adapters + settings.catalog.baselines + ([settings.catalog.base]
+                                                                          if settings.catalog.base else [])
+              if e.source.startswith("dvc://") and "@" not in e.source]
+    need = [p for p in wanted if not (settings.project / p).exists()]
+    if settings.pipeline["eval"]["suite"] == "skills" and not benchmark.suite_data_dir(settings).is_dir():
+        need.append(str(benchmark.suite_data_dir(settings).relative_to(settings.project)))
+    if not need:
+        return
+    listing = dvcio.dvc_cmd(settings.project, "stage", "list")
+    stages = set()
+    for line in listing.splitlines():
+        name, _, rest = line.partition(" ")
+        outs = [o.strip() for o in rest.strip().removeprefix("Outputs").split(",") if o.strip()]
+        for p in need:
+            if any(p == o or p.startswith(o.rstrip("/") + "/") for o in outs):
+                stages.add(name)
+    if not stages:
+        raise SystemExit(f"missing {', '.join(need)} and no DVC stage produces it; build the suite first")
+    print(f"building the skills suite: dvc repro {' '.join(sorted(stages))} (one-off, minutes)", flush=True)
+    subprocess.run([sys.executable, "-m", "dvc", "repro", *sorted(stages)], cwd=settings.project, check=True)
+
+
+def report(summary: dict, settings: Settings) -> str:
+    from tasks import registry
+
+    lines = []
+    ev = summary["eval"]
+    tasks_ = list(ev["scores"])
+    head = f"{'':<30}" + "".join(f"{t[:9]:>10}" for t in tasks_) + f"{'mean':>10}"
+    bench = settings.eval_config()
+    what = {"skills": f"skills suite, {bench['split']} split", "lm-eval": "lm-eval: " + ", ".join(bench["tasks"]),
+            "callable": f"scorer {bench['callable']}"}.get(bench["suite"], bench["suite"])
+    what += f", limit {bench['limit']}" if bench["limit"] else ""
+    lines += ["", f"Leaderboard ({what}; registered versions by mean, then baselines)", head]
+
+    def row(label, scores, mean):
+        return f"{label:<30}" + "".join(f"{scores.get(t, float('nan')):>10.3f}" for t in tasks_) + f"{mean:>10.3f}"
+
+    for r in registry.leaderboard(settings, limit=8):
+        recipe = r["recipe"]
+        tag = f"v{r['version']} {recipe.get('method', '?')}/{recipe.get('calibrate', '?')}"
+        if r["aliases"]:
+            tag += " [" + ",".join(sorted(r["aliases"])) + "]"
+        if r["version"] == summary["registered"]["version"]:
+            tag += " *"
+        lines.append(row(tag, r["scores"], r["mean"]))
+    for b in summary["baselines"]:
+        lines.append(row(f"({b['label']})", b["scores"], b["mean"]))
+    lines.append("* this run; (..) baselines, not registered")
+    d = summary["decision"]
+    verdict = ("PROMOTED to champion" if d["promoted"] and not d["unchanged"] else
+               "champion unchanged" if d["unchanged"] else "NOT promoted: set as candidate")
+    lines += ["", f"Decision: {summary['model']} v{d['version']} {verdict}: " + "; ".join(d["reasons"])]
+    uri = summary["tracking_uri"]
+    ui = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else uri
+    tm = summary["timings"]
+    lines += [
+        f"Timings (s): " + ", ".join(f"{k} {v}" for k, v in tm.items()),
+        "",
+        "Where to look:",
+        f"  MLflow UI:  {ui}   (run {summary['registered']['run_id']})",
+        f"  Lineage:    pico lineage {summary['model']} {d['version']}   (or: champion)",
+        f"  Merged:     {summary['store']}" + (f"  (DVC: {summary['dvc']['path']} md5 {summary['dvc']['md5']}, "
+                                                 "dvc.lock)" if summary["dvc"].get("enabled") else ""),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.nightly", description=__doc__.splitlines()[0])
+    ap.add_argument("--project", default=".", help="project directory holding params.yaml (default: .)")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a pipeline:/merge: key, e.g. --set merge.method=ties --set eval.limit=50")
+    ap.add_argument("--no-build", action="store_true", help="do not build missing suite outputs with dvc repro")
+    ap.add_argument("--json", type=Path, help="also write the run summary as JSON here")
+    args = ap.parse_args(argv)
+    overrides = parse_set(args.set)
+    try:
+        settings = load_settings(args.project, args.params, overrides)
+        if not args.no_build:
+            ensure_suite(settings)
+        t0 = time.perf_counter()
+        summary = nightly_merge(project=str(settings.project), params=args.params, overrides=overrides)
+        summary["timings"]["wall_with_prefect_start"] = round(time.perf_counter() - t0, 2)
+    except Exception as exc:  # one clear line; Prefect has logged the traceback of the failed task
+        print(f"\nnightly-merge FAILED: {type(exc).__name__}: {exc}\nNo alias was moved.", file=sys.stderr)
+        return 1
+    print(report(summary, settings))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Fetch: resolve each catalog entry to a local PEFT directory and hash it; check the sha256 pin.
+
+Sources:
+- a local path (relative to the project),
+- ``hf://org/name@revision`` (the Hugging Face hub, revision required; the hub cache makes reruns free),
+- ``dvc://path`` (a DVC-tracked path of this project: pulled from the DVC remote when absent from the workspace, and
+  checked against what DVC recorded) or ``dvc://path@rev`` (that path as of git revision ``rev``, via ``dvc get``).
+
+The digest is pico's per-adapter sha256 (the one in merge_manifest.json), so a pin can be copied from a manifest or
+from ``pico lineage``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from pico.adapters import CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, AdapterError, Source, resolve_source
+from pico.writer import sha256_file
+
+from . import dvcio
+from .config import CatalogEntry, Settings
+
+
+class PinMismatch(RuntimeError):
+    """A pinned sha256 does not match what was fetched: never retried, stops the flow before any merge."""
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be resolved for a reason a retry will not fix."""
+
+
+PERMANENT = (PinMismatch, SourceError, AdapterError)  # retried: everything else (network, DVC remote hiccups)
+
+
+def adapter_files(path: Path) -> dict[str, str]:
+    """sha256 of the files pico hashes for an adapter (config + weights), as in the merge manifest."""
+    files = {}
+    for name in (CONFIG_NAME, SAFETENSORS_NAME):
+        if (path / name).is_file():
+            files[name] = sha256_file(path / name)
+    if SAFETENSORS_NAME not in files:
+        for name in PICKLE_NAMES:
+            if (path / name).is_file():
+                files[name] = sha256_file(path / name)
+                break
+    return files
+
+
+def _resolve_dvc(settings: Settings, spec: str) -> tuple[Path, str | None, dict | None]:
+    project = settings.project
+    if not dvcio.is_dvc_repo(project):
+        raise SourceError(f"dvc://{spec}: {project} is not a DVC repository (no .dvc/)")
+    path, _, rev = spec.partition("@")
+    path = path.strip("/")
+    if rev:  # that path as of a git revision: `dvc get` into the fetch cache (once per rev)
+        dest = settings.work / "fetch" / "dvc" / re.sub(r"[^A-Za-z0-9._-]", "_", rev) / path
+        if not dest.exists():
+            tmp = dest.with_name(dest.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            dvcio.dvc_cmd(project, "get", str(project), path, "--rev", rev, "-o", str(tmp))
+            tmp.rename(dest)
+        return dest, rev, None
+    local = project / path
+    recorded = dvcio.recorded_files(project, path)
+    if recorded is None:
+        raise SourceError(f"dvc://{path}: DVC tracks no output holding {path} (not in dvc.lock or a .dvc file)")
+    if not local.exists() or (recorded["files"] and any(not (local / f).is_file() for f in recorded["files"])):
+        with dvcio.project_lock(settings.work):
+            dvcio.dvc_cmd(project, "pull", recorded["out"])
+        recorded = dvcio.recorded_files(project, path)
+    if recorded["files"]:
+        for rel, md5 in recorded["files"].items():
+            f = local / rel if local.is_dir() else local
+            if not f.is_file() or dvcio.md5_file(f) != md5:
+                raise SourceError(f"dvc://{path}: the workspace copy of {rel} differs from what DVC recorded "
+                                  f"({recorded['origin']}, md5 {md5}); run `dvc checkout {recorded['out']}` or "
+                                  "`dvc repro`, or commit the change with DVC")
+    return local, None, recorded
+
+
+def fetch_entry(settings: Settings, entry: CatalogEntry) -> dict:
+    """Resolve one catalog entry to a local directory; hash it; enforce the pin. Returns a JSON-able record."""
+    src = entry.source
+    dvc = None
+    if src.startswith("dvc://"):
+        path, revision, dvc = _resolve_dvc(settings, src[len("dvc://"):])
+    elif src.startswith("hf://"):
+        source: Source = resolve_source(src)  # AdapterError on a missing revision pin: permanent
+        path, revision = source.path, source.revision
+    else:
+        path, revision = settings.resolve(src), None
+        if not path.exists():
+            raise SourceError(f"{entry.name}: {src}: no such adapter directory")
+        if dvcio.is_dvc_repo(settings.project):
+            try:
+                dvc = dvcio.recorded_files(settings.project, path.relative_to(settings.project))
+            except ValueError:  # outside the project
+                dvc = None
+    path = Path(path)
+    files = adapter_files(path)
+    if not files:
+        raise SourceError(f"{entry.name}: {src}: no adapter files ({CONFIG_NAME}, {SAFETENSORS_NAME}) in {path}")
+    sha = Source(name=entry.name, uri=src, path=path, revision=revision, files=files).sha256
+    if entry.sha256 and entry.sha256 != sha:
+        raise PinMismatch(f"{entry.name}: sha256 pin mismatch for {src}: the catalog pins {entry.sha256} but the "
+                          f"fetched adapter hashes to {sha}; refusing to merge (update the pin only if the new "
+                          "adapter is intended)")
+    return {"name": entry.name, "uri": src, "path": str(path), "revision": revision, "sha256": sha,
+            "pinned": entry.sha256 is not None, "files": files, "dvc": dvc}
+
+
+def fetch_base(settings: Settings) -> dict | None:
+    """The catalog's base model (for evaluation): resolved like an adapter, hashed over its weight/config files."""
+    entry = settings.catalog.base
+    if entry is None:
+        return None
+    src = entry.source
+    if src.startswith("dvc://"):
+        path, revision, dvc = _resolve_dvc(settings, src[len("dvc://"):])
+    elif src.startswith("hf://"):
+        repo, _, revision = src[len("hf://"):].partition("@")
+        if not revision:
+            raise SourceError(f"base: {src}: pin a revision (hf://org/name@<commit>)")
+        from huggingface_hub import snapshot_download
+
+        path, dvc = Path(snapshot_download(repo_id=repo, revision=revision)), None
+    else:
+        path, revision, dvc = settings.resolve(src), None, None
+        if not path.is_dir():
+            raise SourceError(f"base: {src}: no such model directory")
+    files = {f.name: sha256_file(f) for f in sorted(Path(path).iterdir()) if f.is_file()}
+    sha = Source(name="base", uri=src, path=Path(path), revision=revision, files=files).sha256
+    if entry.sha256 and entry.sha256 != sha:
+        raise PinMismatch(f"base: sha256 pin mismatch for {src}: pinned {entry.sha256}, fetched {sha}")
+    return {"name": entry.name, "uri": src, "path": str(path), "revision": revision, "sha256": sha, "dvc": dvc}

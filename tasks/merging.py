@@ -1,0 +1,173 @@
+"""Validate, plan, calibrate/merge per group, write: the merge as steps a flow can map over workers.
+
+The merged adapter lives in a content-addressed store, ``<work>/store/<key>``, where the key hashes everything that
+decides its bytes (the sources' sha256 in order, the recipe hash, pico's version, the dtype).  A rerun with unchanged
+inputs finds it there (verified against the manifest's file hashes) and skips calibration and merge entirely.
+Writes go through pico's streaming atomic writer: a crash leaves no partial output, and a rerun completes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+import pico
+from pico.merge import MANIFEST_NAME, natural_key, plan_batches, write_merged
+from pico.writer import sha256_file
+
+from . import dvcio
+from .config import Settings, digest
+
+
+def load_set(fetched: list[dict]) -> pico.AdapterSet:
+    """Validate the fetched adapters together (pico's checks); sources carry their catalog names and URIs."""
+    uris = [f["uri"] if f["uri"].startswith("hf://") else f["path"] for f in fetched]
+    aset = pico.load_adapters(uris)
+    for adapter, f in zip(aset.adapters, fetched):
+        adapter.source.name, adapter.source.uri, adapter.source.revision = f["name"], f["uri"], f["revision"]
+    return aset
+
+
+def merge_key(fetched: list[dict], recipe: pico.Recipe, dtype: str) -> str:
+    return digest({"sources": [f["sha256"] for f in fetched], "recipe": recipe.hash(), "pico": pico.__version__,
+                   "dtype": dtype})
+
+
+def store_dir(settings: Settings, key: str) -> Path:
+    return settings.work / "store" / key[:32]
+
+
+def verify_dir(path: Path) -> dict | None:
+    """The manifest of a complete merged adapter directory whose files match it; None otherwise."""
+    manifest_path = Path(path) / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["output"]["files"]
+    except (ValueError, KeyError):
+        return None
+    for name, sha in files.items():
+        if not (Path(path) / name).is_file() or sha256_file(Path(path) / name) != sha:
+            return None
+    return manifest
+
+
+def plan_groups(aset: pico.AdapterSet, recipe: pico.Recipe, layers_per_group: int | None = None) -> list[list[str]]:
+    """The units of calibration work: pico's shape batches (the grain of `pico merge`, so the bytes match), or those
+    batches cut into groups of ``layers_per_group`` consecutive layers for more parallel tasks."""
+    batches = plan_batches(aset, recipe.space)
+    if not layers_per_group:
+        return batches
+    groups = []
+    for batch in batches:
+        current, layers = [], []
+        for module in batch:
+            layer = next((int(p) for p in module.split(".") if p.isdigit()), None)
+            if layer not in layers:
+                if len(layers) == layers_per_group:
+                    groups.append(current)
+                    current, layers = [], []
+                layers.append(layer)
+            current.append(module)
+        if current:
+            groups.append(current)
+    return groups
+
+
+def calibrate_group(aset: pico.AdapterSet, modules: list[str], recipe: pico.Recipe, device: str = "auto"):
+    """Pico calibration of one group (pure function of the group's factors); runs on the worker's GPU if any."""
+    return pico.calibrate_batch(aset, modules, recipe, device=device)
+
+
+def merge_group(cal, recipe: pico.Recipe):
+    return pico.merge_batch(cal, recipe)
+
+
+def clean_stale(store: Path, name: str) -> None:
+    """Remove temporary folders a killed writer left (call under the key's lock: nobody else is writing it)."""
+    for tmp in store.glob(f".{name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in store.glob(f".{name}.old-*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_store(settings: Settings, key: str, aset: pico.AdapterSet, recipe: pico.Recipe, groups: list[list[str]],
+                results, dtype: str) -> tuple[Path, dict, bool]:
+    """Write the merged adapter into the store under the key's lock. Returns (dir, manifest, reused)."""
+    out = store_dir(settings, key)
+    with dvcio.project_lock(settings.work, f"merge-{out.name}"):
+        manifest = verify_dir(out)
+        if manifest is not None:  # another run finished the same merge meanwhile
+            return out, manifest, True
+        clean_stale(out.parent, out.name)
+        manifest = write_merged(aset, recipe, groups, results, out, overwrite=out.exists(), progress=False,
+                                dtype=getattr(torch, dtype))
+    return out, manifest, False
+
+
+def check_sources(manifest: dict, fetched: list[dict]) -> None:
+    """The merge read exactly the bytes fetch hashed (and the pins approved)."""
+    for src, f in zip(manifest["sources"], fetched):
+        if src["sha256"] != f["sha256"]:
+            raise RuntimeError(f"{f['name']}: {f['uri']} changed during the run (fetched {f['sha256'][:12]}, merged "
+                               f"{src['sha256'][:12]}); nothing was registered")
+
+
+def diagnostics(manifest: dict) -> dict:
+    """Per-module Pico diagnostics from the manifest, plus a summary."""
+    layers = manifest["layers"]
+    summary = {"modules": len(layers), "max_rank": manifest["output"]["max_rank"]}
+    ratios = [v["norm_ratio"] for v in layers.values() if "norm_ratio" in v]
+    if ratios:
+        summary["norm_ratio_min"], summary["norm_ratio_mean"] = min(ratios), sum(ratios) / len(ratios)
+    alphas = [min(v["alpha"]) for v in layers.values() if v.get("alpha")]
+    if alphas:
+        summary["alpha_min"], summary["alpha_min_mean"] = min(alphas), sum(alphas) / len(alphas)
+    for key in ("overlap_B", "overlap_A"):
+        vals = [v[key] for v in layers.values() if key in v]
+        if vals:
+            summary[f"{key}_mean"] = sum(vals) / len(vals)
+    return {"summary": summary, "layers": layers}
+
+
+def plot_diagnostics(manifest: dict, path: Path) -> Path:
+    """A PNG of per-module diagnostics: merged/source norm ratio, Pico's smallest alpha, B/A cross-task overlap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = manifest["layers"]
+    modules = sorted(layers, key=natural_key)
+    series = {"norm ratio (merged / mean source)": [layers[m].get("norm_ratio") for m in modules]}
+    if all("alpha" in layers[m] for m in modules):
+        series["Pico min alpha"] = [min(layers[m]["alpha"]) for m in modules]
+    for key in ("overlap_B", "overlap_A"):
+        if all(key in layers[m] for m in modules):
+            series[f"cross-task {key.replace('_', ' ')}"] = [layers[m][key] for m in modules]
+    fig, ax = plt.subplots(figsize=(11, 4))
+    for label, values in series.items():
+        ax.plot(values, marker=".", label=label)
+    ax.set_xlabel("module (model order)")
+    ax.set_title(f"{manifest['recipe']['method']} / {manifest['recipe']['space']} / "
+                 f"calibrate={manifest['recipe']['calibrate']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def materialize(src: Path, dest: Path) -> None:
+    """Replace ``dest`` with a copy of ``src`` atomically (the DVC stage output is a plain folder, not a link)."""
+    from pico.writer import AtomicDir
+
+    with AtomicDir(dest, overwrite=True) as tmp:
+        for f in sorted(Path(src).iterdir()):
+            if f.is_file():
+                shutil.copyfile(f, tmp / f.name)
