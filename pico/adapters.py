@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,23 +104,71 @@ class Adapter:
     weights_path: Path
     modules: dict[str, dict]
     pickled: dict | None = None  # tensors of an opted-in pickle checkpoint (read eagerly; no lazy reads there)
-    _handle: object = field(default=None, repr=False)  # open safetensors file (mmap), opened on first read
+    _handle: object = field(default=None, repr=False)  # open safetensors reader, opened on first read
 
-    def __getstate__(self):  # picklable for process-based task runners: the mmap handle is reopened there
+    def __getstate__(self):  # picklable for process-based task runners: the handle is reopened there
         return {**self.__dict__, "_handle": None}
 
     def tensor(self, key: str) -> torch.Tensor:
         if self.pickled is not None:
             return self.pickled[key]
-        from safetensors import safe_open
-
         try:
             if self._handle is None:
-                self._handle = safe_open(self.weights_path, framework="pt")
+                self._handle = _SafetensorsReader(self.weights_path)
             return self._handle.get_tensor(key)
         except Exception as exc:
             raise AdapterError(f"{self.source.name}: {self.weights_path.name}: cannot read tensor {key}: {exc} "
                                "(truncated or corrupt file?)") from exc
+
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+class _SafetensorsReader:
+    """Reads single tensors of a safetensors file with positional reads (pread) into fresh buffers.
+
+    Not safetensors' mmap: pages of a mapped file stay in the process's resident set once touched, so streaming a
+    merge through mmap grows RSS to the whole input size. A pread copies only the tensor asked for; the kernel's
+    page cache still serves repeated reads. Thread-safe (positional reads on one descriptor).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = open(self.path, "rb", buffering=0)
+        n = int.from_bytes(os.pread(self.file.fileno(), 8, 0), "little")
+        header = json.loads(os.pread(self.file.fileno(), n, 8))
+        header.pop("__metadata__", None)
+        self.base = 8 + n
+        self.entries = header
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        info = self.entries[key]
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:  # exotic dtypes (fp8, ...): let safetensors decode them
+            from safetensors import safe_open
+
+            with safe_open(self.path, framework="pt") as f:
+                return f.get_tensor(key).clone()
+        start, stop = info["data_offsets"]
+        shape = list(info["shape"])
+        nbytes = stop - start
+        if nbytes != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
+            raise ValueError(f"{key}: {nbytes} bytes do not hold a {info['dtype']} tensor of shape {shape}")
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        view, done = memoryview(buf.numpy()), 0
+        while done < nbytes:
+            got = os.preadv(self.file.fileno(), [view[done:]], self.base + start + done)
+            if got <= 0:
+                raise ValueError(f"{key}: file ends after {done} of {nbytes} bytes")
+            done += got
+        return buf.view(dtype).view(shape)
+
+    def __del__(self):
+        file = getattr(self, "file", None)
+        if file is not None:
+            file.close()
 
 
 def _read_header(adapter_name: str, path: Path) -> dict[str, tuple[str, list[int]]]:
