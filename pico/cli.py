@@ -12,6 +12,7 @@ from .adapters import AdapterError, load_adapters
 from .calibrate import MODES
 from .recipe import RESCALES, Recipe
 from .registry import METHODS, SPACES, all_params
+from .tara import add_tara_parser, cmd_tara
 
 EPILOG_MERGE = """examples:
   pico merge ./math ./code ./med --out merged                      # Task Arithmetic (sum) in Core Space
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--allow-pickle", action="store_true")
 
     sub.add_parser("methods", help="list merge methods, spaces, calibrations and their parameters")
+    add_tara_parser(sub)  # `pico tara` lives in pico/tara.py
     return parser
 
 
@@ -183,7 +185,8 @@ def cmd_methods(_args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"merge": cmd_merge, "inspect": cmd_inspect, "methods": cmd_methods}[args.command](args)
+        commands = {"merge": cmd_merge, "inspect": cmd_inspect, "methods": cmd_methods, "tara": cmd_tara}
+        return commands[args.command](args)
     except (AdapterError, ValueError, FileExistsError) as exc:
         print(f"pico: error: {exc}", file=sys.stderr)
         return 2
