@@ -149,7 +149,8 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     lineage = {
         "pico_version": manifest["pico_version"], "merge_key": key, "recipe": manifest["recipe"],
         "recipe_hash": manifest["recipe_hash"],
-        "sources": [{k: f[k] for k in ("name", "uri", "revision", "sha256", "files", "dvc")} for f in fetched],
+        "sources": [{k: f[k] for k in ("name", "uri", "path", "revision", "sha256", "files", "dvc")}
+                    for f in fetched],
         "base": {k: base[k] for k in ("name", "uri", "revision", "sha256")},
         "output": {"files": manifest["output"]["files"]},
         "git": git_info(settings.project),
@@ -157,7 +158,7 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
                  "mean": merged_eval["mean"]},
         "project": str(settings.project),
     }
-    dvc = steps.version_dvc(settings, store, merged_eval["scores"])
+    dvc = steps.version_dvc(settings, store, merged_eval["scores"], dvc_consistent(settings, project, params))
     mark("version")
     if dvc["enabled"]:
         lineage["output"]["dvc"] = {"path": dvc["path"], "md5": dvc["md5"], "pushed": dvc["pushed"]}
@@ -191,6 +192,19 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
             "eval": merged_eval, "baselines": baselines, "champion_before": champ, "registered": reg,
             "decision": decision, "dvc": dvc, "experiment_id": experiment, "timings": timings,
             "tracking_uri": settings.tracking_uri, "model": settings.pipeline["mlflow"]["model_name"]}
+
+
+def dvc_consistent(settings: Settings, project: str, params: str) -> str | None:
+    """Why dvc.lock must not record this run (None: it may): overrides of what the DVC stages read."""
+    if settings.params_path != settings.project / "params.yaml":
+        return f"the run read {settings.params_path.name}, but the DVC stages read params.yaml"
+    on_disk = load_settings(project, params)
+    if on_disk.recipe != settings.recipe:
+        return "the recipe was overridden (not what params.yaml says)"
+    for key in ("catalog", "dtype", "calibrate", "eval", "paths"):
+        if on_disk.pipeline[key] != settings.pipeline[key]:
+            return f"pipeline.{key} was overridden (not what params.yaml says)"
+    return None
 
 
 def _durations(start: float, marks: list[tuple[str, float]]) -> dict[str, float]:

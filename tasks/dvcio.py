@@ -152,6 +152,43 @@ def project_lock(work: Path, name: str = "dvc", timeout: float = 900):
         yield
 
 
+def local_remote(project: Path) -> Path | None:
+    """The default remote's folder when it is a local directory remote (else None)."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    for name in ("config", "config.local"):
+        cfg = project / ".dvc" / name
+        if cfg.is_file():
+            try:
+                parser.read_string(cfg.read_text())
+            except configparser.Error:
+                pass
+    if not parser.has_option("core", "remote"):
+        return None
+    section = f"'remote \"{parser.get('core', 'remote')}\"'"
+    if not parser.has_option(section, "url"):
+        return None
+    url = parser.get(section, "url")
+    if "://" in url and not url.startswith("file://"):
+        return None
+    p = Path(url.removeprefix("file://"))
+    return p if p.is_absolute() else (project / ".dvc" / p).resolve()
+
+
+def object_path(project: Path, md5: str) -> tuple[Path, str] | None:
+    """Where DVC holds the object ``md5``: the local cache, else a local directory remote."""
+    p = cache_path(project, md5)
+    if p.is_file():
+        return p, "cache"
+    remote = local_remote(project)
+    if remote is not None:
+        p = remote / "files" / "md5" / md5[:2] / md5[2:]
+        if p.is_file():
+            return p, f"remote {remote}"
+    return None
+
+
 def has_remote(project: Path) -> bool:
     for name in ("config", "config.local"):
         cfg = project / ".dvc" / name

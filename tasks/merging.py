@@ -31,9 +31,22 @@ def load_set(fetched: list[dict]) -> pico.AdapterSet:
     return aset
 
 
+_CODE_DIGEST: str | None = None
+
+
+def pico_code_digest() -> str:
+    """sha256 over pico's source files: a code change (even without a version bump) never reuses a stale merge."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        root = Path(pico.__file__).parent
+        _CODE_DIGEST = digest({p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*.py"))})
+    return _CODE_DIGEST
+
+
 def merge_key(fetched: list[dict], recipe: pico.Recipe, dtype: str) -> str:
+    """Everything that decides the merged bytes: the sources' bytes in order, the recipe, pico's code, the dtype."""
     return digest({"sources": [f["sha256"] for f in fetched], "recipe": recipe.hash(), "pico": pico.__version__,
-                   "dtype": dtype})
+                   "pico_code": pico_code_digest(), "dtype": dtype})
 
 
 def store_dir(settings: Settings, key: str) -> Path:

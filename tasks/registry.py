@@ -283,8 +283,9 @@ def promote(settings: Settings, version: str, scores: dict[str, float], fingerpr
                                + "; every task at or above its floor"]
                 decision = {"promoted": passed, "alias": alias, "version": version, "unchanged": False,
                             "reasons": reasons, "previous_champion": champion["version"] if champion else None}
-            c.set_model_version_tag(name, version, "promotion", decision["alias"])
-            c.set_model_version_tag(name, version, "promotion.reason", "; ".join(decision["reasons"])[:4900])
+            if not decision["unchanged"]:  # a rerun keeps the original decision's record
+                c.set_model_version_tag(name, version, "promotion", decision["alias"])
+                c.set_model_version_tag(name, version, "promotion.reason", "; ".join(decision["reasons"])[:4900])
         except RuntimeError:
             raise
         except Exception as exc:

@@ -105,10 +105,13 @@ def champion(settings: Settings, base: dict, fingerprint: str) -> dict | None:
 
 
 @task(name="version-dvc", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
-def version_dvc(settings: Settings, store: str, scores: dict) -> dict:
+def version_dvc(settings: Settings, store: str, scores: dict, skip_reason: str | None = None) -> dict:
     from pathlib import Path
 
-    rec = versioning.version_outputs(settings, Path(store), scores)
+    if skip_reason:  # dvc.lock would claim params.yaml produced an output it did not
+        rec = {"enabled": False, "reason": f"{skip_reason}; dvc.lock left as is"}
+    else:
+        rec = versioning.version_outputs(settings, Path(store), scores)
     log = get_run_logger()
     if rec["enabled"]:
         log.info("DVC: %s md5 %s committed to dvc.lock%s", rec["path"], rec["md5"], ", pushed" if rec["pushed"] else "")
