@@ -208,6 +208,12 @@ def prefect_api(tmp_path_factory):
             else:
                 os.environ[k] = v
     finally:
+        try:  # send buffered flow/task logs before the server goes
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler.flush()
+        except Exception:
+            pass
         os.killpg(proc.pid, 15)
         proc.wait(30)
 
