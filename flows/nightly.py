@@ -26,6 +26,7 @@ from tasks.config import quiet_env
 
 quiet_env()
 
+import torch  # noqa: E402
 from prefect import flow, get_run_logger, unmapped  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
@@ -80,10 +81,16 @@ def calibrate_and_merge(settings: Settings, aset, groups: list[list[str]], key: 
         import dask
 
         annotate = dask.annotate(resources={cfg["gpu_resource"]: 1})  # calibration runs on GPU workers
-    with annotate:
-        cals = steps.calibrate.map(unmapped(aset), groups, unmapped(recipe), unmapped(settings.pipeline["device"]))
-        merged = steps.merge_group.map(cals, unmapped(recipe))
-    results = [f.result() for f in merged]
+    threads = settings.pipeline["calibrate"]["threads"]
+    before = torch.get_num_threads()
+    try:
+        with annotate:
+            cals = steps.calibrate.map(unmapped(aset), groups, unmapped(recipe), unmapped(settings.pipeline["device"]),
+                                       unmapped(threads))
+            merged = steps.merge_group.map(cals, unmapped(recipe), unmapped(threads))
+        results = [f.result() for f in merged]
+    finally:
+        torch.set_num_threads(before)  # (the pool's threads pinned it; the rest of the run gets it back)
     return steps.write(settings, key, aset, recipe, groups, results, fetched)
 
 
@@ -124,23 +131,25 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     base = benchmark.resolve_base(settings, base_f.result(), fetched[0]["path"])
     fingerprint_obj = benchmark.benchmark_fingerprint(settings)
     fingerprint = digest(fingerprint_obj)
-    baseline_runs = []
-    if settings.pipeline["eval"]["baselines"]:  # overlap with the merge; cached by content after the first night
-        baseline_runs.append(steps.run_benchmark.submit(settings, base, None, "base"))
-        baseline_runs += [steps.run_benchmark.submit(settings, base, b.result()["path"], b.result()["name"])
-                          for b in baseline_fs]
 
+    runner_name = None
     if cached is not None:
         store, manifest = str(merging.store_dir(settings, key)), cached
         merging.check_sources(manifest, fetched)
         log.info("merge cache hit: %s (same sources, recipe and pico version)", store)
     else:
         runner = make_task_runner(settings)
+        runner_name = type(runner).__name__
         store, manifest = calibrate_and_merge.with_options(task_runner=runner)(settings, aset, groups, key, fetched)
     mark("calibrate_merge")
 
     merged_eval = steps.run_benchmark(settings, base, store, "merged")
     mark("benchmark")
+    baseline_runs = []  # after the merge, never beside it (evaluation changes torch's thread count)
+    if settings.pipeline["eval"]["baselines"]:  # cached by content: free after the first night
+        baseline_runs.append(steps.run_benchmark.submit(settings, base, None, "base"))
+        baseline_runs += [steps.run_benchmark.submit(settings, base, b.result()["path"], b.result()["name"])
+                          for b in baseline_fs]
     experiment = preflight.result()  # raises RegistryUnavailable: nothing below runs, no alias moves
     champ = steps.champion(settings, base, fingerprint)
     baselines = [f.result() for f in baseline_runs]
@@ -189,6 +198,7 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     mark("promote")
     timings = _durations(t["start"], marks)
     return {"project": str(settings.project), "merge_key": key, "store": store, "cached_merge": cached is not None,
+            "runner": runner_name,
             "eval": merged_eval, "baselines": baselines, "champion_before": champ, "registered": reg,
             "decision": decision, "dvc": dvc, "experiment_id": experiment, "timings": timings,
             "tracking_uri": settings.tracking_uri, "model": settings.pipeline["mlflow"]["model_name"]}

@@ -24,8 +24,9 @@ def stage_merge(settings) -> dict:
     fetched = [fetch.fetch_entry(settings, e) for e in settings.catalog.adapters]
     aset = merging.load_set(fetched)
     groups = merging.plan_groups(aset, recipe, settings.pipeline["calibrate"]["layers_per_group"])
-    device = settings.pipeline["device"]
-    results = (merging.merge_group(merging.calibrate_group(aset, g, recipe, device), recipe) for g in groups)
+    device, threads = settings.pipeline["device"], settings.pipeline["calibrate"]["threads"]
+    results = (merging.merge_group(merging.calibrate_group(aset, g, recipe, device, threads), recipe, threads)
+               for g in groups)
     out = settings.path("merged")
     import torch
 

@@ -26,7 +26,9 @@ DEFAULTS: dict = {
     },
     "dtype": "float32",
     "device": "auto",  # where calibration runs: auto (CUDA when the worker has one), cpu, cuda
-    "calibrate": {"layers_per_group": None},  # None: the library's shape batches; N: split them N layers a task
+    # layers_per_group: None: the library's shape batches; N: split them N layers a task.
+    # threads: torch intra-op threads of each calibrate/merge task, the same on every runner (same bytes).
+    "calibrate": {"layers_per_group": None, "threads": 1},
     "task_runner": {
         "kind": "threads",  # threads | dask
         "max_workers": 2,  # threads

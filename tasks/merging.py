@@ -91,12 +91,24 @@ def plan_groups(aset: pico.AdapterSet, recipe: pico.Recipe, layers_per_group: in
     return groups
 
 
-def calibrate_group(aset: pico.AdapterSet, modules: list[str], recipe: pico.Recipe, device: str = "auto"):
+def pin_threads(threads: int | None) -> None:
+    """Fix torch's intra-op thread count for the merge math. BLAS/LAPACK results depend on it in the last bits (the
+    work is split differently), so every runner -- a thread pool, Dask worker processes (which Dask starts with one
+    thread), the DVC stage -- computes with the same count and writes the same bytes. Not restored inside a task:
+    tasks of one map run concurrently and must not see the count change under them."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def calibrate_group(aset: pico.AdapterSet, modules: list[str], recipe: pico.Recipe, device: str = "auto",
+                    threads: int | None = 1):
     """Pico calibration of one group (pure function of the group's factors); runs on the worker's GPU if any."""
+    pin_threads(threads)
     return pico.calibrate_batch(aset, modules, recipe, device=device)
 
 
-def merge_group(cal, recipe: pico.Recipe):
+def merge_group(cal, recipe: pico.Recipe, threads: int | None = 1):
+    pin_threads(threads)
     return pico.merge_batch(cal, recipe)
 
 

@@ -63,13 +63,13 @@ def validate(settings: Settings, fetched: list[dict]):
 
 
 @task(name="calibrate", cache_policy=NO_CACHE, task_run_name="calibrate-{modules[0]}")
-def calibrate(aset, modules: list[str], recipe, device: str = "auto"):
-    return merging.calibrate_group(aset, modules, recipe, device)
+def calibrate(aset, modules: list[str], recipe, device: str = "auto", threads: int | None = 1):
+    return merging.calibrate_group(aset, modules, recipe, device, threads)
 
 
 @task(name="merge-group", cache_policy=NO_CACHE)
-def merge_group(cal, recipe):
-    return merging.merge_group(cal, recipe)
+def merge_group(cal, recipe, threads: int | None = 1):
+    return merging.merge_group(cal, recipe, threads)
 
 
 @task(name="write", cache_policy=NO_CACHE)

@@ -7,6 +7,7 @@ the score, so a test picks a better or worse merge by its recipe, in-process or 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -102,7 +103,7 @@ def make_project(root: Path, adapters: list[Path], base: Path, *, recipe: dict |
         "pipeline": {
             "catalog": "adapters.yaml",
             "dtype": "float32",
-            "calibrate": {"layers_per_group": None},
+            "calibrate": {"layers_per_group": None, "threads": 1},
             "eval": {"suite": "callable", "callable": "scorer:score", "baselines": True},
             "mlflow": {"experiment": "test-nightly", "model_name": "merged-test"},
             "gate": {"floor": 0.2, "min_delta": 0.0},
@@ -182,10 +183,12 @@ class MlflowServer:
         self.proc = None
 
 
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    """One real Prefect server for the session (PREFECT_API_URL): in-process flows and subprocesses share it."""
-    home = tmp_path_factory.mktemp("prefect-home")
+_SESSION: dict = {}  # process-wide: the fixtures below are imported by several modules, started once
+
+
+def _start_prefect_server(root: Path) -> str:
+    home = root / "prefect-home"
+    home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**os.environ, **ENV, "PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": str(port)}
     env.pop("PREFECT_API_URL", None)
@@ -194,28 +197,138 @@ def prefect_api(tmp_path_factory):
                              str(port), "--no-services"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_http(url + "/health", timeout=180, proc=proc)
-        old = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
-        os.environ["PREFECT_API_URL"], os.environ["PREFECT_HOME"] = url, str(home)
-        from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_HOME: str(home)}):
-            yield url
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    finally:
+    def stop():
         try:  # send buffered flow/task logs before the server goes
             from prefect.logging.handlers import APILogHandler
 
             APILogHandler.flush()
         except Exception:
             pass
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            proc.wait(30)
+
+    atexit.register(stop)
+    wait_http(url + "/health", timeout=180, proc=proc)
+    os.environ["PREFECT_API_URL"], os.environ["PREFECT_HOME"] = url, str(home)
+    return url
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """One real Prefect server per test process (PREFECT_API_URL): in-process flows and subprocesses share it."""
+    if "prefect" not in _SESSION:
+        _SESSION["prefect"] = _start_prefect_server(tmp_path_factory.mktemp("prefect"))
+    url = _SESSION["prefect"]
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_HOME: os.environ["PREFECT_HOME"]}):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory):
+    """An empty, migrated MLflow SQLite store: copied into each project (creating one costs ~10 s here)."""
+    if "mlflow" not in _SESSION:
+        from mlflow.tracking import MlflowClient
+
+        db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+        MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+        _SESSION["mlflow"] = db
+    return _SESSION["mlflow"]
+
+
+@pytest.fixture(scope="session")
+def dvc_template(tmp_path_factory, adapters, base):
+    """A git + DVC project with the adapters pushed to a local remote (built once, copied per test)."""
+    if "dvc" not in _SESSION:
+        root = tmp_path_factory.mktemp("tpl")
+        mp = pytest.MonkeyPatch()
+        set_env(mp, root)
+        make_project(root / "proj", adapters, base)
+        mp.undo()
+        _SESSION["dvc"] = root / "proj"
+    return _SESSION["dvc"]
+
+
+def clone_project(template: Path, dest: Path, mlflow_db: Path) -> Path:
+    shutil.copytree(template, dest, symlinks=True)
+    remote = template.parent / f"{template.name}-remote"
+    if remote.exists():
+        shutil.copytree(remote, dest.parent / f"{dest.name}-remote")
+        cfg = dest / ".dvc" / "config"
+        cfg.write_text(cfg.read_text().replace(str(remote), str(dest.parent / f"{dest.name}-remote")))
+    (dest / "build" / "mlflow").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(mlflow_db, dest / "build" / "mlflow" / "mlflow.db")
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, dvc_template, mlflow_template, prefect_api):
+    set_env(monkeypatch, tmp_path)
+    return clone_project(dvc_template, tmp_path / "proj", mlflow_template)
+
+
+@pytest.fixture
+def plain_project(tmp_path, monkeypatch, adapters, base, mlflow_template, prefect_api):
+    """No DVC: local-path sources (the faults that stop before versioning)."""
+    set_env(monkeypatch, tmp_path)
+    root = make_project(tmp_path / "plain", adapters, base, dvc_init=False)
+    (root / "build" / "mlflow").mkdir(parents=True)
+    shutil.copyfile(mlflow_template, root / "build" / "mlflow" / "mlflow.db")
+    return root
+
+
+def set_params(project: Path, **changes) -> None:
+    """Edit params.yaml like a user would: keys 'merge.lam', 'pipeline.gate.floors', ..."""
+    path = project / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        node = data
+        parts = key.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def client(project: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{project / 'build' / 'mlflow' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def champion_version(project: Path, model: str = "merged-test") -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(project).get_model_version_by_alias(model, "champion").version)
+    except MlflowException:
+        return None
+
+
+def versions(project: Path, model: str = "merged-test") -> list[str]:
+    return sorted(str(v.version) for v in client(project).search_model_versions(f"name = '{model}'"))
+
+
+def reference_merge(project: Path, out: Path) -> dict:
+    """What `pico merge` writes for the project's adapters and recipe."""
+    import pico
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    names = [e["name"] for e in yaml.safe_load((project / "adapters.yaml").read_text())["adapters"]]
+    aset = pico.load_adapters([project / "adapters" / n for n in names])
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the pipeline's pipeline.calibrate.threads default
+    try:
+        pico.merge(aset, pico.Recipe.from_dict(params["merge"]), out, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return file_hashes(out)
 
 
 def nightly(project: Path, **overrides) -> dict:
