@@ -252,8 +252,10 @@ def collate(rows: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Tenso
 
 
 class TaraLinear(nn.Module):
-    """base(x) + ((x A^T) * c) B^T, with c = coeff[index] (or coeff) and, for tara-b, the T blocks of the middle
-    dimension summed (fold = (T, k)) before B. ``only_task`` switches to one original adapter (for the baselines)."""
+    """base(x) + ((x A^T) * c) B^T, with c = coeff[index] (or coeff); for tara-b (fold = (T, k)) the coefficients
+    weight the T blocks of A's rows, which are summed: base(x) + x (sum_t diag(c_t) A_t)^T B^T, the same function as
+    the official B_rep diag(c) A_cat with B_rep = [U | ... | U]. ``only_task`` switches to one original adapter (for
+    the baselines)."""
 
     def __init__(self, base: nn.Linear, a: torch.Tensor, b: torch.Tensor, index: torch.Tensor | None,
                  fold: tuple[int, int] | None, n_coeff: int, init: float, originals: list[tuple]):
@@ -273,18 +275,21 @@ class TaraLinear(nn.Module):
         if self.only_task is not None:
             b, a = self.originals[self.only_task]
             return y + ((xf @ a.mT) @ b.mT).to(y.dtype)
+        if self.fold is not None:  # tara-b: fold the coefficients into A first (k x n), T times cheaper than (x A^T)
+            return y + ((xf @ self._folded_a(self.coeff).mT) @ self.b.mT).to(y.dtype)
         c = self.coeff if self.index is None else self.coeff[self.index]
-        h = (xf @ self.a.mT) * c
-        if self.fold is not None:
-            h = h.unflatten(-1, self.fold).sum(-2)
-        return y + (h @ self.b.mT).to(y.dtype)
+        return y + (((xf @ self.a.mT) * c) @ self.b.mT).to(y.dtype)
+
+    def _folded_a(self, c: torch.Tensor) -> torch.Tensor:
+        """tara-b: sum_t diag(c_t) diag(s) V_t^T, the (k x n) A' of the merged update U A'."""
+        T, k = self.fold
+        return (c.view(T, k, 1) * self.a.view(T, k, -1)).sum(0)
 
     def merged_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact (B', A') with B' A' = the current merged update."""
         c = self.coeff.detach()
-        if self.fold is not None:  # tara-b: B' = U, A' = sum_t diag(c_t) diag(s) V_t^T
-            T, k = self.fold
-            return self.b, (c.view(T, k, 1) * self.a.view(T, k, -1)).sum(0)
+        if self.fold is not None:  # tara-b: B' = U, A' = sum_t diag(c_t) diag(s) V_t^T (rank <= k <= R)
+            return self.b, self._folded_a(c)
         c = c if self.index is None else c[self.index]
         return self.b * c, self.a
 
@@ -352,18 +357,24 @@ def build_layers(model: nn.Module, aset: AdapterSet, config: TaraConfig, device:
 # the pseudo-loss
 
 
-def mean_entropy(model: nn.Module, rows: Sequence[list[int]], positions: str, pad_id: int, device) -> torch.Tensor:
-    """Mean Shannon entropy (nats) of the model's next-token distributions over a batch of prompts."""
+def entropy_sums(model: nn.Module, rows: Sequence[list[int]], positions: str, pad_id: int,
+                 device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per prompt: the summed Shannon entropy (nats) of the model's next-token distributions at the chosen positions,
+    and how many positions that is (1 for "last")."""
     ids, mask, last = collate(rows, pad_id, device)
     if positions == "last":
-        logits = _last_logits(model, ids, mask, last)
-        logp = F.log_softmax(logits.float(), dim=-1)
-        return -(logp.exp() * logp).sum(-1).mean()
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    logp = F.log_softmax(logits.float(), dim=-1)
-    ent = -(logp.exp() * logp).sum(-1)
-    w = mask.to(ent.dtype)
-    return (ent * w).sum() / w.sum()
+        logp = F.log_softmax(_last_logits(model, ids, mask, last).float(), dim=-1)
+        return -(logp.exp() * logp).sum(-1), torch.ones(len(rows), device=ids.device)
+    logp = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    w = mask.to(logp.dtype)
+    return (-(logp.exp() * logp).sum(-1) * w).sum(-1), w.sum(-1)
+
+
+def mean_entropy(model: nn.Module, rows: Sequence[list[int]], positions: str, pad_id: int, device) -> torch.Tensor:
+    """Mean Shannon entropy (nats) of the model's next-token distributions over a batch of prompts (over every
+    position of every prompt for "all")."""
+    sums, counts = entropy_sums(model, rows, positions, pad_id, device)
+    return sums.sum() / counts.sum()
 
 
 def _last_logits(model, ids, mask, last):
@@ -431,8 +442,13 @@ class TaraTrainer:
 
     def scores(self, batches: list[list[list[int]]]) -> torch.Tensor:
         assert self.baselines is not None, "compute the baselines first"
-        ents = [mean_entropy(self.model, rows, self.config.positions, self.pad_id, self.device) for rows in batches]
-        return torch.stack(ents) - torch.tensor(self.baselines, device=self.device)
+        # One forward pass over all T batches: the merged model is the same for every task (a causal LM has no
+        # per-task head), and with right padding each prompt's positions see exactly what they would see alone.
+        sums, counts = entropy_sums(self.model, [r for rows in batches for r in rows], self.config.positions,
+                                    self.pad_id, self.device)
+        sizes = [len(rows) for rows in batches]
+        ents = torch.stack([s.sum() / c.sum() for s, c in zip(sums.split(sizes), counts.split(sizes))])
+        return ents - torch.tensor(self.baselines, device=self.device)
 
     def loss(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.scores(batches)
@@ -448,16 +464,16 @@ class TaraTrainer:
 
     @torch.no_grad()
     def full_entropy(self, t: int, only_task: int | None = None, chunk: int = 64) -> float:
-        """Mean entropy over all of task t's inputs (prompt-weighted), of the merged model or of one adapter."""
+        """Mean entropy over all of task t's inputs, of the merged model or of one adapter alone."""
         for layer in self.layers.values():
             layer.only_task = only_task
         try:
-            rows, total = self.inputs[t].ids, 0.0
+            rows, total, count = self.inputs[t].ids, 0.0, 0.0
             for i in range(0, len(rows), chunk):
-                part = rows[i:i + chunk]
-                total += float(mean_entropy(self.model, part, self.config.positions, self.pad_id, self.device)) \
-                    * len(part)
-            return total / len(rows)
+                sums, counts = entropy_sums(self.model, rows[i:i + chunk], self.config.positions, self.pad_id,
+                                            self.device)
+                total, count = total + float(sums.sum()), count + float(counts.sum())
+            return total / count
         finally:
             for layer in self.layers.values():
                 layer.only_task = None
