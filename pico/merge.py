@@ -17,10 +17,10 @@ from typing import Iterable
 
 import torch
 
-from . import __version__
+from . import __version__, factored
 from .adapters import SAFETENSORS_NAME, AdapterError, AdapterSet
 from .calibrate import calibrate, overlap_diagnostics
-from .linalg import frob_norm_of_product
+from .linalg import frob_norm_of_product, single_thread
 from .recipe import Recipe
 from .registry import Context, get_method
 from .spaces import merged_norm, project, reconstruct
@@ -28,6 +28,7 @@ from .writer import AtomicDir, SafetensorsStreamWriter, sha256_file, write_json
 
 MANIFEST_NAME = "merge_manifest.json"
 BATCH_BYTES = 256 << 20  # working-set budget of one batch
+CUDA_BATCH_BYTES = 4 << 30  # on a GPU: room for all 32 layers of a Llama-8B projection at rank 128 in one batch
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -56,14 +57,36 @@ def plan_batches(aset: AdapterSet, space: str = "core", budget_bytes: int = BATC
     return batches
 
 
-@dataclass
 class CalibratedBatch:
-    modules: list[str]
-    ranks: tuple[int, ...]
-    bs: list[torch.Tensor]  # (L, m, r_t), calibrated, scale absorbed
-    as_: list[torch.Tensor]  # (L, r_t, n)
-    source_norms: torch.Tensor  # (L, T): ||B_t A_t||_F of the uncalibrated updates
-    diagnostics: dict[str, torch.Tensor]
+    """One calibrated batch: calibrated factors bs[t] (L, m, r_t), as_[t] (L, r_t, n) (scale absorbed), the
+    uncalibrated update norms ||B_t A_t||_F (L, T) and per-module diagnostics.
+
+    On the core-space fast path the batch is held in Gram form (``factored``, pico/factored.py) and ``bs``/``as_``
+    are formed only when something asks for them.
+    """
+
+    def __init__(self, modules: list[str], ranks: tuple[int, ...], bs: list[torch.Tensor] | None,
+                 as_: list[torch.Tensor] | None, source_norms: torch.Tensor, diagnostics: dict[str, torch.Tensor],
+                 factored: factored.FactoredCore | None = None):
+        if bs is None and factored is None:
+            raise ValueError("a CalibratedBatch needs its factors or their Gram form")
+        self.modules, self.ranks = modules, tuple(ranks)
+        self._bs, self._as = bs, as_
+        self.source_norms, self.diagnostics, self.factored = source_norms, diagnostics, factored
+
+    def _materialize(self) -> None:
+        if self._bs is None:
+            self._bs, self._as = self.factored.materialize()
+
+    @property
+    def bs(self) -> list[torch.Tensor]:
+        self._materialize()
+        return self._bs
+
+    @property
+    def as_(self) -> list[torch.Tensor]:
+        self._materialize()
+        return self._as
 
 
 @dataclass
@@ -84,26 +107,47 @@ def load_batch(aset: AdapterSet, modules: list[str], device: torch.device) -> tu
 
 def calibrate_batch(aset: AdapterSet, modules: list[str], recipe: Recipe, device: torch.device | str = "cpu",
                     diagnostics: bool = True) -> CalibratedBatch:
-    """Read one batch of modules and apply the recipe's calibration (Pico or a control); a no-op for 'none'."""
+    """Read one batch of modules and apply the recipe's calibration (Pico or a control); a no-op for 'none'.
+
+    Core-space recipes take the Gram-form fast path (pico/factored.py) unless a module of the batch is too
+    ill-conditioned for it; then, as for the other spaces, the calibrated factors are formed explicitly.
+    """
     device = resolve_device(str(device))
-    bs, as_ = load_batch(aset, modules, device)
+    ranks = aset.shape(modules[0])[2]
+    if recipe.space == "core" and factored.ENABLED and recipe.calibrate in factored.MODES:
+        stacked = factored.load(aset, modules, device)
+        fc, norms, diag = factored.calibrate(stacked, mode=recipe.calibrate, kappa=recipe.kappa, gamma=recipe.gamma,
+                                             rescale_pre=recipe.rescale == "pre",
+                                             diagnostics=diagnostics and recipe.calibrate != "none")
+        if fc is not None:
+            return CalibratedBatch(modules, ranks, None, None, norms, diag, factored=fc)
+        bs, as_ = stacked.split()  # the general path on the same (float32) factors
+        del stacked
+    else:
+        bs, as_ = load_batch(aset, modules, device)
     norms = torch.stack([frob_norm_of_product(b, a) for b, a in zip(bs, as_)], dim=-1)
     diag = {}
     if recipe.calibrate != "none":
         bs, as_, diag = calibrate(bs, as_, mode=recipe.calibrate, kappa=recipe.kappa, gamma=recipe.gamma,
                                   rescale_pre=recipe.rescale == "pre", modules=modules, seed=recipe.seed,
                                   diagnostics=diagnostics)
-    return CalibratedBatch(modules, aset.shape(modules[0])[2], bs, as_, norms, diag)
+    return CalibratedBatch(modules, ranks, bs, as_, norms, diag)
 
 
-def merge_batch(cal: CalibratedBatch, recipe: Recipe) -> list[ModuleResult]:
-    """Merge one calibrated batch in the recipe's space and return exact-rank factors per module."""
+def merge_batch(cal: CalibratedBatch, recipe: Recipe, *, to_cpu: bool = True) -> list[ModuleResult]:
+    """Merge one calibrated batch in the recipe's space and return exact-rank factors per module (on the CPU, or
+    left on the batch's device with ``to_cpu=False``)."""
     method = get_method(recipe.method)
-    T = len(cal.bs)
+    T = len(cal.ranks)
     weights = torch.tensor(recipe.weights if recipe.weights is not None else [1.0] * T)
-    taus, state = project(recipe.space, cal.bs, cal.as_)
+    fast = cal.factored is not None and recipe.space == "core"
+    if fast:
+        taus, state = cal.factored.project(), {}
+    else:
+        taus, state = project(recipe.space, cal.bs, cal.as_)
     ctx = Context(modules=cal.modules, ranks=cal.ranks, space=recipe.space, seed=recipe.seed)
-    merged = method.fn(taus, weights, ctx, **recipe.method_params()) * recipe.lam
+    with single_thread(fast and not taus.is_cuda):  # R x R cores: many small operations
+        merged = method.fn(taus, weights, ctx, **recipe.method_params()) * recipe.lam
     target = cal.source_norms.mean(-1)
     norm = merged_norm(recipe.space, merged)
     ratio = norm / target.clamp_min(1e-30)
@@ -111,8 +155,14 @@ def merge_batch(cal: CalibratedBatch, recipe: Recipe) -> list[ModuleResult]:
         factor = torch.where(norm > 0, target / norm.clamp_min(1e-30), torch.ones_like(norm))
         merged = merged * factor[:, None, None]
     rank = recipe.rank if recipe.rank is not None else sum(cal.ranks)
-    b, a, out_rank, kept = reconstruct(recipe.space, merged, state, rank)
-    b, a = b.cpu(), a.cpu()
+    if fast:
+        b, a = cal.factored.reconstruct(merged)
+        out_rank, kept = torch.full((len(cal.modules),), a.shape[-2]), torch.ones(len(cal.modules))
+    else:
+        b, a, out_rank, kept = reconstruct(recipe.space, merged, state, rank)
+    if to_cpu:
+        b, a = b.cpu(), a.cpu()
+    ratio, target = ratio.cpu(), target.cpu()
     diag = {k: v.cpu() for k, v in cal.diagnostics.items()}
     results = []
     for i, module in enumerate(cal.modules):
@@ -171,7 +221,7 @@ def merge(aset: AdapterSet, recipe: Recipe, out: str | Path, *, device: str = "a
     if recipe.weights is not None and len(recipe.weights) != len(aset):
         raise AdapterError(f"{len(recipe.weights)} weights given for {len(aset)} adapters")
     dev = resolve_device(device)
-    batches = plan_batches(aset, recipe.space)
+    batches = plan_batches(aset, recipe.space, CUDA_BATCH_BYTES if dev.type == "cuda" else BATCH_BYTES)
     results = (merge_batch(calibrate_batch(aset, batch, recipe, dev), recipe) for batch in batches)  # lazy: streams
     return write_merged(aset, recipe, batches, results, out, overwrite=overwrite, progress=progress, dtype=dtype)
 

@@ -1,0 +1,261 @@
+"""Core-space merges computed from the stacked factors' R x R Gram matrices (the fast path of a core-space merge).
+
+The general path (``calibrate`` + ``spaces.project``/``reconstruct``) runs a QR and a small SVD of the stacked B's
+for Pico, again for the Core Space basis, and again on the stacked A's, and forms the calibrated factors. All of
+that is determined by two R x R matrices per module, G_B = B_all^T B_all and G_A = A_all A_all^T (float64, so
+products of float32 inputs are exact up to 1e-16), with B_all = [B_1 .. B_T] (m x R) and A_all = [A_1; ..; A_T]:
+
+- Pico: G_B = V diag(e) V^T gives the singular values sqrt(e) and right vectors V of B_all; the calibrated
+  B'_all = U diag(alpha) U^T B_all equals B_all C with C = V diag(alpha) V^T (R x R). Every calibration mode of
+  ``calibrate`` except the random-basis control is such a right (or, for the A-space control, left) R x R map;
+  the per-adapter "pre" rescale scales C's column blocks. Update norms ||B_t A_t||_F come from Gram blocks.
+- Core Space: with C^T G_B C = V' diag(s_b^2) V'^T and D G_A D^T = W diag(s_a^2) W^T, the bases are
+  U_B = B'_all V' diag(1/s_b) and V_A = A'_all^T W diag(1/s_a), and the cores are
+  M_t = U_B^T B'_t A'_t V_A = (diag(s_b) V'^T[:, cols_t]) (W[rows_t, :] diag(s_a)) -- R x R arithmetic only.
+- Output: B_out = U_B M = B_all (C V' diag(1/s_b) M) and A_out = V_A^T = (diag(1/s_a) W^T D) A_all: one
+  m x R x R and one R x R x n product (float64), the only passes over the data besides the two Grams.
+
+So a module costs two Gram products and two output products instead of three QRs, three small SVDs and the
+explicit calibrated factors. The bases are orthonormal only to the extent that the Grams' eigenvectors resolve the
+smallest singular values: this path is used when every module of the batch has full rank R <= min(m, n) and a
+condition number below ``MAX_COND``; otherwise (and for the random-basis control, whose result depends on the
+backend's sign convention for U) the merge driver takes the general path. Results agree with the general path to
+float32 rounding (tests/test_bench_fastpath.py) and are independent of eigenvector signs: TIES, TA and TSV on cores
+are invariant to signed permutations of the bases, and the A' factor uses canonically signed eigenvectors.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from .calibrate import pico_alphas
+from .linalg import energy_share, gram, psd_eig, single_thread
+
+ENABLED = True  # switch for tests and benchmarks that compare against the general path
+MAX_COND = 1e3  # largest condition number of B_all or A_all (and of the calibrated B'_all) the fast path accepts
+MODES = ("none", "pico", "pico-uniform", "pico-sharing", "pico-a")
+
+
+@dataclass
+class Stacked:
+    """One batch of L modules of equal shape: stacked factors (float64, scale absorbed) and their Grams."""
+
+    b_all: torch.Tensor  # (L, m, R)
+    a_all: torch.Tensor  # (L, R, n)
+    ranks: tuple[int, ...]
+    g_b: torch.Tensor = field(init=False)  # (L, R, R) = B_all^T B_all
+    g_a: torch.Tensor = field(init=False)  # (L, R, R) = A_all A_all^T
+
+    def __post_init__(self):
+        self.g_b = gram(self.b_all)
+        self.g_a = gram(self.a_all.mT)
+
+    def split(self, dtype=torch.float32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The per-task factors (B_t, A_t) as lists of (L, m, r_t) / (L, r_t, n) in ``dtype``."""
+        bs = [b.to(dtype) for b in self.b_all.split(list(self.ranks), dim=-1)]
+        as_ = [a.to(dtype) for a in self.a_all.split(list(self.ranks), dim=-2)]
+        return bs, as_
+
+
+def load(aset, modules: list[str], device: torch.device) -> Stacked:
+    """Read a batch of modules of equal shape from an AdapterSet and stack it on ``device``. The many small reads
+    and copies run on one thread (see ``linalg.single_thread``); the Gram products use the configured threads."""
+    with single_thread():
+        b_all, a_all, ranks = _fill((aset.factors(m) for m in modules), len(modules), device)
+    return _stacked(b_all, a_all, ranks, device)
+
+
+def stack(pairs, device: torch.device) -> Stacked:
+    """``pairs[l]`` = the T pairs (B_t, A_t) of module l (float32, scale absorbed) -> a Stacked batch on ``device``."""
+    return _stacked(*_fill(pairs, len(pairs), device), device)
+
+
+def _fill(pairs, count: int, device: torch.device):
+    """Copy the factors into stacks: on the CPU straight into float64; for a GPU in float32 into pinned memory
+    (half the bytes to move; widened on the device)."""
+    it = iter(pairs)
+    first = next(it)
+    ranks = tuple(b.shape[-1] for b, _ in first)
+    m, n, R = first[0][0].shape[0], first[0][1].shape[1], sum(ranks)
+    cuda = device.type == "cuda"
+    dtype = torch.float32 if cuda else torch.float64
+    b_all = torch.empty(count, m, R, dtype=dtype, pin_memory=cuda)
+    a_all = torch.empty(count, R, n, dtype=dtype, pin_memory=cuda)
+    for i, module in enumerate(itertools.chain([first], it)):
+        off = 0
+        for b, a in module:
+            r = b.shape[-1]
+            b_all[i, :, off:off + r] = b
+            a_all[i, off:off + r, :] = a
+            off += r
+    return b_all, a_all, ranks
+
+
+def _stacked(b_all, a_all, ranks, device: torch.device) -> Stacked:
+    if device.type == "cpu":
+        return Stacked(b_all, a_all, ranks)
+    return Stacked(b_all.to(device, non_blocking=True).double(), a_all.to(device, non_blocking=True).double(), ranks)
+
+
+def _blocks(ranks) -> list[slice]:
+    out, off = [], 0
+    for r in ranks:
+        out.append(slice(off, off + r))
+        off += r
+    return out
+
+
+def _block_inner(g_b: torch.Tensor, g_a: torch.Tensor, ranks) -> torch.Tensor:
+    """||B_t A_t||_F^2 = <B_t^T B_t, A_t A_t^T> for every task: (L, T)."""
+    return torch.stack([(g_b[..., s, s] * g_a[..., s, s]).sum((-2, -1)) for s in _blocks(ranks)], dim=-1)
+
+
+def _whitener(g: torch.Tensor, ranks) -> torch.Tensor:
+    """Block-diagonal W with W_t^T G_tt W_t = I: Q_t = X_t W_t is an orthonormal basis of task t's factor."""
+    w = torch.zeros_like(g)
+    for s in _blocks(ranks):
+        e, v = psd_eig(g[..., s, s])
+        inv = torch.where(e > e[..., :1] * 1e-24, e.clamp_min(1e-300).rsqrt(), torch.zeros_like(e))
+        w[..., s, s] = v * inv.unsqueeze(-2)
+    return w
+
+
+def _overlap(g: torch.Tensor, ranks) -> torch.Tensor:
+    """Mean over task pairs of ||Q_t^T Q_u||_F^2 / min(r_t, r_u) (as ``linalg.subspace_overlap``), from the Gram."""
+    T = len(ranks)
+    if T < 2:
+        return torch.ones(g.shape[:-2], dtype=g.dtype, device=g.device)
+    w = _whitener(g, ranks)
+    z = w.mT @ g @ w  # block (t, u) = Q_t^T Q_u
+    blocks = _blocks(ranks)
+    total = 0
+    for t in range(T):
+        for u in range(t + 1, T):
+            total = total + z[..., blocks[t], blocks[u]].square().sum((-2, -1)) / min(ranks[t], ranks[u])
+    return total / (T * (T - 1) / 2)
+
+
+def _cond_ok(e: torch.Tensor, p: int) -> bool:
+    """Every module's Gram has p eigenvalues, the smallest above e_max / MAX_COND^2."""
+    return bool((e[..., p - 1] > e[..., 0] / MAX_COND ** 2).all())
+
+
+@dataclass
+class FactoredCore:
+    """A calibrated batch in Gram form: B'_all = B_all C, A'_all = D A_all (C, D None = identity), and the
+    eigendecompositions of the calibrated Grams that give the Core Space bases."""
+
+    stacked: Stacked
+    c: torch.Tensor | None
+    d: torch.Tensor | None
+    e_b: torch.Tensor  # (L, R) eigenvalues of C^T G_B C, descending
+    v_b: torch.Tensor  # (L, R, R) its eigenvectors
+    e_a: torch.Tensor  # (L, R) eigenvalues of D G_A D^T
+    w_a: torch.Tensor  # (L, R, R)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        return self.stacked.ranks
+
+    def materialize(self, dtype=torch.float32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The calibrated factors (B'_t, A'_t) explicitly, for the general path (other spaces)."""
+        s = self.stacked
+        b = s.b_all if self.c is None else s.b_all @ self.c
+        a = s.a_all if self.d is None else self.d @ s.a_all
+        bs = [x.to(dtype) for x in b.split(list(self.ranks), dim=-1)]
+        as_ = [x.to(dtype) for x in a.split(list(self.ranks), dim=-2)]
+        return bs, as_
+
+    def project(self) -> torch.Tensor:
+        """The task cores M_t (L, T, R, R), float64."""
+        with single_thread(not self.e_b.is_cuda):
+            s_b, s_a = self.e_b.sqrt(), self.e_a.sqrt()
+            left = s_b.unsqueeze(-1) * self.v_b.mT  # diag(s_b) V'^T: (L, R, R), columns = stacked B columns
+            right = self.w_a * s_a.unsqueeze(-2)  # W diag(s_a): rows = stacked A rows
+            return torch.stack([left[..., :, s] @ right[..., s, :] for s in _blocks(self.ranks)], dim=1)
+
+    def reconstruct(self, merged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact-rank factors (B_out (L, m, R), A_out (L, R, n)) in float32 with B_out A_out = U_B merged V_A^T."""
+        s = self.stacked
+        x_b = self.v_b @ (merged / self.e_b.sqrt().unsqueeze(-1))  # V' diag(1/s_b) M
+        if self.c is not None:
+            x_b = self.c @ x_b
+        x_a = self.w_a.mT / self.e_a.sqrt().unsqueeze(-1)  # diag(1/s_a) W^T
+        if self.d is not None:
+            x_a = x_a @ self.d
+        return (s.b_all @ x_b).float(), (x_a @ s.a_all).float()
+
+
+def _spectral_eig(e: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecomposition of V diag(scale^2 e) V^T, reusing V: eigenvalues re-sorted in descending order."""
+    e2 = e * scale.square()
+    order = e2.argsort(dim=-1, descending=True, stable=True)
+    return e2.gather(-1, order), v.gather(-1, order.unsqueeze(-2).expand_as(v))
+
+
+def calibrate(stacked: Stacked, *, mode: str = "pico", kappa: float | None = None, gamma: float = 1.0,
+              rescale_pre: bool = False, diagnostics: bool = True
+              ) -> tuple[FactoredCore | None, torch.Tensor, dict[str, torch.Tensor]]:
+    """The Gram-form twin of ``pico.calibrate.calibrate`` for the modes in ``MODES``.
+
+    Returns (the calibrated batch, or None when the fast path does not apply to it; the uncalibrated update norms
+    ||B_t A_t||_F (L, T); per-module diagnostics with the same keys and values as ``calibrate``).
+    Everything here is R x R algebra: on the CPU it runs on one thread.
+    """
+    with single_thread(not stacked.g_b.is_cuda):
+        return _calibrate(stacked, mode, kappa, gamma, rescale_pre, diagnostics)
+
+
+def _calibrate(stacked, mode, kappa, gamma, rescale_pre, diagnostics):
+    if mode not in MODES:
+        raise ValueError(f"calibration mode {mode!r} has no Gram form")
+    ranks = stacked.ranks
+    T, R = len(ranks), sum(ranks)
+    m, n = stacked.b_all.shape[-2], stacked.a_all.shape[-1]
+    kappa = float(T - 1) if kappa is None else float(kappa)
+    g_b, g_a = stacked.g_b, stacked.g_a
+    norms = _block_inner(g_b, g_a, ranks).clamp_min(0).sqrt()
+    e_b, v_b = psd_eig(g_b)
+    e_a, w_a = psd_eig(g_a)
+    c_b = energy_share(e_b.sqrt())
+    diag: dict[str, torch.Tensor] = {}
+    ok = R <= min(m, n) and _cond_ok(e_b, R) and _cond_ok(e_a, R)
+
+    c = d = None
+    core_b, core_a = (e_b, v_b), (e_a, w_a)
+    if mode == "pico-a":
+        alpha = pico_alphas(energy_share(e_a.sqrt()), kappa, gamma)
+        d = (w_a * alpha.unsqueeze(-2)) @ w_a.mT
+        core_a = _spectral_eig(e_a, w_a, alpha)
+    elif mode != "none":
+        if mode == "pico":
+            alpha = pico_alphas(c_b, kappa, gamma)
+        elif mode == "pico-uniform":
+            alpha = pico_alphas(c_b, kappa, gamma).mean(-1, keepdim=True).expand_as(c_b)
+        else:  # pico-sharing: p_{k,t} = ||u_k^T B_t||^2 / sum_t, u_k^T B_all = s_k V^T[k, :]
+            proj = torch.stack([(e_b.unsqueeze(-1) * v_b.mT[..., :, s].square()).sum(-1) for s in _blocks(ranks)],
+                               dim=-1)
+            p = proj / proj.sum(-1, keepdim=True).clamp_min(1e-30)
+            entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
+            alpha = torch.exp(-entropy) ** gamma
+        c = (v_b * alpha.unsqueeze(-2)) @ v_b.mT
+        core_b = _spectral_eig(e_b, v_b, alpha)
+    if rescale_pre:  # ||B''_t A''_t|| = ||B_t A_t||: scale C's column block t
+        g_b_cal = g_b if c is None else c.mT @ g_b @ c
+        g_a_cal = g_a if d is None else d @ g_a @ d.mT
+        after = _block_inner(g_b_cal, g_a_cal, ranks).clamp_min(0).sqrt()
+        factor = torch.where(after > 0, norms / after.clamp_min(1e-30), torch.ones_like(after))
+        cols = torch.cat([factor[..., t:t + 1].expand(*factor.shape[:-1], r) for t, r in enumerate(ranks)], dim=-1)
+        c = (torch.eye(R, dtype=g_b.dtype, device=g_b.device) if c is None else c) * cols.unsqueeze(-2)
+        core_b = psd_eig(c.mT @ g_b @ c)
+    if not (ok and _cond_ok(core_b[0], R) and _cond_ok(core_a[0], R)):
+        return None, norms, diag
+    if mode != "none":
+        diag["alpha"] = alpha
+    if diagnostics:
+        diag.update({"collision_B": c_b, "collision_A": energy_share(e_a.sqrt()),
+                     "overlap_B": _overlap(g_b, ranks), "overlap_A": _overlap(g_a, ranks)})
+    return FactoredCore(stacked, c, d, core_b[0], core_b[1], core_a[0], core_a[1]), norms, diag
