@@ -1,0 +1,71 @@
+"""Time one nightly run on the embedded default, step by step (fetch to promotion), and its fixed costs.
+
+    python bench/nightly_timing.py                 # cold night (merge + eval caches cleared), then a warm rerun
+    python bench/nightly_timing.py --keep-cache    # as the next night would run with nothing changed
+    python bench/nightly_timing.py --json out.json
+
+Needs the skills suite built (`dvc repro` or `python -m flows.nightly` builds it). Clearing the caches removes only
+build/pipeline/store and build/pipeline/eval-cache (content-addressed caches); MLflow and DVC keep their history, so a
+cold run of an unchanged recipe registers into the version it already has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--project", default=str(ROOT))
+    ap.add_argument("--keep-cache", action="store_true", help="do not clear the merge/eval caches first")
+    ap.add_argument("--runs", type=int, default=2, help="runs in this process (the first cold unless --keep-cache)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+
+    t0 = time.perf_counter()
+    from tasks.config import load_settings, quiet_env
+
+    quiet_env()
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    settings = load_settings(args.project)
+    from flows.nightly import ensure_suite, nightly_merge
+
+    import_s = time.perf_counter() - t0
+    ensure_suite(settings)
+    if not args.keep_cache:
+        for sub in ("store", "eval-cache"):
+            shutil.rmtree(settings.work / sub, ignore_errors=True)
+    runs = []
+    for i in range(args.runs):
+        t = time.perf_counter()
+        summary = nightly_merge(project=str(settings.project))
+        wall = time.perf_counter() - t
+        runs.append({"run": i + 1, "cold": i == 0 and not args.keep_cache, "wall_s": round(wall, 2),
+                     "flow_steps_s": summary["timings"], "prefect_overhead_s": round(wall - summary["timings"]["total"], 2),
+                     "cached_merge": summary["cached_merge"], "eval_cached": summary["eval"]["cached"],
+                     "decision": summary["decision"]["alias"], "version": summary["registered"]["version"]})
+    out = {"machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()})",
+           "python": sys.version.split()[0], "imports_s": round(import_s, 2), "runs": runs}
+    print(f"machine: {out['machine']}; imports (prefect, torch, pico, flow): {out['imports_s']} s")
+    for r in runs:
+        kind = "cold (merge + eval computed)" if r["cold"] else "rerun (caches warm)"
+        print(f"\nrun {r['run']}: {kind}: {r['wall_s']} s wall, of which Prefect API/engine {r['prefect_overhead_s']} s"
+              f" -> v{r['version']} {r['decision']}")
+        for step, s in r["flow_steps_s"].items():
+            print(f"  {step:<20} {s:>7.2f} s")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
