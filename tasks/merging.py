@@ -43,10 +43,24 @@ def pico_code_digest() -> str:
     return _CODE_DIGEST
 
 
-def merge_key(fetched: list[dict], recipe: pico.Recipe, dtype: str) -> str:
-    """Everything that decides the merged bytes: the sources' bytes in order, the recipe, pico's code, the dtype."""
+def device_class(settings: Settings) -> str:
+    """Where the merge math will run: "cpu" or "cuda". CPU and GPU kernels round differently, so the class is part
+    of the merge key (bytes are identical across runners and thread counts within a class, not across classes)."""
+    device, runner = str(settings.pipeline["device"]), settings.pipeline["task_runner"]
+    if device != "auto":
+        return "cuda" if device.startswith("cuda") else "cpu"
+    if runner["kind"] == "dask" and runner["gpu_resource"]:
+        return "cuda"
+    if runner["kind"] == "dask" and runner["address"]:
+        return "dask-auto"  # the remote workers decide
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def merge_key(fetched: list[dict], recipe: pico.Recipe, dtype: str, device: str = "cpu") -> str:
+    """Everything that decides the merged bytes: the sources' bytes in order, the recipe, pico's code, the dtype,
+    the device class."""
     return digest({"sources": [f["sha256"] for f in fetched], "recipe": recipe.hash(), "pico": pico.__version__,
-                   "pico_code": pico_code_digest(), "dtype": dtype})
+                   "pico_code": pico_code_digest(), "dtype": dtype, "device": device})
 
 
 def store_dir(settings: Settings, key: str) -> Path:

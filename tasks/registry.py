@@ -99,6 +99,7 @@ def lineage_tags(lineage: dict) -> dict[str, str]:
     tags = {
         "pico.version": lineage["pico_version"],
         "pico.merge_key": lineage["merge_key"],
+        "pico.identity": identity(lineage),
         "recipe.hash": lineage["recipe_hash"],
         "recipe": json.dumps(lineage["recipe"], sort_keys=True),
         "git.commit": lineage["git"]["commit"] or "none",
@@ -128,16 +129,26 @@ def lineage_tags(lineage: dict) -> dict[str, str]:
     return {k: str(v)[:4900] for k, v in tags.items()}
 
 
-def find_version(c, name: str, merge_key: str, fingerprint: str):
-    """An existing version holding exactly these bytes evaluated on this benchmark (reruns reuse it)."""
+def identity(lineage: dict) -> str:
+    """What makes two runs the same model version: the sources' bytes, the recipe, the output bytes, the benchmark.
+    (Not the runner or the device: the same bytes computed elsewhere are the same version.)"""
+    from .config import digest
+
+    return digest({"sources": [s["sha256"] for s in lineage["sources"]], "recipe": lineage["recipe_hash"],
+                   "output": lineage["output"]["files"], "bench": lineage["eval"]["fingerprint"]})
+
+
+def find_version(c, name: str, lineage: dict):
+    """An existing version with this identity (reruns reuse it instead of registering a duplicate)."""
     from mlflow.exceptions import MlflowException
 
+    want = identity(lineage)
     try:
         versions = c.search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
     for v in sorted(versions, key=lambda v: int(v.version)):
-        if v.tags.get("pico.merge_key") == merge_key and v.tags.get("eval.fingerprint") == fingerprint:
+        if v.tags.get("pico.identity") == want:
             return v
     return None
 
@@ -188,7 +199,7 @@ def register(settings: Settings, *, lineage: dict, store: Path, params: dict, me
         from . import dvcio
 
         with dvcio.project_lock(settings.work, "registry"):  # concurrent identical runs share one version
-            existing = find_version(c, name, lineage["merge_key"], lineage["eval"]["fingerprint"])
+            existing = find_version(c, name, lineage)
             if existing is not None:
                 version, reused = existing, True
                 c.set_tag(run_id, "pico.reused_version", existing.version)

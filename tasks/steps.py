@@ -54,7 +54,7 @@ def validate(settings: Settings, fetched: list[dict]):
     if recipe.weights is not None and len(recipe.weights) != len(aset):
         raise ValueError(f"merge.weights has {len(recipe.weights)} entries for {len(aset)} adapters")
     groups = merging.plan_groups(aset, recipe, settings.pipeline["calibrate"]["layers_per_group"])
-    key = merging.merge_key(fetched, recipe, settings.pipeline["dtype"])
+    key = merging.merge_key(fetched, recipe, settings.pipeline["dtype"], merging.device_class(settings))
     store = merging.store_dir(settings, key)
     cached = merging.verify_dir(store)
     get_run_logger().info("%d adapters valid: %d modules in %d groups; merge key %s%s", len(aset), len(aset.modules),

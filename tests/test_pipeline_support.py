@@ -98,7 +98,8 @@ def make_project(root: Path, adapters: list[Path], base: Path, *, recipe: dict |
                             for a in adapters]}
     (root / "adapters.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
     params = {
-        "merge": recipe or {"method": "ties", "space": "core", "calibrate": "pico", "lam": 1.0,
+        # rescale none: lam scales the merged bytes (with "post" the norm is pinned and lam cancels out)
+        "merge": recipe or {"method": "ties", "space": "core", "calibrate": "pico", "rescale": "none", "lam": 1.0,
                             "params": {"density": 0.7}},
         "pipeline": {
             "catalog": "adapters.yaml",
