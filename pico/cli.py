@@ -12,6 +12,7 @@ from .adapters import AdapterError, load_adapters
 from .calibrate import MODES
 from .recipe import RESCALES, Recipe
 from .registry import METHODS, SPACES, all_params
+from .lineage import add_lineage_parser, cmd_lineage
 from .tara import add_tara_parser, cmd_tara
 
 EPILOG_MERGE = """examples:
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list merge methods, spaces, calibrations and their parameters")
     add_tara_parser(sub)  # `pico tara` lives in pico/tara.py
+    add_lineage_parser(sub)  # `pico lineage` (pico/lineage.py; the walk itself is tasks/lineage.py, imported lazily)
     return parser
 
 
@@ -185,7 +187,8 @@ def cmd_methods(_args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"merge": cmd_merge, "inspect": cmd_inspect, "methods": cmd_methods, "tara": cmd_tara}
+        commands = {"merge": cmd_merge, "inspect": cmd_inspect, "methods": cmd_methods, "tara": cmd_tara,
+                    "lineage": cmd_lineage}
         return commands[args.command](args)
     except (AdapterError, ValueError, FileExistsError) as exc:
         print(f"pico: error: {exc}", file=sys.stderr)

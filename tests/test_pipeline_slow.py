@@ -140,10 +140,11 @@ def test_main_command_on_embedded_defaults(project, tmp_path):
     assert "Decision: merged-test v1 PROMOTED to champion" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{project}/build/mlflow/mlflow.db" in out
     assert "pico lineage merged-test 1" in out
-    lineage = subprocess.run([PY, "-m", "tasks.lineage", "merged-test", "champion", "--project", str(project)],
+    pico = str(Path(PY).parent / "pico")
+    lineage = subprocess.run([pico, "lineage", "merged-test", "champion", "--project", str(project)],
                              cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert lineage.returncode == 0 and "ALL MATCH" in lineage.stdout, lineage.stdout + lineage.stderr
-    bad = subprocess.run([PY, "-m", "tasks.lineage", "merged-test", "7", "--project", str(project)], cwd=project,
+    bad = subprocess.run([pico, "lineage", "merged-test", "7", "--project", str(project)], cwd=project,
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "has no version or alias '7'" in bad.stderr
     assert os.path.isdir(project / "build" / "pipeline" / "merged")
