@@ -271,7 +271,8 @@ def ensure_suite(settings: Settings) -> None:
     if not stages:
         raise SystemExit(f"missing {', '.join(need)} and no DVC stage produces it; build the suite first")
     print(f"building the skills suite: dvc repro {' '.join(sorted(stages))} (one-off, minutes)", flush=True)
-    subprocess.run([sys.executable, "-m", "dvc", "repro", *sorted(stages)], cwd=settings.project, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "repro", *sorted(stages)], cwd=settings.project, check=True,
+                   env=dvcio.venv_env())
 
 
 def report(summary: dict, settings: Settings) -> str:

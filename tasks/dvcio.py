@@ -130,9 +130,17 @@ def recorded_files(project: Path, path: str | Path) -> dict | None:
     return {"out": out.path, "out_md5": out.md5, "origin": out.origin, "inner": inner, "files": files}
 
 
+def venv_env() -> dict:
+    """The environment for DVC and its stage commands: this interpreter's bin first on PATH, so a stage's
+    `python -m ...` runs in the same virtualenv even when it was not activated."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 def dvc_cmd(project: Path, *args: str, timeout: float = 600) -> str:
     """Run ``dvc ARGS`` in ``project``; raise DvcError with DVC's own message on failure."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env = venv_env()
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True,
                           text=True, timeout=timeout)
     if proc.returncode != 0:
