@@ -29,7 +29,7 @@ def _files_digest(paths) -> str:
 def benchmark_fingerprint(settings: Settings) -> dict:
     """What the scores depend on besides the model: the eval settings and the benchmark's data."""
     cfg = settings.eval_config()
-    keep = {k: cfg[k] for k in ("suite", "skills", "split", "limit", "tasks", "metric")}
+    keep = {k: cfg[k] for k in ("suite", "skills", "split", "limit", "tasks", "metric", "batch_size")}
     if cfg["suite"] == "skills":
         data = suite_data_dir(settings)
         if not data.is_dir():

@@ -334,8 +334,9 @@ def download_version(settings: Settings, source: str, dest: Path) -> Path:
     return dest
 
 
-def leaderboard(settings: Settings, limit: int = 10) -> list[dict]:
-    """Registered versions by mean score (best first), with their aliases."""
+def leaderboard(settings: Settings, limit: int = 10, fingerprint: str | None = None) -> list[dict]:
+    """Registered versions by mean score (best first), with their aliases; only those scored on ``fingerprint``'s
+    benchmark when given (scores on different benchmarks do not compare)."""
     c = client(settings)
     name = settings.pipeline["mlflow"]["model_name"]
     rows = []
@@ -348,7 +349,7 @@ def leaderboard(settings: Settings, limit: int = 10) -> list[dict]:
         by_version.setdefault(str(version), []).append(alias)
     for v in c.search_model_versions(f"name = '{name}'"):
         got = version_scores(v)
-        if got is None:
+        if got is None or (fingerprint and got[2] != fingerprint):
             continue
         rows.append({"version": str(v.version), "mean": got[1], "scores": got[0], "aliases": sorted(by_version.get(str(v.version), [])),
                      "recipe": json.loads(v.tags.get("recipe", "{}")), "fingerprint": got[2]})
