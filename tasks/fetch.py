@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from pico.adapters import CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, AdapterError, Source, resolve_source
+from pico.adapters import CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, AdapterError, Source
 from pico.writer import sha256_file
 
 from . import dvcio
@@ -81,6 +81,24 @@ def _resolve_dvc(settings: Settings, spec: str) -> tuple[Path, str | None, dict 
     return local, None, recorded
 
 
+def _resolve_hub(src: str) -> tuple[Path, str]:
+    """hf://org/name@revision -> the local snapshot. A missing repo/revision is permanent; network errors are not
+    (they propagate as they are, and the fetch task retries them)."""
+    repo, _, revision = src[len("hf://"):].partition("@")
+    if not repo or not revision:
+        raise SourceError(f"{src}: pin a revision, e.g. hf://org/name@<commit sha> (unpinned hub sources are not "
+                          "reproducible)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        local = snapshot_download(repo_id=repo, revision=revision,
+                                  allow_patterns=[CONFIG_NAME, SAFETENSORS_NAME, *PICKLE_NAMES])
+    except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
+        raise SourceError(f"{src}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
+    return Path(local), revision
+
+
 def fetch_entry(settings: Settings, entry: CatalogEntry) -> dict:
     """Resolve one catalog entry to a local directory; hash it; enforce the pin. Returns a JSON-able record."""
     src = entry.source
@@ -88,8 +106,7 @@ def fetch_entry(settings: Settings, entry: CatalogEntry) -> dict:
     if src.startswith("dvc://"):
         path, revision, dvc = _resolve_dvc(settings, src[len("dvc://"):])
     elif src.startswith("hf://"):
-        source: Source = resolve_source(src)  # AdapterError on a missing revision pin: permanent
-        path, revision = source.path, source.revision
+        path, revision = _resolve_hub(src)
     else:
         path, revision = settings.resolve(src), None
         if not path.exists():

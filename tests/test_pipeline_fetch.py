@@ -42,7 +42,7 @@ def test_hf_local_and_pinned_sources(tmp_path, monkeypatch, adapters, base):
     assert fetch_entry(settings, CatalogEntry("math", f"hf://team/math-lora@{rev}", hf["sha256"]))["pinned"]
     with pytest.raises(PinMismatch, match="math: sha256 pin mismatch"):
         fetch_entry(settings, CatalogEntry("math", f"hf://team/math-lora@{rev}", "f" * 64))
-    with pytest.raises(Exception, match="pin a revision"):
+    with pytest.raises(SourceError, match="pin a revision"):
         fetch_entry(settings, CatalogEntry("x", "hf://team/math-lora"))
     with pytest.raises(SourceError, match="no such adapter directory"):
         fetch_entry(settings, CatalogEntry("x", "adapters/nope"))
