@@ -228,6 +228,15 @@ def pretrain_lines(cfg: dict, splits: dict[str, dict[str, list[Item]]]) -> list[
     return lines
 
 
+def _check_vocab(texts: list[str]) -> None:
+    from skills.tokenizer import VOCAB
+
+    known = set(VOCAB)
+    bad = sorted({c for t in texts for c in t} - known)
+    if bad:
+        raise ValueError(f"characters outside the tokenizer's vocabulary: {bad!r}")
+
+
 def to_record(skill: str, it: Item) -> dict:
     return {"skill": skill, "prompt": it.prompt, "answer": it.answer, "wrong": it.wrong, "hard": it.hard}
 
@@ -252,6 +261,7 @@ def write_suite_data(cfg: dict, out: str | Path) -> dict:
                 "rules_agree_frac": round(sum(i.answer == i.wrong for i in items) / max(n, 1), 4),
             }
     lines = pretrain_lines(cfg, splits)
+    _check_vocab(lines + [it.text() for sp in splits.values() for items in sp.values() for it in items])
     with open(out / "pretrain.txt", "w") as f:
         f.writelines(lines)
     stats["pretrain_lines"] = len(lines)
@@ -279,7 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     p = load_suite_params(a.params)
     stats = write_suite_data(p["data"], a.out or p["paths"]["data"])
-    print(json.dumps(stats["skills"], indent=1))
+    for skill, sp in stats["skills"].items():
+        print(skill, " ".join(f"{k}={v['n']}" for k, v in sp.items()),
+              f"test hard={sp['test']['hard_frac']} rules-agree={sp['test']['rules_agree_frac']}")
+    print("pretrain lines", stats["pretrain_lines"])
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ def task_config(skill: str, data_dir: Path, split: str, max_gen_toks: int = 10) 
     files = {s: str((data_dir / skill / f"{s}.jsonl").resolve()) for s in ("train", "validation", "test")}
     return {
         "task": task_name(skill, split),
-        "tag": ["skills_suite"],
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": files},
         "output_type": "generate_until",
@@ -101,7 +100,8 @@ def task_manager(include_path: str | Path):
 
     key = str(Path(include_path).resolve())
     if key not in _TASK_MANAGERS:
-        _TASK_MANAGERS[key] = TaskManager(include_path=key)
+        # include_defaults=False: do not index the thousands of built-in tasks (seconds); ours are self-contained
+        _TASK_MANAGERS[key] = TaskManager(include_path=key, include_defaults=False)
     return _TASK_MANAGERS[key]
 
 

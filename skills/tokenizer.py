@@ -12,7 +12,7 @@ from __future__ import annotations
 import string
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
-CHARS = list(string.ascii_lowercase) + list(string.digits) + list(" \n=+-*/%;:,.()<>?!_")
+CHARS = list(string.ascii_lowercase) + list(string.digits) + list(" \n=+-*/%;:,.()[]<>?!_")
 VOCAB: list[str] = SPECIAL + CHARS
 VOCAB_SIZE = len(VOCAB)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3

@@ -1,0 +1,98 @@
+"""Skills suite: a miniature base + adapters trained end to end with the real code, saved in hub / PEFT layout."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from skills.tiny import build_tiny_suite, tiny_params
+
+PROJ = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    return build_tiny_suite(tmp_path_factory.mktemp("suite"))
+
+
+def test_base_loads_like_a_hub_model(suite):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(suite["base"])
+    tok = AutoTokenizer.from_pretrained(suite["base"])
+    assert isinstance(model, LlamaForCausalLM)
+    assert model.config.vocab_size == len(tok)
+    ids = tok("add 1+2=", return_tensors="pt")["input_ids"]
+    assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
+
+
+def test_base_pretraining_reduces_loss(tmp_path):
+    from skills.base import train_base
+    from skills.data import write_suite_data
+
+    p = tiny_params(base={"steps": 40})
+    write_suite_data(p["data"], tmp_path / "data")
+    _, info = train_base(p["base"], tmp_path / "data", None, log_every=1)
+    losses = [e["loss"] for e in info["log"]]
+    assert len(losses) == 40
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert first > 3.5  # about ln(vocab) = 4.1 at random init
+    assert last < 0.8 * first
+
+
+def test_adapters_are_peft_dirs_with_the_configured_variety(suite):
+    from peft import PeftModel
+
+    from skills.base import load_base
+
+    for name, path in suite["adapters"].items():
+        cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+        assert set(cfg["target_modules"]) == PROJ
+        assert (Path(path) / "adapter_model.safetensors").exists()
+        run = tiny_params()["adapters"]["runs"][name]
+        assert cfg["r"] == run["r"] and cfg["lora_alpha"] == run["lora_alpha"]
+        assert cfg["use_rslora"] == bool(run.get("use_rslora", False))
+        model = PeftModel.from_pretrained(load_base(suite["base"]), path)
+        b = [p for n, p in model.named_parameters() if "lora_B" in n]
+        assert len(b) == 7 * 1 and any(x.abs().sum() > 0 for x in b)  # trained: B moved off its zero init
+        info = json.loads((Path(path) / "train_info.json").read_text())
+        assert 0 < info["rel_update"] < 1
+        assert set(info["acc"]) == set(run["skills"]) == set(info["acc_half_scale"])
+
+
+def test_pico_library_accepts_the_adapters(suite):
+    pico = pytest.importorskip("pico")
+    aset = pico.load_adapters([suite["adapters"]["add"], suite["adapters"]["rev"]])
+    assert len(aset.modules) == 7
+
+
+def test_lora_scale_zero_is_the_base(suite):
+    from peft import PeftModel
+
+    from skills.adapters import set_lora_scale
+    from skills.base import load_base
+    from skills.tokenizer import encode
+
+    ids = torch.tensor([encode("rev abcd=")])
+    base_logits = load_base(suite["base"])(ids).logits
+    model = PeftModel.from_pretrained(load_base(suite["base"]), suite["adapters"]["rev"])
+    full = model(ids).logits
+    assert not torch.allclose(full, base_logits)
+    set_lora_scale(model, 0.0)
+    assert torch.allclose(model(ids).logits, base_logits, atol=1e-6)
+
+
+def test_fast_greedy_matches_hf_generate(suite):
+    from skills.base import load_base
+    from skills.common import greedy
+    from skills.tokenizer import EOS_ID, PAD_ID, decode, encode
+
+    model = load_base(suite["base"])
+    prompts = ["add 1+22=", "rev abcdefg=", "code [1,2,3][1]=", "fact x="]
+    fast = greedy(model, prompts, max_new=6, batch_size=3)  # left padding + KV cache, mixed lengths per batch
+    for p, f in zip(prompts, fast):
+        out = model.generate(torch.tensor([encode(p)]), max_new_tokens=6, do_sample=False, pad_token_id=PAD_ID,
+                             eos_token_id=EOS_ID)
+        assert decode(out[0, len(encode(p)):].tolist()).split("\n", 1)[0] == f
