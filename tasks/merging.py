@@ -9,6 +9,7 @@ Writes go through pico's streaming atomic writer: a crash leaves no partial outp
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -126,12 +127,23 @@ def merge_group(cal, recipe: pico.Recipe, threads: int | None = 1):
     return pico.merge_batch(cal, recipe)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
 def clean_stale(store: Path, name: str) -> None:
-    """Remove temporary folders a killed writer left (call under the key's lock: nobody else is writing it)."""
-    for tmp in store.glob(f".{name}.tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    for old in store.glob(f".{name}.old-*"):
-        shutil.rmtree(old, ignore_errors=True)
+    """Remove temporary folders killed writers left: this key's (we hold its lock, nobody else is writing it) and
+    any other key's whose writer process is gone (a SIGKILL leaves `.<key>.tmp-<pid>` behind)."""
+    for tmp in list(store.glob(".*.tmp-*")) + list(store.glob(".*.old-*")):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if tmp.name.startswith(f".{name}.") or (pid.isdigit() and not _alive(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_store(settings: Settings, key: str, aset: pico.AdapterSet, recipe: pico.Recipe, groups: list[list[str]],
