@@ -337,21 +337,25 @@ class AdapterSet:
         info = [a.modules[module] for a in self.adapters]
         return info[0]["out"], info[0]["in"], tuple(i["rank"] for i in info)
 
-    def factors(self, module: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The T (B_t, A_t) pairs of a module, float32, with each adapter's scale absorbed into B."""
+    def factors(self, module: str, check: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The T (B_t, A_t) pairs of a module, float32, with each adapter's scale absorbed into B.
+
+        ``check=False`` skips the per-tensor NaN/Inf check, for callers that check a whole batch in one pass and
+        call again with the check to name the culprit when that fails (pico/factored.py).
+        """
         out = []
         for adapter in self.adapters:
             info = adapter.modules[module]
             pair = []
             for which in ("B", "A"):
                 tensor = adapter.tensor(info[which])
-                if not torch.isfinite(tensor).all():
+                if check and not torch.isfinite(tensor).all():
                     bad = int((~torch.isfinite(tensor)).sum())
                     raise AdapterError(f"{adapter.source.name}: module {module}: lora_{which} has {bad} NaN/Inf "
                                        "values")
                 pair.append(tensor.to(torch.float32))
             b, a = pair
-            out.append((b * info["scale"], a))
+            out.append((b * info["scale"] if info["scale"] != 1 else b, a))
         return out
 
     def hash_sources(self) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .calibrate import pico_alphas
-from .linalg import energy_share, gram, psd_eig, single_thread
+from .linalg import energy_share, gram, mul64, psd_eig, single_thread
 
 ENABLED = True  # switch for tests and benchmarks that compare against the general path
 MAX_COND = 1e3  # largest condition number of B_all or A_all (and of the calibrated B'_all) the fast path accepts
@@ -41,7 +41,8 @@ MODES = ("none", "pico", "pico-uniform", "pico-sharing", "pico-a")
 
 @dataclass
 class Stacked:
-    """One batch of L modules of equal shape: stacked factors (float64, scale absorbed) and their Grams."""
+    """One batch of L modules of equal shape: stacked factors (scale absorbed; float32 on the CPU, where the
+    float64 products go through scratch buffers, float64 on a GPU) and their float64 Grams."""
 
     b_all: torch.Tensor  # (L, m, R)
     a_all: torch.Tensor  # (L, R, n)
@@ -64,7 +65,12 @@ def load(aset, modules: list[str], device: torch.device) -> Stacked:
     """Read a batch of modules of equal shape from an AdapterSet and stack it on ``device``. The many small reads
     and copies run on one thread (see ``linalg.single_thread``); the Gram products use the configured threads."""
     with single_thread():
-        b_all, a_all, ranks = _fill((aset.factors(m) for m in modules), len(modules), device)
+        b_all, a_all, ranks = _fill((aset.factors(m, check=False) for m in modules), len(modules), device)
+        # one NaN/Inf check for the whole batch (a float64 sum cannot overflow on float32 data); on failure the
+        # per-tensor check finds and names the culprit
+        if not (torch.isfinite(b_all.sum(dtype=torch.float64)) and torch.isfinite(a_all.sum(dtype=torch.float64))):
+            for m in modules:
+                aset.factors(m)
     return _stacked(b_all, a_all, ranks, device)
 
 
@@ -74,16 +80,15 @@ def stack(pairs, device: torch.device) -> Stacked:
 
 
 def _fill(pairs, count: int, device: torch.device):
-    """Copy the factors into stacks: on the CPU straight into float64; for a GPU in float32 into pinned memory
-    (half the bytes to move; widened on the device)."""
+    """Copy the factors into float32 stacks (pinned memory for a GPU: half the bytes of float64 to move; widened
+    to float64 on the device)."""
     it = iter(pairs)
     first = next(it)
     ranks = tuple(b.shape[-1] for b, _ in first)
     m, n, R = first[0][0].shape[0], first[0][1].shape[1], sum(ranks)
     cuda = device.type == "cuda"
-    dtype = torch.float32 if cuda else torch.float64
-    b_all = torch.empty(count, m, R, dtype=dtype, pin_memory=cuda)
-    a_all = torch.empty(count, R, n, dtype=dtype, pin_memory=cuda)
+    b_all = torch.empty(count, m, R, dtype=torch.float32, pin_memory=cuda)
+    a_all = torch.empty(count, R, n, dtype=torch.float32, pin_memory=cuda)
     for i, module in enumerate(itertools.chain([first], it)):
         off = 0
         for b, a in module:
@@ -108,15 +113,31 @@ def _blocks(ranks) -> list[slice]:
     return out
 
 
+def _diag_blocks(x: torch.Tensor, ranks) -> torch.Tensor:
+    """The diagonal blocks (..., T, r, r) of (..., R, R) when all ranks are equal."""
+    T, r = len(ranks), ranks[0]
+    return x.unflatten(-1, (T, r)).unflatten(-3, (T, r)).diagonal(dim1=-4, dim2=-2).movedim(-1, -3)
+
+
 def _block_inner(g_b: torch.Tensor, g_a: torch.Tensor, ranks) -> torch.Tensor:
     """||B_t A_t||_F^2 = <B_t^T B_t, A_t A_t^T> for every task: (L, T)."""
+    if len(set(ranks)) == 1:
+        return (_diag_blocks(g_b, ranks) * _diag_blocks(g_a, ranks)).sum((-2, -1))
     return torch.stack([(g_b[..., s, s] * g_a[..., s, s]).sum((-2, -1)) for s in _blocks(ranks)], dim=-1)
 
 
 def _whitener(g: torch.Tensor, ranks) -> torch.Tensor:
     """Block-diagonal W with W_t^T G_tt W_t = I: Q_t = X_t W_t is an orthonormal basis of task t's factor."""
     w = torch.zeros_like(g)
-    for s in _blocks(ranks):
+    blocks = _blocks(ranks)
+    if len(set(ranks)) == 1:  # equal ranks: one batched eigendecomposition of all diagonal blocks
+        e, v = psd_eig(_diag_blocks(g, ranks).contiguous())
+        inv = torch.where(e > e[..., :1] * 1e-24, e.clamp_min(1e-300).rsqrt(), torch.zeros_like(e))
+        wt = v * inv.unsqueeze(-2)
+        for t, s in enumerate(blocks):
+            w[..., s, s] = wt[..., t, :, :]
+        return w
+    for s in blocks:
         e, v = psd_eig(g[..., s, s])
         inv = torch.where(e > e[..., :1] * 1e-24, e.clamp_min(1e-300).rsqrt(), torch.zeros_like(e))
         w[..., s, s] = v * inv.unsqueeze(-2)
@@ -130,6 +151,10 @@ def _overlap(g: torch.Tensor, ranks) -> torch.Tensor:
         return torch.ones(g.shape[:-2], dtype=g.dtype, device=g.device)
     w = _whitener(g, ranks)
     z = w.mT @ g @ w  # block (t, u) = Q_t^T Q_u
+    if len(set(ranks)) == 1:
+        r = ranks[0]
+        pair = z.unflatten(-1, (T, r)).unflatten(-3, (T, r)).square().sum((-3, -1)) / r  # (..., T, T)
+        return pair.triu(1).sum((-2, -1)) / (T * (T - 1) / 2)
     blocks = _blocks(ranks)
     total = 0
     for t in range(T):
@@ -163,8 +188,8 @@ class FactoredCore:
     def materialize(self, dtype=torch.float32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The calibrated factors (B'_t, A'_t) explicitly, for the general path (other spaces)."""
         s = self.stacked
-        b = s.b_all if self.c is None else s.b_all @ self.c
-        a = s.a_all if self.d is None else self.d @ s.a_all
+        b = s.b_all if self.c is None else mul64(s.b_all, self.c, dtype=torch.float64)
+        a = s.a_all if self.d is None else mul64(s.a_all, self.d, left=True, dtype=torch.float64)
         bs = [x.to(dtype) for x in b.split(list(self.ranks), dim=-1)]
         as_ = [x.to(dtype) for x in a.split(list(self.ranks), dim=-2)]
         return bs, as_
@@ -186,7 +211,7 @@ class FactoredCore:
         x_a = self.w_a.mT / self.e_a.sqrt().unsqueeze(-1)  # diag(1/s_a) W^T
         if self.d is not None:
             x_a = x_a @ self.d
-        return (s.b_all @ x_b).float(), (x_a @ s.a_all).float()
+        return mul64(s.b_all, x_b), mul64(s.a_all, x_a, left=True)
 
 
 def _spectral_eig(e: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

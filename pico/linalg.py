@@ -58,10 +58,62 @@ def small_svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return u.to(x.dtype), s.to(x.dtype), vh.to(x.dtype)
 
 
+CHUNK = 1024  # rows of float64 scratch per step in the chunked CPU products below (about a megabyte per module)
+
+
 def gram(x: torch.Tensor) -> torch.Tensor:
-    """X^T X of a batch (..., m, k) in float64: exact products of float32 inputs, rounding at 1e-16."""
-    x = x.double()
-    return x.mT @ x
+    """X^T X of a batch (..., m, k) in float64: exact products of float32 inputs, rounding at 1e-16.
+
+    On the CPU, X (float32) is widened chunk by chunk into a small float64 scratch buffer and the partial Grams
+    are summed in float64: no float64 copy of X is ever allocated (page faults and memory traffic for gigabytes at
+    Llama-8B scale), and the result differs from one big product only by float64 rounding. On a GPU: one product.
+    """
+    m, k = x.shape[-2:]
+    if x.is_cuda or m <= CHUNK:
+        x = x.double()
+        return x.mT @ x
+    g = torch.zeros(*x.shape[:-2], k, k, dtype=torch.float64)
+    scratch = torch.empty(*x.shape[:-2], CHUNK, k, dtype=torch.float64)
+    for i in range(0, m, CHUNK):
+        c = scratch[..., : min(CHUNK, m - i), :]
+        c.copy_(x[..., i:i + c.shape[-2], :])
+        g += c.mT @ c
+    return g
+
+
+def mul64(x: torch.Tensor, w: torch.Tensor, *, left: bool = False, dtype: torch.dtype = torch.float32
+          ) -> torch.Tensor:
+    """x @ w, or w @ x with ``left``, in float64 arithmetic: x tall (..., m, k) (wide (..., k, n) with ``left``) of
+    any float dtype, w small and float64; the result in ``dtype``. On the CPU in chunks of x's long dimension
+    through float64 scratch buffers (see ``gram``): each output entry is the same float64 dot product as in one
+    big product. On a GPU: one product."""
+    long = x.shape[-1] if left else x.shape[-2]
+    if x.is_cuda or long <= CHUNK:
+        return ((w @ x.double()) if left else (x.double() @ w)).to(dtype)
+    lead = x.shape[:-2]
+    if left:
+        out = torch.empty(*lead, w.shape[-2], long, dtype=dtype)
+        scratch = torch.empty(*lead, x.shape[-2], CHUNK, dtype=torch.float64)
+        prod = torch.empty(*lead, w.shape[-2], CHUNK, dtype=torch.float64)
+    else:
+        out = torch.empty(*lead, long, w.shape[-1], dtype=dtype)
+        scratch = torch.empty(*lead, CHUNK, x.shape[-1], dtype=torch.float64)
+        prod = torch.empty(*lead, CHUNK, w.shape[-1], dtype=torch.float64)
+    for i in range(0, long, CHUNK):
+        n = min(CHUNK, long - i)
+        if left:
+            c = scratch if n == CHUNK else torch.empty(*lead, x.shape[-2], n, dtype=torch.float64)
+            c.copy_(x[..., i:i + n])
+            p = prod if n == CHUNK else torch.empty(*lead, w.shape[-2], n, dtype=torch.float64)
+            torch.matmul(w, c, out=p)
+            out[..., i:i + n] = p
+        else:
+            c = scratch if n == CHUNK else torch.empty(*lead, n, x.shape[-1], dtype=torch.float64)
+            c.copy_(x[..., i:i + n, :])
+            p = prod if n == CHUNK else torch.empty(*lead, n, w.shape[-1], dtype=torch.float64)
+            torch.matmul(c, w, out=p)
+            out[..., i:i + n, :] = p
+    return out
 
 
 def canonical_signs(v: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ batch's factors, which is what the pipeline maps over workers.
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
 from collections import Counter
@@ -27,7 +28,7 @@ from .spaces import merged_norm, project, reconstruct
 from .writer import AtomicDir, SafetensorsStreamWriter, sha256_file, write_json
 
 MANIFEST_NAME = "merge_manifest.json"
-BATCH_BYTES = 256 << 20  # working-set budget of one batch
+BATCH_BYTES = 128 << 20  # working-set budget of one batch (a merge holds two: one computing, one writing)
 CUDA_BATCH_BYTES = 4 << 30  # on a GPU: room for all 32 layers of a Llama-8B projection at rank 128 in one batch
 
 
@@ -223,7 +224,51 @@ def merge(aset: AdapterSet, recipe: Recipe, out: str | Path, *, device: str = "a
     dev = resolve_device(device)
     batches = plan_batches(aset, recipe.space, CUDA_BATCH_BYTES if dev.type == "cuda" else BATCH_BYTES)
     results = (merge_batch(calibrate_batch(aset, batch, recipe, dev), recipe) for batch in batches)  # lazy: streams
-    return write_merged(aset, recipe, batches, results, out, overwrite=overwrite, progress=progress, dtype=dtype)
+    # computed one batch ahead in a thread, so that reading and merging batch i+1 overlap writing batch i
+    return write_merged(aset, recipe, batches, ahead(results), out, overwrite=overwrite, progress=progress,
+                        dtype=dtype)
+
+
+def ahead(items: Iterable, depth: int = 1):
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead of the consumer (torch and file I/O
+    release the GIL, so the two overlap). Order and values are unchanged; an exception in the producer is raised
+    in the consumer; closing the consumer stops the producer."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((end, None))
+        except BaseException as exc:  # noqa: BLE001 -- handed to the consumer
+            slots.put((end, exc))
+
+    worker = threading.Thread(target=produce, name="pico-merge-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = slots.get()
+            if item is end:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish its item
+            try:
+                slots.get(timeout=0.1)
+            except queue.Empty:
+                pass
 
 
 def write_merged(aset: AdapterSet, recipe: Recipe, batches: list[list[str]], results: Iterable[list[ModuleResult]],
