@@ -90,11 +90,20 @@ def run_benchmark(settings: Settings, base_dir: str | Path, adapter_dir: str | P
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     with _EVAL_LOCK:
+        if os.environ.get("TQDM_DISABLE") == "1":
+            try:
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+            except Exception:
+                pass
         if cfg["suite"] == "skills":
             from skills.evaluate import evaluate
 
+            # task YAMLs under this project's work dir: never shared with another checkout or run
             return evaluate(base_dir, adapter_dir, skills=cfg["skills"], split=cfg["split"], limit=cfg["limit"],
-                            data_dir=suite_data_dir(settings), batch_size=int(cfg["batch_size"]))
+                            data_dir=suite_data_dir(settings), batch_size=int(cfg["batch_size"]),
+                            tasks_dir=settings.work / "lm_eval_tasks")
         if cfg["suite"] == "callable":  # "module:function"(base_dir, adapter_dir, split, limit) -> {task: score}
             import importlib
             import sys

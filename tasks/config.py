@@ -226,6 +226,8 @@ def quiet_env() -> None:
         "DVC_NO_ANALYTICS": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        "TQDM_DISABLE": "1",  # a nightly job's log, not a terminal: no progress bars
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "GIT_PYTHON_REFRESH": "quiet",
     }.items():
         os.environ.setdefault(key, value)
