@@ -239,7 +239,10 @@ def child_peft(spec):
         return out
 
     LoraModel._svd_generalized_task_arithmetic_weighted_adapter = timed
-    out = {"load_s": load_s, "rank": R}
+    w = torch.randn(256, 256, device=dev)  # one-time LAPACK / cuSOLVER start-up outside the timed calls
+    torch.linalg.svd(w, full_matrices=True)
+    _sync_cuda(dev)
+    out = {"load_s": load_s, "rank": R, "warmed_up": True}
     for ctype in spec["types"]:
         kwargs = {"svd_rank": R} if ctype != "cat" else {}
         if "ties" in ctype:
@@ -728,6 +731,7 @@ def main(argv=None):
             shutil.rmtree(work / "mergekit", ignore_errors=True)
         else:
             comp["mergekit"] = {"error": f"no mergekit virtualenv at {mk_py}"}
+    res["manifest_format_s"] = manifest_format_time(len(sh.modules()), R_main)
     res["elapsed_s"] = time.time() - t_start
     res["goals"] = goals(res)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -850,12 +854,15 @@ def render(res: dict, gpu: dict | None) -> str:
     L.append(f"- Run: {res['started']}, {res['elapsed_s'] / 60:.0f} min. The CPU was shared with other work; "
              "load average before each run is in the raw results (`bench/RESULTS.json`).")
     sh = res["shape"]
+    llama = " (Llama-3-8B)" if sh == SHAPES["8b"] else ""
     L.append(f"- Workload: {sh['layers']} layers, q/k/v/o/gate/up/down at hidden {sh['hidden']}, kv {sh['kv']}, "
-             f"MLP {sh['mlp']} (Llama-3-8B), PEFT safetensors written by `bench/workload.py` (float32, r = "
-             "lora_alpha, decaying spectra, shared B directions). TIES density 0.7 everywhere. Output rank R = T r.")
-    L.append("- Times are the timed call inside each child process (`pico.merge(pico.load_adapters(...), ...)`, "
-             "the floor's read+write+fsync); process wall (interpreter start and imports included) and peak RSS "
-             "(the child's own maxrss) are beside them. Page cache warm for every run.\n")
+             f"MLP {sh['mlp']}{llama}, PEFT safetensors written by `bench/workload.py` (float32, r = lora_alpha, "
+             "decaying spectra, shared B directions). TIES density 0.7 everywhere. Output rank R = T r.")
+    L.append("- Each figure comes from its own child process: the time is the timed call inside it "
+             "(`pico.merge(pico.load_adapters(...), ...)`; the floor's read + write + fsync), the process wall adds "
+             "interpreter start and imports, and peak RSS is the child's own high-water mark (VmHWM). Page cache "
+             "warm for every run; `sync` before each. Children run with OMP_WAIT_POLICY=PASSIVE (fairer to "
+             "multi-threaded competitors on a shared machine).\n")
 
     L.append(f"## Whole model (T = {main['T']}, r = {main['r']}: {mib(main['input_bytes']):.0f} MiB of input)\n")
     L.append("| what | time | process wall | peak RSS | vs floor | vs ours (core Pico+TIES) |")
@@ -874,8 +881,9 @@ def render(res: dict, gpu: dict | None) -> str:
     comp = main.get("competitors", {})
     if comp:
         L.append(f"## Per layer (sample: layer 0; T = {main['T']}, r = {main['r']}, output rank {main['R']})\n")
+        h, kv, f = sh["hidden"], sh["kv"], sh["mlp"]
         L.append("Competitors that take minutes per layer were timed on one module of each distinct shape of layer 0 "
-                 "(q_proj 4096x4096, k_proj 1024x4096, gate_proj 14336x4096, down_proj 4096x14336) and summed with "
+                 f"(q_proj {h}x{h}, k_proj {kv}x{h}, gate_proj {f}x{h}, down_proj {h}x{f}) and summed with "
                  "each shape's count in a layer (q/o, k/v, gate/up, down). Ours per layer is the whole-model time "
                  f"divided by {layers} (I/O included), and separately one layer's math alone.\n")
         L.append("| what | per layer | peak RSS | vs ours per layer | vs floor per layer |")
@@ -966,25 +974,42 @@ def render(res: dict, gpu: dict | None) -> str:
     L.append("## Goals\n")
     L.append("```\n" + goals_text(res["goals"]) + "\n```\n")
     if gpu:
-        L.append(render_gpu(gpu))
+        L.append(render_gpu(gpu, res))
     else:
         L.append("## GPU\n\nNo GPU results recorded (`bench/merge_8b.py --device cuda` writes `bench/results-gpu.json`).\n")
     return "\n".join(L) + "\n"
 
 
-def render_gpu(g: dict) -> str:
+def manifest_format_time(modules: int, R: int) -> float:
+    """Seconds that merge_batch spends rounding per-module diagnostics into manifest entries (pico.merge._r) for
+    ``modules`` modules of output rank R: Python work on the host, whatever the device."""
+    import torch
+
+    from pico.merge import _r
+
+    diag = {k: torch.rand(modules, R, dtype=torch.float64) for k in ("alpha", "collision_B", "collision_A")}
+    diag.update({k: torch.rand(modules, dtype=torch.float64) for k in ("overlap_B", "overlap_A", "ratio", "norm")})
+    t0 = _now()
+    for i in range(modules):
+        {k: _r(v[i]) for k, v in diag.items()}
+    return _now() - t0
+
+
+def render_gpu(g: dict, cpu: dict | None = None) -> str:
     m = g["machine"]
     main = g["configs"][0]
     runs = main["runs"]
+    layers = g["shape"]["layers"]
     L = [f"## GPU: {m.get('gpu')} (device machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']})\n"]
-    L.append(f"Run {g['started']} with `bench/merge_8b.py --device cuda`; T = {main['T']}, r = {main['r']}.\n")
+    L.append(f"Run {g['started']} with `bench/merge_8b.py --device cuda` (one run; the device time of this session "
+             f"allowed no second); T = {main['T']}, r = {main['r']}, the same workload generated there.\n")
     gm = main.get("gpu_math", {})
     L.append("| what | time | peak RSS (host) |")
     L.append("|---|---:|---:|")
     for meth in ("ta", "ties", "tsv"):
         if meth in gm:
             L.append(f"| merge math, whole model, Pico + {meth.upper()} (inputs resident on the GPU, "
-                     f"{gm['batches']} batches) | {_fmt_s(gm[meth]['time_s'])} | - |")
+                     f"{gm['batches']} batches; median of 5) | {_fmt_s(gm[meth]['time_s'])} | - |")
     L.append(f"| floor (read inputs, write merged-size output, fsync) | {_fmt_s(runs['floor']['time_s'])} | "
              f"{mib(runs['floor']['peak_rss']):.0f} MiB |")
     for meth in ("ta", "ties", "tsv"):
@@ -994,10 +1019,11 @@ def render_gpu(g: dict) -> str:
                      f"| {mib(r['peak_rss']):.0f} MiB |")
     r = runs.get("core-ties-on-cpu")
     if r:
-        L.append(f"| same, on that machine's CPU, Pico + TIES | {_fmt_s(r['time_s'])} | {mib(r['peak_rss']):.0f} MiB |")
+        L.append(f"| `pico.merge` on that machine's CPU ({m['cores']} cores), Pico + TIES | {_fmt_s(r['time_s'])} | "
+                 f"{mib(r['peak_rss']):.0f} MiB |")
     comp = main.get("competitors", {})
     if comp.get("ours_layer"):
-        L.append(f"| one layer's math, Pico + TIES (through the batch functions) | "
+        L.append(f"| one layer's math, Pico + TIES (batch functions, reads and transfers included) | "
                  f"{_fmt_s(comp['ours_layer']['time_s'])} | - |")
     pe = comp.get("peft")
     if pe and "ties_svd" in pe:
@@ -1005,16 +1031,49 @@ def render_gpu(g: dict) -> str:
             L.append(f"| PEFT `{t}` per layer (sampled modules, on the GPU) | {_fmt_s(pe[t]['time_s'])} | - |")
     kn = comp.get("knots_full")
     if kn and kn.get("per_module"):
-        L.append(f"| full-space KnOTS per layer (float64 SVD on the GPU) | "
+        L.append(f"| full-space KnOTS per layer (float64 SVD on the GPU; attention modules only) | "
                  f"{_fmt_s(kn['time_s'], kn['lower_bound'])} | - |")
     if comp.get("full_ties"):
         L.append(f"| pico full-space Pico + TIES per layer | {_fmt_s(comp['full_ties']['time_s'])} | - |")
     L.append("")
+    ties_pl = gm.get("ties", {}).get("time_s", float("nan")) / layers
+    if pe and "ties_svd" in pe:
+        L.append(f"- Per layer on the GPU, Pico + TIES math is {_fmt_s(ties_pl)} (whole model / {layers}): "
+                 f"{pe['ties_svd']['time_s'] / ties_pl:.0f}x faster than PEFT `ties_svd`"
+                 + (f", >= {kn['time_s'] / ties_pl:.0f}x than full-space KnOTS" if kn and kn.get("time_s") else "")
+                 + f"; end to end (I/O included, {_fmt_s(runs['core-ties']['time_s'] / layers)} per layer) "
+                 f"{pe['ties_svd']['time_s'] / (runs['core-ties']['time_s'] / layers):.0f}x.")
+        if not pe.get("warmed_up"):
+            L.append(f"- PEFT `svd` ran first and its first module (q_proj) includes cuSOLVER's one-time start-up "
+                     f"({pe['svd']['per_module_s']['q_proj']:.1f} s against {pe['ties_svd']['per_module_s']['q_proj']:.1f}"
+                     " s for the same SVD inside `ties_svd`); `ties_svd` is the fair figure.")
+    fmt = (cpu or {}).get("manifest_format_s")
+    L.append("- The merge-math figure covers, per batch of equal-shape modules: the float64 Grams, Pico, the core "
+             "bases (cuSOLVER gesvda), the method, the output products, and building each module's manifest entry "
+             "(Python rounding of its diagnostics"
+             + (f", which took {fmt * 1e3:.0f} ms for the model's {layers * 7} modules on the CPU machine above: "
+                "a large share of the figure, and not GPU work" if fmt else "") + "). "
+             "TSV is slow on the GPU: its per-task SVDs of the 128 x 128 cores go through torch's default cuSOLVER "
+             "driver (146 ms per 32 matrices in bench/probe_small_svd.py).")
+    L.append("- End to end on the GPU is I/O-bound (reading, hashing the inputs for the manifest, host-device copies, "
+             "writing); host RSS includes the CUDA context and pinned staging buffers for 32-layer batches.")
     ch = main.get("check", {})
     L.append(f"- GPU output against the float64 reference: max relative difference {ch.get('max_rel_diff', 0):.1e} "
-             f"over {ch.get('modules')} modules; against the CPU output: {ch.get('other_max_rel_diff') or 0:.1e}.")
-    L.append(f"- Determinism on the GPU (second run byte-identical): {main.get('deterministic')}.")
-    L.append("\n```\n" + goals_text(g["goals"]) + "\n```\n")
+             f"over {ch.get('modules')} modules (4 layers); against the CPU output, all "
+             f"{ch.get('other_modules') or g['shape']['layers'] * 7} modules: {ch.get('other_max_rel_diff') or 0:.1e}.")
+    L.append(f"- Determinism on the GPU (second run byte-identical): {main.get('deterministic')}.\n")
+    gg = g["goals"]
+    lines = []
+    if "gpu_under_0.1s" in gg:
+        x = gg["gpu_under_0.1s"]
+        lines.append(f"  [{'x' if x['holds'] else ' '}] GPU merge math, whole model, < 0.1 s: "
+                     f"{x['ties_math_s'] * 1e3:.1f} ms (Pico + TIES)")
+        x = gg["cpu_equals_gpu"]
+        lines.append(f"  [{'x' if x['holds'] else ' '}] CPU and GPU outputs equal: max relative difference "
+                     f"{x['max_rel_diff']:.1e}")
+    x = gg["equals_reference"]
+    lines.append(f"  [{'x' if x['holds'] else ' '}] GPU output equal to the float64 reference: {x['max_rel_diff']:.1e}")
+    L.append("```\nGPU goals:\n" + "\n".join(lines) + "\n```\n")
     return "\n".join(L)
 
 
