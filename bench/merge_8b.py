@@ -274,25 +274,38 @@ def child_mergekit(spec):
     dense deltas (density 0.7, bfloat16 like the 8B base), then mergekit-extract-lora back to a rank-R LoRA."""
     import yaml
 
-    work = Path(spec["work"])
+    work = Path(spec["work"]).resolve()
     for d in ("cache", "merged", "lora"):
         shutil.rmtree(work / d, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     config = {"merge_method": "ties", "base_model": spec["base"], "dtype": "bfloat16",
               "models": [{"model": f"{spec['base']}+{p}", "parameters": {"weight": 1.0, "density": DENSITY}}
                          for p in spec["loras"]]}
     (work / "config.yml").write_text(yaml.safe_dump(config))
     bindir = Path(sys.executable).parent
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    peaks = []
+
+    def run(cmd):  # each mergekit command in its own process: its peak RSS from wait4 (this process is tiny)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        err = proc.stderr.read()
+        _, status, rusage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed: {err.decode()[-2000:]}")
+        peaks.append(rusage.ru_maxrss * 1024)
+
     t0 = _now()
-    subprocess.run([str(bindir / "mergekit-yaml"), str(work / "config.yml"), str(work / "merged"),
-                    "--lora-merge-cache", str(work / "cache"), "--no-copy-tokenizer", "--lazy-unpickle"],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run([str(bindir / "mergekit-yaml"), str(work / "config.yml"), str(work / "merged"),
+         "--lora-merge-cache", str(work / "cache"), "--no-copy-tokenizer", "--lazy-unpickle"])
     t1 = _now()
-    subprocess.run([str(bindir / "mergekit-extract-lora"), "--model", str(work / "merged"), "--base-model",
-                    spec["base"], "--out-path", str(work / "lora"), "--max-rank", str(spec["rank"])],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run([str(bindir / "mergekit-extract-lora"), "--model", str(work / "merged"), "--base-model", spec["base"],
+         "--out-path", str(work / "lora"), "--max-rank", str(spec["rank"])])
     t2 = _now()
-    return {"merge_s": t1 - t0, "extract_s": t2 - t1, "time_s": t2 - t0}
+    lora_cfg = json.loads((work / "lora" / "adapter_config.json").read_text())
+    merged_cache = sorted(p.name for p in (work / "cache").iterdir())
+    return {"merge_s": t1 - t0, "extract_s": t2 - t1, "time_s": t2 - t0, "tool_peak_rss": max(peaks),
+            "out_rank": lora_cfg.get("r"), "dense_merges_cached": len(merged_cache)}
 
 
 def child_check(spec):
@@ -439,7 +452,8 @@ class Runner:
         wall = _now() - t0
         # rusage maxrss of a child includes the parent's RSS at fork (kept across exec): an upper bound only
         out = {"wall_s": wall, "peak_rss": rusage.ru_maxrss * 1024, "rusage_maxrss": rusage.ru_maxrss * 1024,
-               "load_before": load, "timed_out": timed_out}
+               "cpu_s": rusage.ru_utime + rusage.ru_stime, "load_before": load, "load_after": os.getloadavg()[0],
+               "timed_out": timed_out}
         if timed_out:
             out["time_s"] = timeout
             self.log(f"    {kind}: stopped at the {timeout:.0f} s cap")
@@ -590,7 +604,7 @@ def main(argv=None):
     shape = dict(SHAPES[shape_name])
     if args.layers:
         shape["layers"] = args.layers
-    cache = Path(args.cache) / ("smoke" if smoke else "")
+    cache = Path(args.cache).resolve() / ("smoke" if smoke else "")
     work = cache / "runs"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -724,7 +738,8 @@ def main(argv=None):
                                               "work": str(work / "mergekit")}, python=str(mk_py))
                 comp["mergekit"] = run
                 log(f"  mergekit (one-layer model): {run['time_s']:.1f} s (merge {run['merge_s']:.1f} + extract "
-                    f"{run['extract_s']:.1f}), peak RSS {mib(run['peak_rss']):.0f} MiB")
+                    f"{run['extract_s']:.1f}), peak RSS {mib(run['tool_peak_rss']):.0f} MiB, output rank "
+                    f"{run['out_rank']}, {run['dense_merges_cached']} dense base+lora merges")
             except RuntimeError as exc:
                 comp["mergekit"] = {"error": str(exc)[-1500:]}
                 log(f"  mergekit failed: {str(exc)[-500:]}")
@@ -865,8 +880,8 @@ def render(res: dict, gpu: dict | None) -> str:
              "multi-threaded competitors on a shared machine).\n")
 
     L.append(f"## Whole model (T = {main['T']}, r = {main['r']}: {mib(main['input_bytes']):.0f} MiB of input)\n")
-    L.append("| what | time | process wall | peak RSS | vs floor | vs ours (core Pico+TIES) |")
-    L.append("|---|---:|---:|---:|---:|---:|")
+    L.append("| what | time | process wall | CPU time (process) | peak RSS | vs floor | vs ours (core Pico+TIES) |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
     rows = [("floor: read all inputs, write one merged-size output, fsync", "floor"),
             ("pico core, Pico + TA", "core-ta"), ("**pico core, Pico + TIES**", "core-ties"),
             ("pico core, Pico + TSV", "core-tsv"), ("pico KnOTS space, Pico + TIES (exact KnOTS)", "knots-ties")]
@@ -874,7 +889,8 @@ def render(res: dict, gpu: dict | None) -> str:
         if key not in runs:
             continue
         r = runs[key]
-        L.append(f"| {label} | {_fmt_s(r['time_s'])} | {_fmt_s(r['wall_s'])} | {mib(r['peak_rss']):.0f} MiB | "
+        cpu = f"{r['cpu_s']:.1f} s" if "cpu_s" in r else "-"
+        L.append(f"| {label} | {_fmt_s(r['time_s'])} | {_fmt_s(r['wall_s'])} | {cpu} | {mib(r['peak_rss']):.0f} MiB | "
                  f"{_fmt_x(r['time_s'] / floor)} | {_fmt_x(r['time_s'] / ours)} |")
     L.append("")
 
@@ -915,7 +931,7 @@ def render(res: dict, gpu: dict | None) -> str:
         mk = comp.get("mergekit")
         if mk and "time_s" in mk:
             row("mergekit LoRA path: base+lora merge_and_unload, dense TIES, extract-lora rank R", mk["time_s"],
-                mk["peak_rss"])
+                mk.get("tool_peak_rss", mk["peak_rss"]))
         L.append("")
         L.append("Per-module figures (seconds):\n")
         L.append("| module | pico full-space TIES | full-space KnOTS | PEFT svd | PEFT ties_svd |")
