@@ -259,3 +259,19 @@ def test_read_prompts_prefers_ids_and_rejects_garbage(tmp_path):
         read_prompts(tmp_path / "q.jsonl")
     with pytest.raises(TaraError, match="input_ids must be a non-empty list of integers"):
         read_prompts(write_jsonl(tmp_path / "r.jsonl", [{"input_ids": []}]))
+
+
+def test_suite_training_reuses_a_matching_output_and_retrains_otherwise(base, adapters, prompt_files, tmp_path):
+    from skills.tara import train_suite_tara
+
+    def run(**kw):
+        return train_suite_tara(base, adapters, prompt_files, tmp_path, [("tara-a", "none")], device="cpu",
+                                log=lambda *_: None, **kw)[0]
+
+    first = run(epochs=1)
+    assert first["train_seconds"] is not None and first["dir"] == tmp_path / "tara-a"
+    again = run(epochs=1)
+    first["manifest"].pop("seconds")  # returned by a training run, not written
+    assert again["train_seconds"] is None and again["manifest"] == first["manifest"]  # reused, not retrained
+    assert run(epochs=2)["train_seconds"] is not None  # another recipe: retrained
+    assert run(epochs=2, force=True)["train_seconds"] is not None
