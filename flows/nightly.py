@@ -115,8 +115,8 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
         marks.append((step, time.perf_counter()))
 
     settings = load_settings(project, params, overrides)
-    if settings.pipeline["eval"]["suite"] != "callable":
-        benchmark.prewarm()
+    if settings.pipeline["eval"]["suite"] != "callable" and not benchmark._PREWARM:
+        benchmark.prewarm(settings)
     preflight = steps.mlflow_preflight.submit(settings)
     fetch = steps.fetch_adapter.with_options(retries=int(settings.pipeline["fetch"]["retries"]),
                                              retry_delay_seconds=float(settings.pipeline["fetch"]["retry_delay_s"]))
@@ -281,8 +281,8 @@ def warm_up(settings: Settings):
     API (join it before the flow runs); the others finish on their own (their steps wait for them or redo them)."""
     import threading
 
-    if settings.pipeline["eval"]["suite"] != "callable":
-        benchmark.prewarm()
+    if settings.pipeline["eval"]["suite"] != "callable" and not benchmark._PREWARM:
+        benchmark.prewarm(settings)
 
     def _mlflow():
         with contextlib.suppress(Exception):  # the flow's pre-flight step reports problems

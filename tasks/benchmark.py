@@ -67,17 +67,41 @@ def eval_key(settings: Settings, base_sha: str, adapter: str | Path | None, fing
     return digest({"base": base_sha, "adapter": model_digest(adapter), "bench": fingerprint})
 
 
-def prewarm() -> threading.Thread:
-    """Import lm-eval in the background (about 12 s here) while fetch and merge run."""
+_PREWARM: list[threading.Thread] = []
+_TASK_MANAGERS: dict = {}
+
+
+def _task_manager(include: str | None):
+    """lm-eval's TaskManager indexes every built-in task (seconds): one per include path per process."""
+    from lm_eval.tasks import TaskManager
+
+    if include not in _TASK_MANAGERS:
+        _TASK_MANAGERS[include] = TaskManager(include_path=include)
+    return _TASK_MANAGERS[include]
+
+
+def prewarm(settings: Settings | None = None) -> threading.Thread:
+    """Import lm-eval (about 12 s here) and index its tasks in the background while fetch and merge run."""
     def _imp():
         try:
             import lm_eval  # noqa: F401
             import lm_eval.models.huggingface  # noqa: F401
-        except Exception:  # the benchmark step reports import problems itself
+
+            if settings is None:
+                return
+            cfg = settings.eval_config()
+            if cfg["suite"] == "skills" and suite_data_dir(settings).is_dir():
+                from skills.lmeval import task_manager, write_tasks
+
+                task_manager(write_tasks(suite_data_dir(settings), settings.work / "lm_eval_tasks"))
+            elif cfg["suite"] == "lm-eval":
+                _task_manager(str(settings.resolve(cfg["include_path"])) if cfg["include_path"] else None)
+        except Exception:  # the benchmark step reports problems itself
             pass
 
     t = threading.Thread(target=_imp, name="prewarm-lm-eval", daemon=True)
     t.start()
+    _PREWARM.append(t)
     return t
 
 
@@ -89,6 +113,8 @@ def run_benchmark(settings: Settings, base_dir: str | Path, adapter_dir: str | P
     cfg = settings.eval_config()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    for t in list(_PREWARM):  # let the background import/indexing finish rather than race it
+        t.join()
     with _EVAL_LOCK:
         if os.environ.get("TQDM_DISABLE") == "1":
             try:
@@ -115,7 +141,6 @@ def run_benchmark(settings: Settings, base_dir: str | Path, adapter_dir: str | P
                                                                   cfg["split"], cfg["limit"])
             return {str(k): float(v) for k, v in scores.items()}
         import lm_eval
-        from lm_eval.tasks import TaskManager
 
         model_args = f"pretrained={base_dir},tokenizer={base_dir},dtype=float32"
         if adapter_dir is not None:
@@ -123,7 +148,7 @@ def run_benchmark(settings: Settings, base_dir: str | Path, adapter_dir: str | P
         include = str(settings.resolve(cfg["include_path"])) if cfg["include_path"] else None
         res = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(cfg["tasks"]), num_fewshot=0,
                                       batch_size=int(cfg["batch_size"]), device="cpu", limit=cfg["limit"],
-                                      task_manager=TaskManager(include_path=include), bootstrap_iters=0,
+                                      task_manager=_task_manager(include), bootstrap_iters=0,
                                       random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                                       fewshot_random_seed=0)
         scores = {}
