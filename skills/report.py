@@ -206,7 +206,7 @@ def diagnostics(sources: list[str]) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 
 def run_report(p: dict, out_dir: str | Path, *, fast_only: bool = False, ablations: bool = True,
-               methods=METHODS, log=print) -> dict:
+               methods=METHODS, log=print, tara: bool = False) -> dict:
     from pico.registry import get_method
 
     t_start = time.time()
@@ -246,6 +246,11 @@ def run_report(p: dict, out_dir: str | Path, *, fast_only: bool = False, ablatio
             for calib in ("none", "pico"):
                 rows.append(merge_and_score(ev, sources, {"method": m, "space": space, "calibrate": calib},
                                             work, lam_grid, log))
+
+    if tara:  # TARA (not data-free: unlabeled validation prompts), tara-a/b with and without Pico; skills/tara.py
+        from skills.tara import skills_tara_rows
+
+        rows += skills_tara_rows(ev, sources, work, log, skill_of=skill_of)
 
     abl: dict = {}
     if ablations:
@@ -470,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--fast", action="store_true", help="score the test split with the fast decoder, not lm-eval")
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--no-tara", action="store_true", help="skip TARA (trained on unlabeled validation prompts)")
     ap.add_argument("--methods", default=None, help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--clean", action="store_true", help="remove previous merges first")
     a = ap.parse_args(argv)
@@ -478,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.clean and (out / "merges").exists():
         shutil.rmtree(out / "merges")
     methods = tuple(a.methods.split(",")) if a.methods else METHODS
-    res = run_report(p, out, fast_only=a.fast, ablations=not a.no_ablations, methods=methods)
+    res = run_report(p, out, fast_only=a.fast, ablations=not a.no_ablations, methods=methods, tara=not a.no_tara)
     print((out / "report.md").read_text())
     print(f"written: {out}/report.md, report.json, report.png" + (", ablations.md" if res["ablations"] else ""))
 
