@@ -52,7 +52,7 @@ class Stacked:
 
     def __post_init__(self):
         self.g_b = gram(self.b_all)
-        self.g_a = gram(self.a_all.mT)
+        self.g_a = gram(self.a_all, wide=True)
 
     def split(self, dtype=torch.float32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The per-task factors (B_t, A_t) as lists of (L, m, r_t) / (L, r_t, n) in ``dtype``."""

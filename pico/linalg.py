@@ -61,23 +61,31 @@ def small_svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 CHUNK = 1024  # rows of float64 scratch per step in the chunked CPU products below (about a megabyte per module)
 
 
-def gram(x: torch.Tensor) -> torch.Tensor:
-    """X^T X of a batch (..., m, k) in float64: exact products of float32 inputs, rounding at 1e-16.
+def gram(x: torch.Tensor, *, wide: bool = False) -> torch.Tensor:
+    """X^T X of a batch of tall (..., m, k) matrices, or X X^T of wide (..., k, n) ones with ``wide``, in float64:
+    exact products of float32 inputs, rounding at 1e-16.
 
-    On the CPU, X (float32) is widened chunk by chunk into a small float64 scratch buffer and the partial Grams
-    are summed in float64: no float64 copy of X is ever allocated (page faults and memory traffic for gigabytes at
-    Llama-8B scale), and the result differs from one big product only by float64 rounding. On a GPU: one product.
+    On the CPU, X (float32) is widened chunk by chunk (along its long dimension, in memory order) into a small
+    float64 scratch buffer and the partial Grams are summed in float64: no float64 copy of X is ever allocated (page
+    faults and memory traffic for gigabytes at Llama-8B scale), and the result differs from one big product only
+    by float64 rounding. On a GPU: one product.
     """
-    m, k = x.shape[-2:]
-    if x.is_cuda or m <= CHUNK:
+    long, k = (x.shape[-1], x.shape[-2]) if wide else (x.shape[-2], x.shape[-1])
+    if x.is_cuda or long <= CHUNK:
         x = x.double()
-        return x.mT @ x
+        return x @ x.mT if wide else x.mT @ x
     g = torch.zeros(*x.shape[:-2], k, k, dtype=torch.float64)
-    scratch = torch.empty(*x.shape[:-2], CHUNK, k, dtype=torch.float64)
-    for i in range(0, m, CHUNK):
-        c = scratch[..., : min(CHUNK, m - i), :]
-        c.copy_(x[..., i:i + c.shape[-2], :])
-        g += c.mT @ c
+    scratch = torch.empty(*x.shape[:-2], *((k, CHUNK) if wide else (CHUNK, k)), dtype=torch.float64)
+    for i in range(0, long, CHUNK):
+        n = min(CHUNK, long - i)
+        if wide:
+            c = scratch if n == CHUNK else torch.empty(*x.shape[:-2], k, n, dtype=torch.float64)
+            c.copy_(x[..., i:i + n])
+            g += c @ c.mT
+        else:
+            c = scratch[..., :n, :]
+            c.copy_(x[..., i:i + n, :])
+            g += c.mT @ c
     return g
 
 
