@@ -23,6 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _cpu() -> float:
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--project", default=str(ROOT))
@@ -32,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
     from tasks.config import load_settings, quiet_env
 
     quiet_env()
@@ -51,22 +59,27 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(settings.work / sub, ignore_errors=True)
     runs = []
     for i in range(args.runs):
+        load = os.getloadavg()[0]
+        cpu0 = _cpu()
         t = time.perf_counter()
         summary = nightly_merge(project=str(settings.project))
         wall = time.perf_counter() - t
         runs.append({"run": i + 1, "cold": i == 0 and not args.keep_cache, "wall_s": round(wall, 2),
+                     "cpu_s": round(_cpu() - cpu0, 2), "load_before": round(load, 2),
+                     "load_after": round(os.getloadavg()[0], 2),
                      "flow_steps_s": summary["timings"], "prefect_overhead_s": round(wall - summary["timings"]["total"], 2),
                      "cached_merge": summary["cached_merge"], "eval_cached": summary["eval"]["cached"],
                      "decision": summary["decision"]["alias"], "version": summary["registered"]["version"]})
     out = {"machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()})",
            "python": sys.version.split()[0], "imports_s": round(import_s, 2),
-           "prefect_api_start_s": round(warm_s, 2), "runs": runs}
+           "prefect_api_start_s": round(warm_s, 2), "load_at_start": round(load0, 2), "runs": runs}
     print(f"machine: {out['machine']}; imports (prefect, torch, pico, flow): {out['imports_s']} s; Prefect API "
           f"start (lm-eval import and MLflow store opening beside it): {out['prefect_api_start_s']} s")
     for r in runs:
         kind = "cold (merge + eval computed)" if r["cold"] else "rerun (caches warm)"
-        print(f"\nrun {r['run']}: {kind}: {r['wall_s']} s wall, of which Prefect API/engine {r['prefect_overhead_s']} s"
-              f" -> v{r['version']} {r['decision']}")
+        print(f"\nrun {r['run']}: {kind}: {r['wall_s']} s wall ({r['cpu_s']} s CPU in this process and its children; "
+              f"load average {r['load_before']} -> {r['load_after']} on {os.cpu_count()} CPUs), of which Prefect "
+              f"engine {r['prefect_overhead_s']} s -> v{r['version']} {r['decision']}")
         for step, s in r["flow_steps_s"].items():
             print(f"  {step:<20} {s:>7.2f} s")
     if args.json:
