@@ -35,7 +35,10 @@ coefficients, the per-task baselines and the loss curve; ``loss_curve.png`` plot
 
 Deviations from the official code (all small, all deliberate):
 - batches: each task's inputs are a seeded stream of reshuffled epochs; the official ``itertools.cycle`` over a
-  shuffled DataLoader replays the first epoch's order forever.
+  shuffled DataLoader replays the first epoch's order forever. The T task batches of a step go through the model in
+  one forward pass (the official code runs T per-task models that share the merged backbone): a causal LM has no
+  per-task head, so the merged model is the same for every task, and with right padding each prompt's positions see
+  exactly what they would see alone.
 - entropy uses log_softmax instead of log(softmax + 1e-10) (differs by < 1e-9 per token).
 - preferences are normalised to sum 1 (uniform = 1/T, which is the official default); the official code uses them as
   given when the length matches and silently falls back to uniform when it does not; we raise an error instead.
