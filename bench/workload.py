@@ -6,7 +6,8 @@ PEFT's key names, plus an ``adapter_config.json`` that PEFT and pico both load.
 The factors are not plain Gaussian noise. Per module and task t (rank r, shape m x n):
     B_t = (G_t + c S W_t) diag(d),  A_t = diag(e) H_t
 with G_t, H_t Gaussian (task-specific), S an m x r/2 block of output directions shared by all tasks of the module
-(mixed into each task by a random W_t), and decaying column/row scales d_j = 0.8^j, e_j = (1 + j)^-1/2. So every
+(mixed into each task by a random W_t), and decaying column/row scales d_j = 0.8^(16 j / r), e_j = (1 + 16 j / r)^-1/2
+(the same dynamic range at every rank). So every
 delta B_t A_t has a decaying spectrum and the stacked B's have a few dominant shared directions (what Pico shrinks),
 while the stacked A's do not. Everything is seeded per (seed, task, module): adapter t is the same file whatever T
 is, so the T = 2 and T = 4 sets are the first adapters of the T = 8 set.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: decay scaled to the rank (r = 16 files are unchanged)
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 TARGETS = ATTN + MLP
@@ -67,9 +68,10 @@ def module_factors(module: str, m: int, n: int, r: int, task: int, seed: int = 0
     g = _generator(seed, task, module, r)
     mix = torch.randn(k_s, r, generator=g) / k_s ** 0.5
     b = torch.randn(m, r, generator=g).addmm_(shared, mix, alpha=1.5)
-    b.mul_((0.8 ** torch.arange(r, dtype=torch.float32)) * (2e-3 / m ** 0.5))
+    j = torch.arange(r, dtype=torch.float32) * (16 / r)  # rank-relative index: r = 16 gives 0, 1, ..., 15
+    b.mul_((0.8 ** j) * (2e-3 / m ** 0.5))
     a = torch.randn(r, n, generator=g)
-    a.mul_(((1.0 + torch.arange(r, dtype=torch.float32)) ** -0.5 / n ** 0.5)[:, None])
+    a.mul_(((1.0 + j) ** -0.5 / n ** 0.5)[:, None])
     return b.to(dtype), a.to(dtype)
 
 
