@@ -26,11 +26,8 @@ class DvcError(RuntimeError):
 
 def md5_file(path: Path) -> str:
     """DVC 3's file hash (``hash: md5``): the md5 of the raw bytes."""
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def is_dvc_repo(project: Path) -> bool:
