@@ -96,3 +96,18 @@ def test_fast_greedy_matches_hf_generate(suite):
         out = model.generate(torch.tensor([encode(p)]), max_new_tokens=6, do_sample=False, pad_token_id=PAD_ID,
                              eos_token_id=EOS_ID)
         assert decode(out[0, len(encode(p)):].tolist()).split("\n", 1)[0] == f
+
+
+def test_training_is_deterministic(tmp_path):
+    from safetensors.torch import load_file
+
+    from skills.tiny import build_tiny_suite
+
+    p = tiny_params()
+    p["adapters"]["runs"] = {"add": p["adapters"]["runs"]["add"]}
+    a = build_tiny_suite(tmp_path / "a", p)
+    b = build_tiny_suite(tmp_path / "b", p)
+    for rel in ("base/model.safetensors", "adapters/add/adapter_model.safetensors"):
+        ta, tb = load_file(tmp_path / "a" / rel), load_file(tmp_path / "b" / rel)
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert a["adapters"].keys() == b["adapters"].keys() == {"add"}
