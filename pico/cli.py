@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the written factors (default: float32)")
+    m.add_argument("--threads", type=int,
+                   help="CPU threads (default: torch's, usually one per core). Same inputs, recipe and threads give "
+                        "the same bytes; another thread count can round differently, so pin it to compare outputs "
+                        "across machines")
     m.add_argument("--common-modules", action="store_true",
                    help="merge only the modules every adapter has, and report the rest (default: error)")
     m.add_argument("--allow-pickle", action="store_true",
@@ -97,6 +101,8 @@ def cmd_merge(args) -> int:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
             raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     recipe = Recipe(method=args.method, space=args.space, calibrate=args.calibrate, rescale=args.rescale,
                     kappa=args.kappa, gamma=args.gamma, lam=args.lam, weights=weights, rank=args.rank,
                     seed=args.seed, params=params)
@@ -104,8 +110,13 @@ def cmd_merge(args) -> int:
     if aset.skipped and not args.quiet:
         print(f"merging {len(aset.modules)} common modules; skipped {len(aset.skipped)} not in every adapter: "
               + ", ".join(sorted(aset.skipped)[:5]) + (" ..." if len(aset.skipped) > 5 else ""), file=sys.stderr)
-    manifest = merge(aset, recipe, args.out, device=args.device, overwrite=args.force, progress=not args.quiet,
-                     dtype=getattr(torch, args.dtype))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        manifest = merge(aset, recipe, args.out, device=args.device, overwrite=args.force, progress=not args.quiet,
+                         dtype=getattr(torch, args.dtype))
+    finally:
+        torch.set_num_threads(threads)
     if not args.quiet:
         layers = manifest["layers"].values()
         line = (f"merged {len(aset)} adapters ({recipe.method}, {recipe.space} space, calibrate={recipe.calibrate}) "

@@ -83,3 +83,17 @@ def test_cuda_request_without_cuda_is_a_clear_error(adapters, tmp_path, capsys):
         pytest.skip("this machine has CUDA")  # the error path only exists without it
     assert main(["merge", *map(str, adapters), "--device", "cuda", "--out", str(tmp_path / "m"), "-q"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_threads_option_pins_threads_and_restores_them(adapters, tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    args = ["merge", *map(str, adapters), "--method", "ties", "--calibrate", "pico", "--threads", "1", "-q"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    assert torch.get_num_threads() == before
+    assert (tmp_path / "a" / FILES[0]).read_bytes() == (tmp_path / "b" / FILES[0]).read_bytes()
+    assert main(args[:-3] + ["--threads", "0", "-q", "--out", str(tmp_path / "c")]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
