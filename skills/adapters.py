@@ -79,18 +79,35 @@ def train_adapter(base_dir: str | Path, data_dir: str | Path, run: dict, common:
             print(json.dumps({"step": step + 1, "loss": round(loss.item(), 4), "sec": round(time.time() - t0, 1)}),
                   flush=True)
     model.eval()
+    train_sec = round(time.time() - t0, 1)
     info = {"skills": list(cfg["skills"]), "r": int(run["r"]), "lora_alpha": float(run["lora_alpha"]),
-            "use_rslora": bool(run.get("use_rslora", False)), "steps": steps, "train_sec": round(time.time() - t0, 1),
-            "final_loss": round(loss.item(), 4)}
+            "use_rslora": bool(run.get("use_rslora", False)), "steps": steps, "final_loss": round(loss.item(), 4)}
     info.update(update_stats(model))
     info.update(scale_accuracy(model, data_dir, cfg["skills"], eval_split))
     info["eval_split"] = eval_split
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out)
-        (out / "train_info.json").write_text(json.dumps(info, indent=1) + "\n")
-    return model, info
+        save_adapter(model, Path(out_dir), base_dir)
+        (Path(out_dir) / "train_info.json").write_text(json.dumps(info, indent=1) + "\n")
+    # wall time is reported, never saved: the saved files are a function of params and code only
+    return model, {**info, "train_sec": train_sec}
+
+
+def save_adapter(model, out: Path, base_dir: str | Path) -> None:
+    """``save_pretrained``, made reproducible byte for byte: PEFT writes ``target_modules`` from a set (its order
+    follows the interpreter's hash seed) and the base path as given (absolute paths differ per checkout), and adds
+    a model-card stub repeating that path. Here the modules are sorted, the base is the repo-relative path, and the
+    stub is left out."""
+    from skills.config import portable
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    path = out / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["base_model_name_or_path"] = portable(base_dir)
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (out / "README.md").unlink(missing_ok=True)
 
 
 def _lora_layers(model):

@@ -68,14 +68,15 @@ def train_base(cfg: dict, data_dir: str | Path, out_dir: str | Path | None = Non
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            entry = {"step": step + 1, "loss": round(loss.item(), 4), "sec": round(time.time() - t0, 1)}
+            entry = {"step": step + 1, "loss": round(loss.item(), 4)}
             if eval_records:
                 entry["acc"] = {s: round(accuracy(model, r), 3) for s, r in eval_records.items()}
             log.append(entry)
-            print(json.dumps(entry), flush=True)
+            print(json.dumps({**entry, "sec": round(time.time() - t0, 1)}), flush=True)
     model.eval()
-    info = {"params": sum(p.numel() for p in model.parameters()), "train_sec": round(time.time() - t0, 1),
-            "log": log}
+    # wall time is printed, never saved: train_info.json (a DVC output) depends on params and code only
+    print(json.dumps({"train_sec": round(time.time() - t0, 1)}), flush=True)
+    info = {"params": sum(p.numel() for p in model.parameters()), "log": log}
     if out_dir is not None:
         save_base(model, out_dir)
     return model, info

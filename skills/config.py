@@ -24,6 +24,16 @@ def load_suite_params(path: str | Path = "params.yaml") -> dict:
     return suite
 
 
+def portable(path: str | Path) -> str:
+    """``path`` as written into saved artefacts: relative to the repo root when inside it (an absolute path would
+    differ per checkout and change the bytes, hence the DVC hashes, of the same training run), else absolute."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(REPO_ROOT.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
 def resolve(path: str | Path) -> Path:
     p = Path(path)
     return p if p.is_absolute() else (REPO_ROOT / p)

@@ -111,3 +111,22 @@ def test_training_is_deterministic(tmp_path):
         ta, tb = load_file(tmp_path / "a" / rel), load_file(tmp_path / "b" / rel)
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
     assert a["adapters"].keys() == b["adapters"].keys() == {"add"}
+    # every saved file is byte-identical (DVC hashes them), but for the base path, which names each tree's own base
+    for sub in ("base", "adapters/add"):
+        names = sorted(f.name for f in (tmp_path / "a" / sub).iterdir())
+        assert names == sorted(f.name for f in (tmp_path / "b" / sub).iterdir())
+        for name in names:
+            fa, fb = (tmp_path / "a" / sub / name).read_bytes(), (tmp_path / "b" / sub / name).read_bytes()
+            assert fa.replace(b"/a/base", b"/b/base") == fb, (sub, name)
+    cfg = json.loads((tmp_path / "a" / "adapters" / "add" / "adapter_config.json").read_text())
+    assert cfg["target_modules"] == sorted(PROJ)  # PEFT writes a set: its order would follow the hash seed
+    assert cfg["base_model_name_or_path"] == str((tmp_path / "a" / "base").resolve())
+    assert not (tmp_path / "a" / "adapters" / "add" / "README.md").exists()
+
+
+def test_saved_paths_are_repo_relative_inside_the_repo(tmp_path):
+    from skills.config import REPO_ROOT, portable
+
+    assert portable(REPO_ROOT / "build" / "suite" / "base") == "build/suite/base"
+    assert portable("build/suite/base") == "build/suite/base" or not Path.cwd().samefile(REPO_ROOT)
+    assert portable(tmp_path) == str(tmp_path.resolve())
