@@ -248,7 +248,7 @@ def gate(scores: dict[str, float], champion: dict | None, cfg: dict) -> tuple[bo
             reasons.append(f"{task} {value:.3f} is below its floor {floor:.3f}")
     if champion is not None:
         need = champion["mean"] + float(cfg.get("min_delta", 0.0))
-        if mean < need:
+        if mean < need - 1e-9:  # a tie is not "below": means re-read from MLflow may differ in the last bits
             reasons.append(f"mean {mean:.4f} is below the champion's (v{champion['version']}: "
                            f"{champion['mean']:.4f}" + (f" + min_delta {cfg['min_delta']}" if cfg.get("min_delta")
                                                         else "") + ")")
