@@ -100,7 +100,9 @@ def git_info(project: Path) -> dict:
         return proc.stdout.strip() if proc.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    # the pipeline's own writes (dvc.lock, kept per night by `dvc exp save`) do not make the tree dirty
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")) \
+        if commit else None
     return {"commit": commit, "dirty": dirty}
 
 
@@ -170,7 +172,8 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     dvc = steps.version_dvc(settings, store, merged_eval["scores"], dvc_consistent(settings, project, params))
     mark("version")
     if dvc["enabled"]:
-        lineage["output"]["dvc"] = {"path": dvc["path"], "md5": dvc["md5"], "pushed": dvc["pushed"]}
+        lineage["output"]["dvc"] = {"path": dvc["path"], "md5": dvc["md5"], "pushed": dvc["pushed"],
+                                    "exp": dvc.get("exp")}
         lineage["dvc_lock"] = dvc["lock"]
 
     timings = _durations(t["start"], marks)
@@ -260,19 +263,11 @@ def ensure_suite(settings: Settings) -> None:
         need.append(str(benchmark.suite_data_dir(settings).relative_to(settings.project)))
     if not need:
         return
-    listing = dvcio.dvc_cmd(settings.project, "stage", "list")
-    stages = set()
-    for line in listing.splitlines():
-        name, _, rest = line.partition(" ")
-        outs = [o.strip() for o in rest.strip().removeprefix("Outputs").split(",") if o.strip()]
-        for p in need:
-            if any(p == o or p.startswith(o.rstrip("/") + "/") for o in outs):
-                stages.add(name)
+    stages = dvcio.stages_producing(settings.project, need)
     if not stages:
         raise SystemExit(f"missing {', '.join(need)} and no DVC stage produces it; build the suite first")
     print(f"building the skills suite: dvc repro {' '.join(sorted(stages))} (one-off, minutes)", flush=True)
-    subprocess.run([sys.executable, "-m", "dvc", "repro", *sorted(stages)], cwd=settings.project, check=True,
-                   env=dvcio.venv_env())
+    dvcio.reproduce(settings.project, sorted(stages))
 
 
 def warm_up(settings: Settings):

@@ -66,7 +66,7 @@ DEFAULTS: dict = {
         "floors": {},  # per-skill floors, overriding `floor`
     },
     "schedule": {"cron": "0 2 * * *", "timezone": "UTC", "deployment": "nightly", "concurrency_limit": 1},
-    "dvc": {"enabled": True, "push": True, "stages": ["merge", "eval"]},
+    "dvc": {"enabled": True, "push": True, "stages": ["merge", "eval"], "history": "exp"},  # exp: dvc exp save
 }
 
 DEFAULT_RECIPE: dict = {"method": "ta", "space": "core", "calibrate": "none"}

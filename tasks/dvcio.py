@@ -1,9 +1,13 @@
-"""DVC, read and driven from the pipeline: what DVC recorded for a path, its cache, and the CLI for writes.
+"""DVC, driven through its Python API: what DVC recorded for a path, its objects (cache or any remote), writes.
 
-Reads (dvc.lock, ``*.dvc`` files, the ``.dir`` manifests in the cache) are plain file reads: cheap, and safe from
-threads.  Writes (commit, push, pull, get) run the real ``dvc`` CLI of this interpreter in a subprocess with the
-project as its working directory (DVC resolves dvc.yaml from the cwd, which a threaded flow must not change), under
-a project-wide file lock so concurrent pipeline runs never interleave DVC writes.
+Everything goes through ``dvc.repo.Repo`` (``find_outs_by_path``, ``index``, ``config``, ``commit``, ``push``,
+``pull``, ``reproduce``, ``experiments.save``), its object databases (the local cache, and the configured remote
+whatever its kind: a folder, S3, SSH, ...) and ``dvc.api.DVCFileSystem``: no ``dvc`` subprocess, no hand-read
+dvc.lock, ``.dvc/config`` or cache layout. So config from every level (system, global, repo, local) and
+``.dvcignore`` apply as DVC applies them, and an audit on a fresh clone reads what only the remote holds.
+
+Writes run under a project-wide file lock so concurrent pipeline runs never interleave DVC writes (DVC's own repo
+lock fails fast instead of waiting).
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
+import re
 import sys
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
+from typing import IO, Iterator
 
 
 class DvcError(RuntimeError):
@@ -31,29 +35,49 @@ def md5_file(path: Path) -> str:
 
 
 def is_dvc_repo(project: Path) -> bool:
-    return (project / ".dvc").is_dir()
+    return (Path(project) / ".dvc").is_dir()
 
 
-def cache_dir(project: Path) -> Path:
-    """The local DVC cache (``cache.dir`` from .dvc/config(.local) when set, else .dvc/cache)."""
-    import configparser
+_CWD = threading.RLock()
 
-    for name in ("config.local", "config"):
-        cfg = project / ".dvc" / name
-        if cfg.is_file():
-            parser = configparser.ConfigParser()
+
+@contextmanager
+def repo(project: Path, write: bool = False) -> Iterator:
+    """An open ``dvc.repo.Repo`` of the project (closed after use); DVC's errors become :class:`DvcError`.
+
+    ``write``: DVC's writes still resolve some paths from the process's cwd (the stage cache builds stages from a
+    relative ``dvc.yaml``), so they run with the cwd at the project, under a process-wide lock, and it is restored
+    afterwards. Reads need neither."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    project = Path(project).resolve()
+    with _CWD if write else nullcontext():
+        cwd = os.getcwd() if write else None
+        try:
+            if write:
+                os.chdir(project)
             try:
-                parser.read_string(cfg.read_text())
-            except configparser.Error:
-                continue
-            if parser.has_option("cache", "dir"):
-                p = Path(parser.get("cache", "dir"))
-                return p if p.is_absolute() else (project / ".dvc" / p).resolve()
-    return project / ".dvc" / "cache"
+                r = Repo(str(project))
+            except DvcException as exc:
+                raise DvcError(f"{project}: not a usable DVC repository: {exc}") from exc
+            try:
+                yield r
+            finally:
+                r.close()
+        finally:
+            if cwd is not None:
+                os.chdir(cwd)
 
 
-def cache_path(project: Path, md5: str) -> Path:
-    return cache_dir(project) / "files" / "md5" / md5[:2] / md5[2:]
+def _wrap(what: str, project: Path, fn, *args, **kw):
+    from dvc.exceptions import DvcException
+
+    try:
+        return fn(*args, **kw)
+    except DvcException as exc:
+        raise DvcError(f"dvc {what} failed in {project}: {' '.join(str(exc).split())[:600]}") from exc
 
 
 @dataclass
@@ -64,51 +88,95 @@ class TrackedOut:
     md5: str  # file md5, or "<md5>.dir" for a directory
     origin: str  # "dvc.lock:<stage>" or "<file>.dvc"
 
-    def listing(self, project: Path) -> dict[str, str] | None:
-        """relpath -> md5 of every file of a directory out, from the cache's .dir object (None if not cached)."""
-        if not self.md5.endswith(".dir"):
-            return None
-        obj = cache_path(project, self.md5)
-        if not obj.is_file():
-            return None
-        return {e["relpath"]: e["md5"] for e in json.loads(obj.read_text())}
 
+def _origin(stage, project: Path) -> str:
+    from dvc.stage import PipelineStage
 
-def tracked_outs(project: Path) -> list[TrackedOut]:
-    outs = []
-    lock = project / "dvc.lock"
-    if lock.is_file():
-        data = yaml.safe_load(lock.read_text()) or {}
-        for stage, info in (data.get("stages") or {}).items():
-            for out in info.get("outs") or []:
-                if out.get("md5"):
-                    outs.append(TrackedOut(out["path"], out["md5"], f"dvc.lock:{stage}"))
-    for dirpath, dirnames, filenames in os.walk(project):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("node_modules", "__pycache__")]
-        for fname in filenames:
-            if not fname.endswith(".dvc"):
-                continue
-            dvcfile = Path(dirpath) / fname
-            data = yaml.safe_load(dvcfile.read_text()) or {}
-            wdir = dvcfile.parent.relative_to(project)
-            for out in data.get("outs") or []:
-                if out.get("md5"):
-                    outs.append(TrackedOut((wdir / out["path"]).as_posix(), out["md5"],
-                                           dvcfile.relative_to(project).as_posix()))
-    return outs
+    if isinstance(stage, PipelineStage):
+        return f"dvc.lock:{stage.name}"
+    return Path(os.path.relpath(stage.path, project)).as_posix()
 
 
 def find_out(project: Path, path: str | Path) -> tuple[TrackedOut, str] | None:
     """The tracked out holding ``path`` and the path's position inside it ("" for the out itself)."""
-    rel = Path(os.path.relpath(Path(project) / path, project)).as_posix()
-    best = None
-    for out in tracked_outs(project):
-        if rel == out.path or rel.startswith(out.path.rstrip("/") + "/"):
-            if best is None or len(out.path) > len(best.path):
-                best = out
-    if best is None:
-        return None
-    return best, rel[len(best.path):].lstrip("/")
+    project = Path(project).resolve()
+    target = (project / path).resolve()
+    from dvc.exceptions import OutputNotFoundError
+
+    with repo(project) as r:
+        try:
+            outs = r.find_outs_by_path(str(target), strict=False)
+        except OutputNotFoundError:
+            return None
+        outs = [o for o in outs if o.hash_info and o.hash_info.value]
+        if not outs:
+            return None
+        out = max(outs, key=lambda o: len(str(o.fs_path)))
+        rel = Path(os.path.relpath(out.fs_path, project)).as_posix()
+        tracked = TrackedOut(rel, out.hash_info.value, _origin(out.stage, project))
+    inner = Path(os.path.relpath(target, project / rel)).as_posix()
+    return tracked, "" if inner == "." else inner
+
+
+def remote_name(project: Path) -> str | None:
+    """The default remote (``core.remote``, from whichever config level sets it)."""
+    with repo(project) as r:
+        return r.config["core"].get("remote")
+
+
+def has_remote(project: Path) -> bool:
+    return remote_name(project) is not None
+
+
+def remote_url(project: Path) -> str | None:
+    with repo(project) as r:
+        name = r.config["core"].get("remote")
+        return r.config["remote"][name]["url"] if name else None
+
+
+@contextmanager
+def open_object(project: Path, md5: str) -> Iterator[tuple[IO[bytes], str]]:
+    """Stream the object ``md5`` (a file md5 or ``<md5>.dir``) from the local cache, else from the default remote,
+    whatever its kind. Yields (binary stream, where). FileNotFoundError when neither holds it."""
+    with repo(project) as r:
+        odbs = [("cache", r.cache.local)]
+        if r.config["core"].get("remote"):
+            try:
+                odbs.append((f"remote {r.config['core']['remote']}", r.cloud.get_remote_odb()))
+            except Exception as exc:  # a misconfigured remote: say so instead of "missing"
+                raise DvcError(f"{project}: the DVC remote cannot be used: {' '.join(str(exc).split())[:300]}") \
+                    from exc
+        for where, odb in odbs:
+            path = odb.oid_to_path(md5)
+            try:
+                f = odb.fs.open(path, mode="rb")
+            except FileNotFoundError:
+                continue
+            try:
+                yield f, where
+            finally:
+                f.close()
+            return
+    raise FileNotFoundError(f"object {md5} is in neither the DVC cache nor the default remote")
+
+
+def hash_object(project: Path, md5: str) -> tuple[str, str, str]:
+    """(md5, sha256, where) of the object's bytes, streamed once from the cache or the remote."""
+    m, s = hashlib.md5(), hashlib.sha256()
+    with open_object(project, md5) as (f, where):
+        while chunk := f.read(1 << 20):
+            m.update(chunk)
+            s.update(chunk)
+    return m.hexdigest(), s.hexdigest(), where
+
+
+def dir_listing(project: Path, dir_md5: str) -> tuple[dict[str, str], str]:
+    """relpath -> md5 of every file of a directory object, read from the cache or the remote (md5 verified)."""
+    with open_object(project, dir_md5) as (f, where):
+        raw = f.read()
+    if hashlib.md5(raw).hexdigest() != dir_md5.removesuffix(".dir"):
+        raise DvcError(f".dir object {dir_md5} in the {where} is corrupt")
+    return {e["relpath"]: e["md5"] for e in json.loads(raw)}, where
 
 
 def recorded_files(project: Path, path: str | Path) -> dict | None:
@@ -117,38 +185,139 @@ def recorded_files(project: Path, path: str | Path) -> dict | None:
     if found is None:
         return None
     out, inner = found
-    listing = out.listing(project)
     files = None
-    if listing is not None:
-        prefix = inner + "/" if inner else ""
-        files = {k[len(prefix):]: v for k, v in listing.items() if k.startswith(prefix)}
-    elif not out.md5.endswith(".dir") and not inner:
+    if out.md5.endswith(".dir"):
+        try:
+            listing, _ = dir_listing(project, out.md5)
+        except FileNotFoundError:
+            listing = None  # neither cached nor pushed yet: the caller pulls, then asks again
+        if listing is not None:
+            prefix = inner + "/" if inner else ""
+            files = {k[len(prefix):]: v for k, v in listing.items() if k.startswith(prefix)}
+    elif not inner:
         files = {Path(out.path).name: out.md5}
     return {"out": out.path, "out_md5": out.md5, "origin": out.origin, "inner": inner, "files": files}
 
 
-def venv_env() -> dict:
-    """The environment for DVC and its stage commands: this interpreter's bin first on PATH, so a stage's
-    `python -m ...` runs in the same virtualenv even when it was not activated."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
+def stage_names(project: Path) -> set[str]:
+    with repo(project) as r:
+        return {s.name for s in r.index.stages if hasattr(s, "name") and s.name}
 
 
-def dvc_cmd(project: Path, *args: str, timeout: float = 600) -> str:
-    """Run ``dvc ARGS`` in ``project``; raise DvcError with DVC's own message on failure."""
-    env = venv_env()
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode != 0:
-        msg = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        raise DvcError(f"dvc {' '.join(args)} failed in {project}: " + " | ".join(msg[-6:]))
-    return proc.stdout
+def stages_producing(project: Path, paths: list[str]) -> set[str]:
+    """The pipeline stages (dvc.yaml) whose outputs hold any of ``paths`` (relative to the project)."""
+    from dvc.stage import PipelineStage
+
+    found = set()
+    with repo(project) as r:
+        for stage in r.index.stages:
+            if not isinstance(stage, PipelineStage):
+                continue
+            for out in stage.outs:
+                o = Path(os.path.relpath(out.fs_path, r.root_dir)).as_posix()
+                if any(p == o or p.startswith(o.rstrip("/") + "/") for p in paths):
+                    found.add(stage.name)
+    return found
+
+
+def lock_entries(project: Path, stages: list[str]) -> dict[str, dict[str, str]]:
+    """For each stage as recorded in dvc.lock: path -> md5 of its deps and outs (what the lineage records)."""
+    from dvc.stage import PipelineStage
+
+    out: dict[str, dict[str, str]] = {}
+    with repo(project) as r:
+        for stage in r.index.stages:
+            if isinstance(stage, PipelineStage) and stage.name in stages:
+                entries = {}
+                for item in [*stage.deps, *stage.outs]:
+                    hi = getattr(item, "hash_info", None)
+                    if hi is not None and hi.name == "md5" and hi.value:  # (params deps hash as "params")
+                        entries[Path(os.path.relpath(item.fs_path, r.root_dir)).as_posix()] = item.hash_info.value
+                if entries:
+                    out[stage.name] = entries
+    return {s: out[s] for s in stages if s in out}
+
+
+@contextmanager
+def _venv_path():
+    """Stage commands call ``python``: this interpreter's bin first on PATH while DVC runs them."""
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), old])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
+def stage_target(project: Path, stage: str) -> str:
+    """A stage's full address: DVC resolves bare stage names and relative paths from the process's cwd, which a
+    threaded flow must neither depend on nor change."""
+    return f"{Path(project).resolve() / 'dvc.yaml'}:{stage}"
+
+
+def path_target(project: Path, path: str) -> str:
+    return str(Path(project).resolve() / path)
+
+
+def commit(project: Path, stages: list[str]) -> None:
+    with repo(project, write=True) as r:
+        for stage in stages:
+            _wrap("commit", project, r.commit, stage_target(project, stage), force=True)
+
+
+def push(project: Path, stages: list[str]) -> int:
+    with repo(project, write=True) as r:
+        return _wrap("push", project, r.push, [stage_target(project, s) for s in stages])
+
+
+def pull(project: Path, paths: list[str]) -> None:
+    with repo(project, write=True) as r:
+        _wrap("pull", project, r.pull, [path_target(project, p) for p in paths])
+
+
+def fetch(project: Path, paths: list[str] | None = None) -> int:
+    with repo(project, write=True) as r:
+        return _wrap("fetch", project, r.fetch, [path_target(project, p) for p in paths] if paths else None)
+
+
+def reproduce(project: Path, stages: list[str]) -> None:
+    with repo(project, write=True) as r, _venv_path():
+        for stage in stages:
+            _wrap("repro", project, r.reproduce, stage_target(project, stage))
+
+
+def get_at_rev(project: Path, path: str, rev: str, dest: Path) -> None:
+    """``path`` as of git revision ``rev`` (``dvc.api.DVCFileSystem``: from the cache or the remote)."""
+    from dvc.api import DVCFileSystem
+
+    fs = DVCFileSystem(str(project), rev=rev)
+    try:
+        if not fs.exists(path):
+            raise DvcError(f"dvc://{path}@{rev}: no such path at that revision")
+        _wrap("get", project, fs.get, path, str(dest), recursive=True)
+    finally:
+        fs.close() if hasattr(fs, "close") else None
+
+
+def exp_save(project: Path, name: str, stages: list[str], include: list[str]) -> str:
+    """Save the workspace as a DVC experiment (``dvc exp save``): a git commit under refs/exps that records
+    dvc.lock, params and ``include`` (the metrics), so ``dvc exp show`` / ``dvc metrics diff`` compare nights.
+    HEAD, the branch and the working tree are left as they are. Returns the experiment's commit sha."""
+    with repo(project, write=True) as r:  # (DVC's executor changes the cwd too; `repo` restores it)
+        sha = _wrap("exp save", project, r.experiments.save,
+                    targets=[stage_target(project, st) for st in stages], name=name, force=True,
+                    include_untracked=list(include))
+    return sha
+
+
+def exp_name(stamp: str, md5: str | None) -> str:
+    """A valid experiment name per night: nightly-YYYYMMDD-HHMMSS-<md5 prefix>."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", f"nightly-{stamp}-{(md5 or 'none')[:8]}")
 
 
 @contextmanager
 def project_lock(work: Path, name: str = "dvc", timeout: float = 900):
-    """A cross-process lock (flock) under the work folder: serialises DVC writes and registry promotion."""
+    """A cross-process lock (flock) under the work folder: serialises DVC writes on one host."""
     from filelock import FileLock
 
     lock_dir = work / "locks"
@@ -157,46 +326,7 @@ def project_lock(work: Path, name: str = "dvc", timeout: float = 900):
         yield
 
 
-def local_remote(project: Path) -> Path | None:
-    """The default remote's folder when it is a local directory remote (else None)."""
-    import configparser
-
-    parser = configparser.ConfigParser()
-    for name in ("config", "config.local"):
-        cfg = project / ".dvc" / name
-        if cfg.is_file():
-            try:
-                parser.read_string(cfg.read_text())
-            except configparser.Error:
-                pass
-    if not parser.has_option("core", "remote"):
-        return None
-    section = f"'remote \"{parser.get('core', 'remote')}\"'"
-    if not parser.has_option(section, "url"):
-        return None
-    url = parser.get(section, "url")
-    if "://" in url and not url.startswith("file://"):
-        return None
-    p = Path(url.removeprefix("file://"))
-    return p if p.is_absolute() else (project / ".dvc" / p).resolve()
-
-
-def object_path(project: Path, md5: str) -> tuple[Path, str] | None:
-    """Where DVC holds the object ``md5``: the local cache, else a local directory remote."""
-    p = cache_path(project, md5)
-    if p.is_file():
-        return p, "cache"
-    remote = local_remote(project)
-    if remote is not None:
-        p = remote / "files" / "md5" / md5[:2] / md5[2:]
-        if p.is_file():
-            return p, f"remote {remote}"
-    return None
-
-
-def has_remote(project: Path) -> bool:
-    for name in ("config", "config.local"):
-        cfg = project / ".dvc" / name
-        if cfg.is_file() and "remote =" in cfg.read_text().replace("remote=", "remote ="):
-            return True
-    return False
+def cache_path(project: Path, md5: str) -> Path:
+    """Where the local cache holds (or would hold) the object ``md5``."""
+    with repo(project) as r:
+        return Path(r.cache.local.oid_to_path(md5))

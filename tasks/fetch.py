@@ -4,7 +4,8 @@ Sources:
 - a local path (relative to the project),
 - ``hf://org/name@revision`` (the Hugging Face hub, revision required; the hub cache makes reruns free),
 - ``dvc://path`` (a DVC-tracked path of this project: pulled from the DVC remote when absent from the workspace, and
-  checked against what DVC recorded) or ``dvc://path@rev`` (that path as of git revision ``rev``, via ``dvc get``).
+  checked against what DVC recorded) or ``dvc://path@rev`` (that path as of git revision ``rev``, read through
+  ``dvc.api.DVCFileSystem``: from the cache or the remote).
 
 The digest is pico's per-adapter sha256 (the one in merge_manifest.json), so a pin can be copied from a manifest or
 from ``pico lineage``.
@@ -54,13 +55,13 @@ def _resolve_dvc(settings: Settings, spec: str) -> tuple[Path, str | None, dict 
         raise SourceError(f"dvc://{spec}: {project} is not a DVC repository (no .dvc/)")
     path, _, rev = spec.partition("@")
     path = path.strip("/")
-    if rev:  # that path as of a git revision: `dvc get` into the fetch cache (once per rev)
+    if rev:  # that path as of a git revision: copied into the fetch cache (once per rev)
         dest = settings.work / "fetch" / "dvc" / re.sub(r"[^A-Za-z0-9._-]", "_", rev) / path
         if not dest.exists():
             tmp = dest.with_name(dest.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            dvcio.dvc_cmd(project, "get", str(project), path, "--rev", rev, "-o", str(tmp))
+            dvcio.get_at_rev(project, path, rev, tmp)
             tmp.rename(dest)
         return dest, rev, None
     local = project / path
@@ -69,7 +70,7 @@ def _resolve_dvc(settings: Settings, spec: str) -> tuple[Path, str | None, dict 
         raise SourceError(f"dvc://{path}: DVC tracks no output holding {path} (not in dvc.lock or a .dvc file)")
     if not local.exists() or (recorded["files"] and any(not (local / f).is_file() for f in recorded["files"])):
         with dvcio.project_lock(settings.work):
-            dvcio.dvc_cmd(project, "pull", recorded["out"])
+            dvcio.pull(project, [recorded["out"]])
         recorded = dvcio.recorded_files(project, path)
     if recorded["files"]:
         for rel, md5 in recorded["files"].items():

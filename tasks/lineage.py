@@ -5,7 +5,8 @@ Checks (each OK, MISMATCH or MISSING; INFO lines never fail the verdict):
 - the registry's tags against the run's lineage.json and merge_manifest.json;
 - the recipe hash, recomputed from the recipe in the manifest;
 - the merged adapter in MLflow (the version's source), re-hashed;
-- the merged adapter in DVC (cache, else a local directory remote), every object's md5 and sha256 recomputed;
+- the merged adapter in DVC (cache, else the configured remote of any kind), every object's md5 and sha256
+  recomputed;
 - every source adapter: from DVC's objects when it came from a DVC-tracked path, else from its path / hub cache;
 - the git commit the run was made from.
 """
@@ -36,30 +37,31 @@ def _short(h: str | None) -> str:
     return (h or "none")[:16]
 
 
-def _hash_objects(project: Path, files_md5: dict[str, str]) -> tuple[dict[str, str] | None, list[str]]:
-    """sha256 per file of DVC objects, after checking each object's md5; problems listed."""
-    out, problems = {}, []
+def _hash_objects(project: Path, files_md5: dict[str, str]) -> tuple[dict[str, str] | None, list[str], str]:
+    """sha256 per file of DVC objects (streamed from the cache, else the remote), after checking each object's md5;
+    problems listed; where the objects were read."""
+    out, problems, where = {}, [], set()
     for rel, md5 in sorted(files_md5.items()):
-        found = dvcio.object_path(project, md5)
-        if found is None:
-            problems.append(f"{rel}: object {md5} is in neither the DVC cache nor a local remote")
+        try:
+            got, sha, at = dvcio.hash_object(project, md5)
+        except FileNotFoundError:
+            problems.append(f"{rel}: object {md5} is in neither the DVC cache nor the remote")
             continue
-        path, _ = found
-        if dvcio.md5_file(path) != md5:
-            problems.append(f"{rel}: DVC object {md5} is corrupt (its md5 is {dvcio.md5_file(path)})")
+        where.add(at)
+        if got != md5:
+            problems.append(f"{rel}: DVC object {md5} in the {at} is corrupt (its md5 is {got})")
             continue
-        out[rel] = sha256_file(path)
-    return (out if not problems else None), problems
+        out[rel] = sha
+    return (out if not problems else None), problems, ", ".join(sorted(where))
 
 
 def _dir_listing(project: Path, dir_md5: str) -> tuple[dict[str, str] | None, str]:
-    found = dvcio.object_path(project, dir_md5)
-    if found is None:
-        return None, f"DVC holds no .dir object {dir_md5} (cache or local remote); try `dvc fetch`"
-    path, where = found
-    if dvcio.md5_file(path) != dir_md5.removesuffix(".dir"):
-        return None, f".dir object {dir_md5} in the {where} is corrupt"
-    return {e["relpath"]: e["md5"] for e in json.loads(path.read_text())}, where
+    try:
+        return dvcio.dir_listing(project, dir_md5)
+    except FileNotFoundError:
+        return None, f"DVC holds no .dir object {dir_md5} (neither the cache nor the remote)"
+    except dvcio.DvcError as exc:
+        return None, str(exc)
 
 
 def check_source(project: Path, src: dict) -> Check:
@@ -75,7 +77,7 @@ def check_source(project: Path, src: dict) -> Check:
         if set(wanted) != set(src["files"]):
             return Check(what, "MISMATCH", f"DVC's {dvc['out']} ({dvc['out_md5']}) lacks "
                          f"{sorted(set(src['files']) - set(wanted))}")
-        shas, problems = _hash_objects(project, wanted)
+        shas, problems, where = _hash_objects(project, wanted)
         if shas is None:
             return Check(what, "MISSING", "; ".join(problems))
         digest = Source(src["name"], src["uri"], Path("."), src["revision"], shas).sha256
@@ -108,7 +110,7 @@ def check_dvc_output(project: Path, dvc_md5: str, manifest: dict) -> Check:
     listing, where = _dir_listing(project, dvc_md5)
     if listing is None:
         return Check("merged adapter in DVC", "MISSING", where)
-    shas, problems = _hash_objects(project, listing)
+    shas, problems, where = _hash_objects(project, listing)
     if shas is None:
         return Check("merged adapter in DVC", "MISSING", "; ".join(problems))
     bad = [n for n, sha in manifest["output"]["files"].items() if shas.get(n) != sha]
@@ -153,9 +155,9 @@ def walk(settings: Settings, model: str | None = None, ref: str = "champion") ->
             return False, [f"{name} v{v.version}: run {v.run_id} has no lineage.json/merge_manifest.json artifacts "
                            "(not registered by the nightly pipeline?)"]
         lineage, manifest = json.loads(lin_path.read_text()), json.loads(man_path.read_text())
-        project = Path(lineage.get("project") or settings.project)
-        if not project.is_dir():
-            project = settings.project
+        project = settings.project  # the checkout asked about (a fresh clone reads DVC objects from its remote)
+        if not dvcio.is_dvc_repo(project) and Path(lineage.get("project") or "").is_dir():
+            project = Path(lineage["project"])
 
         # 1. registry tags == run artifacts
         pairs = [("recipe.hash", lineage["recipe_hash"]), ("recipe.hash", manifest["recipe_hash"]),

@@ -1,7 +1,10 @@
 """Version the merged adapter and its scores with DVC: the flow's results become the ``merge``/``eval`` stage outputs.
 
 The flow writes exactly what ``dvc repro`` would (same code path, same bytes) into the stage outputs, then
-``dvc commit`` records it in dvc.lock (deps, params and output md5s) and ``dvc push`` copies it to the DVC remote.
+``dvc commit`` records it in dvc.lock (deps, params and output md5s), ``dvc push`` copies it to the DVC remote, and
+``dvc exp save`` keeps the night as an experiment (``pipeline.dvc.history: exp``): a commit under refs/exps with
+dvc.lock, params.yaml and metrics.json, so ``dvc exp show`` and ``dvc metrics diff`` compare nights while HEAD and
+the working tree stay where they are. All through DVC's Python API (tasks/dvcio.py).
 So dvc.lock always says what produced the latest merge, ``dvc repro`` afterwards finds nothing to do, and older
 merges stay in the DVC cache/remote under the md5 recorded in each model version's lineage.
 """
@@ -9,9 +12,8 @@ merges stay in the DVC cache/remote under the md5 recorded in each model version
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-
-import yaml
 
 from . import dvcio
 from .config import Settings
@@ -32,26 +34,11 @@ def write_metrics(path: Path, scores: dict[str, float]) -> None:
     tmp.replace(path)
 
 
-def lock_entries(project: Path, stages: list[str]) -> dict[str, dict[str, str]]:
-    """For each stage in dvc.lock: path -> md5 of its deps and outs (what the lineage records)."""
-    lock = project / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    data = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
-    out = {}
-    for stage in stages:
-        info = data.get(stage) or {}
-        entries = {d["path"]: d.get("md5") for d in (info.get("deps") or []) + (info.get("outs") or [])}
-        if entries:
-            out[stage] = entries
-    return out
+lock_entries = dvcio.lock_entries  # (stage -> {path: md5} of dvc.lock, through DVC's index)
 
 
 def dvc_stages(project: Path) -> set[str]:
-    path = project / "dvc.yaml"
-    if not path.is_file():
-        return set()
-    return set(((yaml.safe_load(path.read_text()) or {}).get("stages") or {}))
+    return dvcio.stage_names(project)
 
 
 def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -> dict:
@@ -70,12 +57,18 @@ def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -
     with dvcio.project_lock(settings.work, "dvc"):
         materialize(store, merged)
         write_metrics(metrics, scores)
-        dvcio.dvc_cmd(project, "commit", "--force", *stages)
+        dvcio.commit(project, stages)
         pushed = False
         if cfg["push"] and dvcio.has_remote(project):
-            dvcio.dvc_cmd(project, "push", *stages)
+            dvcio.push(project, stages)  # raises (DVC's message) when the remote is down: nothing registered
             pushed = True
         entries = lock_entries(project, stages)
-    rel = merged.relative_to(project).as_posix()
-    md5 = next((e[rel] for e in entries.values() if rel in e), None)
-    return {"enabled": True, "path": rel, "md5": md5, "pushed": pushed, "lock": entries}
+        rel = merged.relative_to(project).as_posix()
+        md5 = next((e[rel] for e in entries.values() if rel in e), None)
+        exp = None
+        if cfg.get("history", "exp") == "exp" and (project / ".git").exists():
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            name = dvcio.exp_name(stamp, md5)
+            sha = dvcio.exp_save(project, name, stages, [metrics.relative_to(project).as_posix()])
+            exp = {"name": name, "sha": sha}
+    return {"enabled": True, "path": rel, "md5": md5, "pushed": pushed, "lock": entries, "exp": exp}
