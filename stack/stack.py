@@ -49,23 +49,27 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- credentials and the pipeline's environment
+SECRET_KEYS = ("PG_SUPER_PASSWORD", "PG_MLFLOW_PASSWORD", "PG_PREFECT_PASSWORD", "MLFLOW_ADMIN_PASSWORD",
+               "MLFLOW_PIPELINE_PASSWORD", "MLFLOW_VIEWER_PASSWORD", "MLFLOW_FLASK_SECRET", "S3_ACCESS_KEY",
+               "S3_SECRET_KEY")
+
+
 def secrets_env() -> dict[str, str]:
-    """Generated once (mode 600): database, MLflow and S3 credentials of this stack."""
+    """Generated once (mode 600): database, MLflow and S3 credentials of this stack (missing ones are added)."""
     path = STATE / "secrets.env"
-    if not path.is_file():
-        STATE.mkdir(parents=True, exist_ok=True)
-        values = {"PG_SUPER_PASSWORD": secrets.token_urlsafe(18), "PG_MLFLOW_PASSWORD": secrets.token_urlsafe(18),
-                  "PG_PREFECT_PASSWORD": secrets.token_urlsafe(18), "MLFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(18),
-                  "MLFLOW_PIPELINE_PASSWORD": secrets.token_urlsafe(18),
-                  "MLFLOW_VIEWER_PASSWORD": secrets.token_urlsafe(18),
-                  "S3_ACCESS_KEY": "AKIA" + secrets.token_hex(8).upper(), "S3_SECRET_KEY": secrets.token_urlsafe(30)}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    STATE.mkdir(parents=True, exist_ok=True)
+    have = dict(line.split("=", 1) for line in path.read_text().split("\n") if "=" in line) if path.is_file() else {}
+    missing = [k for k in SECRET_KEYS if k not in have]
+    if missing:
+        for k in missing:
+            have[k] = "AKIA" + secrets.token_hex(8).upper() if k == "S3_ACCESS_KEY" else secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.writelines(f"{k}={v}\n" for k, v in values.items())
-    return dict(line.split("=", 1) for line in path.read_text().split("\n") if "=" in line)
+            f.writelines(f"{k}={v}\n" for k, v in have.items())
+    return have
 
 
-def pg_url(user: str, password: str, db: str, driver: str = "postgresql") -> str:
+def pg_url(user: str, password: str, db: str, driver: str = "postgresql+psycopg2") -> str:
     return f"{driver}://{user}:{password}@{HOST}:{PORTS['postgres']}/{db}"
 
 
@@ -130,6 +134,10 @@ def read_pid(name: str) -> int | None:
     if not path.is_file():
         return None
     pid = int(path.read_text())
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child and has exited (else it lingers as a zombie)
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -253,10 +261,11 @@ def ensure_python_packages() -> None:
     try:
         import boto3  # noqa: F401
         import dvc_s3  # noqa: F401
+        import flask_wtf  # noqa: F401
         import moto  # noqa: F401
         import psycopg2  # noqa: F401
     except ImportError:
-        log("installing the stack extra (moto[server], dvc-s3, boto3, psycopg2-binary)")
+        log("installing the stack extra (moto[server], dvc-s3, boto3, psycopg2-binary, mlflow[auth])")
         subprocess.run([str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c",
                         str(ROOT / "constraints.txt"), "-e", f"{ROOT}[stack]"], check=True)
 
@@ -283,6 +292,7 @@ def mlflow_up(s: dict[str, str]) -> None:
                 f"database_uri = {pg_url('mlflow', s['PG_MLFLOW_PASSWORD'], 'mlflow_auth')}\n"
                 "admin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     env = {**base_env(), "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": s["MLFLOW_ADMIN_PASSWORD"],
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": s["MLFLOW_FLASK_SECRET"],
            "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{PORTS['s3']}", "AWS_ACCESS_KEY_ID": s["S3_ACCESS_KEY"],
            "AWS_SECRET_ACCESS_KEY": s["S3_SECRET_KEY"], "AWS_DEFAULT_REGION": "us-east-1"}
     spawn("mlflow", [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", HOST,
