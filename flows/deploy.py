@@ -1,24 +1,35 @@
 """The nightly deployment: ``nightly-merge`` on the cron schedule of params.yaml (``pipeline.schedule``).
 
     python -m flows.deploy                 # serve: register the deployment and run it on schedule (long-running)
-    python -m flows.deploy --apply         # only register/update the deployment on the Prefect API, then exit
+    python -m flows.deploy --apply --pool pico-nightly   # register it on a work pool; `prefect worker start
+                                           # --pool pico-nightly` runs it (the pool from PICO_PREFECT_POOL by default)
     python -m flows.deploy --show          # print the deployment that would be served
 
 Serving needs a persistent Prefect API (``prefect server start`` and ``PREFECT_API_URL``, or Prefect Cloud); with
-the ephemeral API the schedule lives only as long as this process. One run at a time (``concurrency_limit``).
+the ephemeral API the schedule lives only as long as this process. A served process that restarts keeps the
+schedule running (``pause_on_shutdown=False``). One run at a time (``concurrency_limit``). On a work pool the
+entrypoint is the module ``flows.nightly`` (the project is installed in the worker's environment) and the flow run
+starts in this code checkout (``working_dir``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from tasks.config import load_settings, quiet_env
 
 quiet_env()
 
 
-def build_deployment(project: str = ".", params: str = "params.yaml"):
+CODE_ROOT = Path(__file__).resolve().parent.parent  # where `flows` and `tasks` live (the worker starts runs here)
+
+
+def build_deployment(project: str = ".", params: str = "params.yaml", name: str | None = None,
+                     pool: str | None = None):
+    from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
     from flows.nightly import nightly_merge
@@ -26,12 +37,14 @@ def build_deployment(project: str = ".", params: str = "params.yaml"):
     settings = load_settings(project, params)
     sched = settings.pipeline["schedule"]
     return nightly_merge.to_deployment(
-        name=sched["deployment"],
+        name=name or sched["deployment"],
         schedules=[Cron(sched["cron"], timezone=sched["timezone"])],
         parameters={"project": str(settings.project), "params": params},
         concurrency_limit=sched.get("concurrency_limit"),
         tags=["pico", "nightly"],
         description=f"Nightly pico merge of {settings.catalog.path.name} with the recipe in {params}",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        job_variables={"working_dir": str(CODE_ROOT)} if pool else None,
     )
 
 
@@ -39,11 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.splitlines()[0])
     ap.add_argument("--project", default=".")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--pool", default=os.environ.get("PICO_PREFECT_POOL"),
+                    help="work pool for --apply (default: $PICO_PREFECT_POOL; none: run it with `serve`)")
+    ap.add_argument("--name", default=None, help="deployment name (default: pipeline.schedule.deployment)")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--apply", action="store_true", help="register the deployment and exit")
     mode.add_argument("--show", action="store_true", help="print the schedule and exit")
     args = ap.parse_args(argv)
-    deployment = build_deployment(args.project, args.params)
+    deployment = build_deployment(args.project, args.params, args.name, args.pool if args.apply else None)
     sched = deployment.schedules[0].schedule
     line = (f"deployment {deployment.flow_name}/{deployment.name}: cron '{sched.cron}' ({sched.timezone}), "
             f"parameters {deployment.parameters}")
@@ -51,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
         return 0
     if args.apply:
-        deployment_id = deployment.apply()
-        print(f"{line}\napplied: {deployment_id}")
+        deployment_id = deployment.apply(work_pool_name=args.pool)
+        print(f"{line}\napplied: {deployment_id}" + (f" on work pool {args.pool}" if args.pool else ""))
         return 0
     from prefect import serve
 
     print(line, flush=True)
-    serve(deployment)
+    serve(deployment, pause_on_shutdown=False)  # a restart (upgrade, reboot) must not pause the nightly schedule
     return 0
 
 

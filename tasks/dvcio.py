@@ -72,12 +72,15 @@ def repo(project: Path, write: bool = False) -> Iterator:
 
 
 def _wrap(what: str, project: Path, fn, *args, **kw):
-    from dvc.exceptions import DvcException
-
+    """DVC's exceptions, and the storage client's own (an unreachable S3/SSH remote raises botocore/asyncssh
+    errors through DVC), become one DvcError naming the operation."""
     try:
         return fn(*args, **kw)
-    except DvcException as exc:
-        raise DvcError(f"dvc {what} failed in {project}: {' '.join(str(exc).split())[:600]}") from exc
+    except DvcError:
+        raise
+    except Exception as exc:
+        raise DvcError(f"dvc {what} failed in {project}: {type(exc).__name__}: "
+                       f"{' '.join(str(exc).split())[:600]}") from exc
 
 
 @dataclass
