@@ -37,7 +37,7 @@ def test_nights_on_the_stack_history_and_lineage_from_a_fresh_clone(stack_projec
     assert second["decision"]["promoted"] and champion(name) == second["registered"]["version"] != "1"
     exps = [first["dvc"]["exp"], second["dvc"]["exp"]]
 
-    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    shown = json.loads(dvc(project, "exp", "show", "--all-commits", "--json").stdout)  # nights on both commits
     names = {e.get("name") for row in shown for e in (row.get("experiments") or []) for e in (e.get("revs") or [])}
     assert {e["name"] for e in exps} <= names, names
     diff = json.loads(dvc(project, "metrics", "diff", exps[0]["sha"], exps[1]["sha"], "--json").stdout)
