@@ -93,8 +93,8 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     clock.mark("version")
 
     lineage = runlog.build_lineage(settings, fetched, base, merged, bench, fingerprint, result, dvc)
-    registered = steps.register(settings, lineage, merged.store, runlog.run_params(settings, merged),
-                                runlog.run_metrics(result, baselines, champion, clock.durations()),
+    registered = steps.register(settings, lineage, merged.store, base, runlog.run_params(settings, merged),
+                                runlog.run_metrics(result, baselines, champion, clock.durations()), result.stderr,
                                 runlog.run_artifacts(settings, merged, result, baselines, champion, lineage))
     clock.mark("register")
 

@@ -181,8 +181,8 @@ def walk(settings: Settings, model: str | None = None, ref: str = "champion") ->
             checks.append(Check("recipe", "MISMATCH", f"cannot rebuild the recipe: {exc}"))
         # 3. the MLflow copy of the merged adapter
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source, dst_path=str(Path(tmp) / "src"),
-                                                             tracking_uri=settings.tracking_uri))
+            local = promotion.adapter_dir(Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=v.source, dst_path=str(Path(tmp) / "src"), tracking_uri=settings.tracking_uri)))
             bad = [n for n, sha in manifest["output"]["files"].items()
                    if not (local / n).is_file() or sha256_file(local / n) != sha]
             checks.append(Check("merged adapter in MLflow", "MISMATCH" if bad else "OK",

@@ -176,8 +176,10 @@ def prewarm(settings: Settings) -> threading.Thread | None:
 _EVAL_LOCK = threading.Lock()  # lm-eval and torch threads: one evaluation at a time per process
 
 
-def run_benchmark(settings: Settings, base_dir: str | Path, adapter_dir: str | Path | None) -> dict[str, float]:
-    """Scores per task in [0, 1]: the plugged-in scorer, or lm-eval's task list."""
+def run_benchmark(settings: Settings, base_dir: str | Path,
+                  adapter_dir: str | Path | None) -> tuple[dict[str, float], dict[str, float]]:
+    """Scores per task in [0, 1], and their standard errors where the benchmark reports them: the plugged-in scorer
+    (scores only), or lm-eval's task list (its ``<metric>_stderr`` when numeric)."""
     cfg = settings.pipeline.eval
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -195,7 +197,7 @@ def run_benchmark(settings: Settings, base_dir: str | Path, adapter_dir: str | P
             scorer = load_scorer(settings)
             extra = {"context": context(settings)} if _wants_context(scorer) else {}
             scores = scorer(str(base_dir), adapter_dir and str(adapter_dir), cfg.split, cfg.limit, **extra)
-            return {str(k): float(v) for k, v in scores.items()}
+            return {str(k): float(v) for k, v in scores.items()}, {}
         import lm_eval
 
         model_args = f"pretrained={base_dir},tokenizer={base_dir},dtype=float32"
@@ -207,7 +209,7 @@ def run_benchmark(settings: Settings, base_dir: str | Path, adapter_dir: str | P
                                       task_manager=_task_manager(include), bootstrap_iters=0,
                                       random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                                       fewshot_random_seed=0)
-        scores = {}
+        scores, stderr = {}, {}
         for task in cfg.tasks:
             metrics = res["results"].get(task)
             if metrics is None:
@@ -216,7 +218,10 @@ def run_benchmark(settings: Settings, base_dir: str | Path, adapter_dir: str | P
             if value is None:
                 raise BenchmarkError(f"task {task!r} has no metric {cfg.metric!r} (has: {', '.join(metrics)})")
             scores[task] = float(value)
-        return scores
+            err = next((v for k, v in metrics.items() if k.split(",")[0] == f"{cfg.metric}_stderr"), None)
+            if isinstance(err, (int, float)):  # "N/A" when lm-eval computed none (bootstrap_iters=0)
+                stderr[task] = float(err)
+        return scores, stderr
 
 
 def evaluate_cached(settings: Settings, base: FetchedSource, adapter_dir: str | Path | None,
@@ -228,11 +233,13 @@ def evaluate_cached(settings: Settings, base: FetchedSource, adapter_dir: str | 
     if path.is_file():
         return EvalResult(**json.loads(path.read_text()), label=label, cached=True)
     t0 = time.time()
-    scores = run_benchmark(settings, base.path, adapter_dir)
+    scores, stderr = run_benchmark(settings, base.path, adapter_dir)
     if not scores:
         raise BenchmarkError(f"{label}: the benchmark returned no scores")
     record = {"key": key, "scores": dict(sorted(scores.items())), "mean": sum(scores.values()) / len(scores),
               "seconds": round(time.time() - t0, 2)}
+    if stderr:
+        record["stderr"] = dict(sorted(stderr.items()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True))

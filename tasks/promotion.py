@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from .config import Settings, digest
 from .errors import PipelineError
 from .gate import CANDIDATE, CHAMPION, decide  # noqa: F401  (re-exported: the alias names)
-from .records import ChampionRecord, Decision, Lineage, Registration
+from .records import ChampionRecord, Decision, FetchedSource, Lineage, Registration
 
 
 class RegistryUnavailable(PipelineError):
@@ -169,79 +170,138 @@ def _identity(lineage: dict) -> str:
 
 
 def find_version(c, name: str, lineage: Lineage):
-    """An existing version with this identity (reruns reuse it instead of registering a duplicate)."""
+    """The existing version with this identity (reruns reuse it instead of uploading and registering a duplicate):
+    a registry search on the version tag, not a scan."""
     from mlflow.exceptions import MlflowException
 
-    want = identity(lineage)
     try:
-        versions = c.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    for v in sorted(versions, key=lambda v: int(v.version)):
-        if v.tags.get("pico.identity") == want:
-            return v
-    return None
+        versions = c.search_model_versions(f"name = '{name}' AND tags.`pico.identity` = '{identity(lineage)}'")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def register(settings: Settings, *, lineage: Lineage, store: Path, params: dict, metrics: dict,
+def run_tags(lineage: Lineage) -> dict[str, str]:
+    """The run's tags: MLflow's context providers (user, source name and type, git repo and commit of the code that
+    runs) plus ours; the git commit is the project's, the one in the lineage, when it is known."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {"pico.merge_key": lineage.merge_key}
+    if lineage.git.commit:
+        tags["mlflow.source.git.commit"] = lineage.git.commit
+    return resolve_tags(tags)
+
+
+def score_metrics(scores: dict[str, float], stderr: dict[str, float] | None = None) -> dict[str, float]:
+    """``score.<task>``, ``score.mean`` and, when the benchmark reports them, ``score.<task>.stderr``."""
+    out = {f"score.{k}": v for k, v in scores.items()}
+    out["score.mean"] = sum(scores.values()) / len(scores)
+    out.update({f"score.{k}.stderr": v for k, v in (stderr or {}).items()})
+    return out
+
+
+def log_model(settings: Settings, store: Path, base: FetchedSource, lineage: Lineage):
+    """The merged adapter as an MLflow model (the pyfunc of tasks/pyfunc_model.py, model code plus the adapter
+    files; the base is named, never copied). Logged into the active run; returns MLflow's ModelInfo."""
+    import importlib.metadata as md
+
+    import mlflow
+
+    # pinned as installed ("2.13.0+cpu" -> "2.13.0": a local label no index serves)
+    reqs = [f"{p}=={md.version(p).partition('+')[0]}" for p in
+            ("mlflow", "torch", "transformers", "peft", "safetensors")]
+    recipe = lineage.recipe
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")), artifacts={"adapter": str(store)},
+        model_config={"base_model": base.path, "base_uri": base.uri, "base_revision": base.revision,
+                      "base_sha256": base.sha256, "max_new_tokens": 16, "dtype": "float32", "device": "auto"},
+        pip_requirements=reqs,
+        params={"method": recipe["method"], "space": recipe["space"], "calibrate": recipe["calibrate"],
+                "recipe_hash": lineage.recipe_hash, "sources": ",".join(s.name for s in lineage.sources)},
+        tags={"pico.identity": identity(lineage), "pico.merge_key": lineage.merge_key,
+              "eval.fingerprint": lineage.eval.fingerprint, "output.sha256":
+              lineage.output.files["adapter_model.safetensors"]})
+
+
+def _upload(c, run_id: str, artifacts: dict[str, Path | dict | str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for rel, content in artifacts.items():
+            dest = Path(tmp) / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                dest.write_bytes(content.read_bytes())
+            elif isinstance(content, dict):
+                dest.write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
+            else:
+                dest.write_text(str(content))
+        c.log_artifacts(run_id, tmp)
+
+
+def register(settings: Settings, *, lineage: Lineage, store: Path, base: FetchedSource, params: dict,
+             metrics: dict, stderr: dict[str, float] | None = None,
              artifacts: dict[str, Path | dict | str]) -> Registration:
-    """Log the run (params, metrics, artifacts, the adapter) and create (or reuse) the model version."""
+    """Log the night as a run (system tags from MLflow's context providers, params, metrics, lineage tags); when no
+    version with this identity exists yet, upload the artifacts, log the loadable model with its score metrics and
+    register it; otherwise upload nothing and point the run at the existing version."""
+    import mlflow
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException
+
+    from . import dvcio
 
     c = client(settings)
     name = settings.model_name
     try:
         exp_id = ensure_experiment(c, settings)
-        run = c.create_run(exp_id, run_name=f"nightly-{lineage.merge_key[:8]}",
-                           tags={"pico.merge_key": lineage.merge_key, "mlflow.source.name": "flows.nightly"})
+        existing = find_version(c, name, lineage)
+        run = c.create_run(exp_id, run_name=f"nightly-{lineage.merge_key[:8]}", tags=run_tags(lineage))
         run_id = run.info.run_id
     except Exception as exc:
         raise _unavailable(settings, exc, "creating the run") from exc
     tags = lineage_tags(lineage)
+    scores = score_metrics(lineage.eval.scores, stderr)
     try:
         flat = _flatten("", params, {})
         items = [Param(k[:250], "null" if v is None else str(v)[:6000]) for k, v in sorted(flat.items())]
         for i in range(0, len(items), 100):
             c.log_batch(run_id, params=items[i:i + 100])
-        import time
-
         now = int(time.time() * 1000)
-        c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())])
-        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        with tempfile.TemporaryDirectory() as tmp:
-            for rel, content in artifacts.items():
-                dest = Path(tmp) / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if isinstance(content, Path):
-                    dest.write_bytes(content.read_bytes())
-                elif isinstance(content, dict):
-                    dest.write_text(json.dumps(content, indent=1, sort_keys=True) + "\n")
-                else:
-                    dest.write_text(str(content))
-            c.log_artifacts(run_id, tmp)
-        if settings.pipeline.mlflow.log_adapter:
-            c.log_artifacts(run_id, str(store), "adapter")
-        artifact_uri = c.get_run(run_id).info.artifact_uri
+        run_only = {k: v for k, v in metrics.items() if k not in scores}
+        c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(run_only.items())],
+                    tags=[RunTag(k, v) for k, v in tags.items()])
+        model_id = None
+        if existing is None:
+            _upload(c, run_id, artifacts)
+            if settings.pipeline.mlflow.log_adapter:
+                mlflow.set_tracking_uri(settings.tracking_uri)
+                with mlflow.start_run(run_id=run_id):  # (a thread-local active run: safe beside other tasks)
+                    info = log_model(settings, store, base, lineage)
+                model_id = info.model_id
+                source = info.model_uri
+            else:
+                source = Path(store).as_uri()
+        # the scores: on the run, and on the logged model too (so the registry sorts its versions by them)
+        c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0, model_id=model_id) for k, v in sorted(scores.items())])
         try:
             c.create_registered_model(name, description="Nightly pico merges of the team's adapters")
         except MlflowException:
             pass  # exists (possibly created by a concurrent run)
-        from . import dvcio
-
         recipe = lineage.recipe
         with dvcio.project_lock(settings.work, "registry"):  # concurrent identical runs share one version
-            existing = find_version(c, name, lineage)
+            existing = existing or find_version(c, name, lineage)
             if existing is not None:
                 version, reused = existing, True
                 c.set_tag(run_id, "pico.reused_version", existing.version)
             else:
-                version = c.create_model_version(name, source=f"{artifact_uri}/adapter", run_id=run_id, tags=tags,
+                version = c.create_model_version(name, source=source, run_id=run_id, tags=tags, model_id=model_id,
                                                  description=f"{recipe['method']} / {recipe['space']} / calibrate="
                                                              f"{recipe['calibrate']} of "
                                                              + ", ".join(s.name for s in lineage.sources))
                 reused = False
         c.set_terminated(run_id, "FINISHED")
+        artifact_uri = c.get_run(run_id).info.artifact_uri
     except Exception as exc:
         try:
             c.set_terminated(run_id, "FAILED")
@@ -318,8 +378,20 @@ def champion_record(settings: Settings) -> ChampionRecord | None:
                           source=v.source, run_id=v.run_id, merge_key=v.tags.get("pico.merge_key"))
 
 
+def adapter_dir(local: Path) -> Path:
+    """The adapter files inside a downloaded version: the pyfunc model's ``adapter`` artifact (its path from the
+    MLmodel file), or, for versions registered before the model was logged, the folder itself."""
+    import yaml
+
+    local = Path(local)
+    if not (local / "MLmodel").is_file():
+        return local
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    return local / flavor["artifacts"]["adapter"]["path"]
+
+
 def download_version(settings: Settings, source: str, dest: Path) -> Path:
-    """The adapter files of a model version (its artifact source), downloaded once into ``dest``."""
+    """The adapter files of a model version (its source: a logged model), downloaded once into ``dest``."""
     import mlflow.artifacts
 
     configure(settings)
@@ -328,16 +400,35 @@ def download_version(settings: Settings, source: str, dest: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(dir=dest.parent))
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp),
                                                     tracking_uri=settings.tracking_uri)
-        Path(local).rename(dest) if not dest.exists() else None
+        adapter_dir(Path(local)).rename(dest) if not dest.exists() else None
     return dest
+
+
+MEAN_METRIC = "score.mean"
+
+
+def model_id(version) -> str | None:
+    """The logged model a version was registered from (the SQLite registry leaves ``model_id`` empty; the source
+    ``models:/<model_id>`` names it)."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    return version.source[len("models:/"):] if str(version.source).startswith("models:/m-") else None
 
 
 def leaderboard(settings: Settings, limit: int = 10, fingerprint: str | None = None) -> list[dict]:
     """Registered versions by mean score (best first), with their aliases; only those scored on ``fingerprint``'s
-    benchmark when given (scores on different benchmarks do not compare)."""
+    benchmark when given (scores on different benchmarks do not compare). Read through MLflow's searches: the logged
+    models ordered by their ``score.mean`` metric, filtered on the benchmark tag, and the versions made from them."""
     c = client(settings)
     name = settings.model_name
-    rows = []
+    exp = c.get_experiment_by_name(settings.pipeline.mlflow.experiment)
+    if exp is None:
+        return []
+    bench = f"tags.`eval.fingerprint` = '{fingerprint}'" if fingerprint else None
+    models = c.search_logged_models([exp.experiment_id], filter_string=bench,
+                                    order_by=[{"field_name": f"metrics.{MEAN_METRIC}", "ascending": False}])
+    found = c.search_model_versions(f"name = '{name}'" + (f" AND {bench}" if bench else ""))
+    versions = {model_id(v): v for v in found if model_id(v)}
     try:
         aliases = dict(c.get_registered_model(name).aliases or {})
     except Exception:
@@ -345,12 +436,16 @@ def leaderboard(settings: Settings, limit: int = 10, fingerprint: str | None = N
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(str(version), []).append(alias)
-    for v in c.search_model_versions(f"name = '{name}'"):
-        got = version_scores(v)
-        if got is None or (fingerprint and got[2] != fingerprint):
+    rows = []
+    for m in models:
+        v = versions.get(m.model_id)
+        metrics = {x.key: x.value for x in m.metrics or []}
+        if v is None or MEAN_METRIC not in metrics:
             continue
-        rows.append({"version": str(v.version), "mean": got[1], "scores": got[0],
+        scores = {k[len("score."):]: val for k, val in metrics.items()
+                  if k.startswith("score.") and k != MEAN_METRIC and not k.endswith(".stderr")}
+        rows.append({"version": str(v.version), "mean": metrics[MEAN_METRIC], "scores": scores,
                      "aliases": sorted(by_version.get(str(v.version), [])),
-                     "recipe": json.loads(v.tags.get("recipe", "{}")), "fingerprint": got[2]})
-    rows.sort(key=lambda r: (-r["mean"], int(r["version"])))
+                     "recipe": json.loads(v.tags.get("recipe", "{}")), "fingerprint": v.tags.get("eval.fingerprint")})
+    rows.sort(key=lambda r: (-r["mean"], int(r["version"])))  # (ties: the older version first)
     return rows[:limit]

@@ -36,6 +36,7 @@ class EvalResult(Record):
     seconds: float
     label: str
     cached: bool = False
+    stderr: dict[str, float] = {}  # per task, when the benchmark reports one (lm-eval with bootstrap_iters > 0)
 
 
 class ChampionRecord(Record):

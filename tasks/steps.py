@@ -135,12 +135,12 @@ def version_dvc(settings: Settings, store: str, scores: dict[str, float]) -> Dvc
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register(settings: Settings, lineage: Lineage, store: str, params: dict, metrics: dict,
-             artifacts: dict) -> Registration:
-    rec = promotion.register(settings, lineage=lineage, store=Path(store), params=params, metrics=metrics,
-                             artifacts=artifacts)
+def register(settings: Settings, lineage: Lineage, store: str, base: FetchedSource, params: dict, metrics: dict,
+             stderr: dict[str, float], artifacts: dict) -> Registration:
+    rec = promotion.register(settings, lineage=lineage, store=Path(store), base=base, params=params, metrics=metrics,
+                             stderr=stderr, artifacts=artifacts)
     get_run_logger().info("MLflow run %s; %s version %s%s", rec.run_id, rec.model, rec.version,
-                          " (existing version: same bytes, same benchmark)" if rec.reused else "")
+                          " (existing version: same bytes, same benchmark; nothing uploaded)" if rec.reused else "")
     return rec
 
 

@@ -108,6 +108,20 @@ def test_gate_worse_eval_and_floors_never_promote(project):
     assert better["decision"]["promoted"] and champion_version(project) == better["registered"]["version"]
     assert versions(project) == ["1", "2", "3"]
 
+    # versions sort by their mean metric: MLflow's own search orders the logged models, the leaderboard follows it
+    from tasks.config import load_settings
+    from tasks.promotion import leaderboard, model_id
+
+    c = client(project)
+    by_model = {model_id(v): v.version for v in c.search_model_versions("name = 'merged-test'")}
+    ordered = c.search_logged_models([better["experiment_id"]],
+                                     order_by=[{"field_name": "metrics.score.mean", "ascending": False}])
+    assert [by_model[m.model_id] for m in ordered] == ["3", "1", "2"]
+    board = leaderboard(load_settings(project), fingerprint=better["fingerprint"])
+    assert [r["version"] for r in board] == ["3", "1", "2"] and "champion" in board[0]["aliases"]
+    assert [r["mean"] for r in board] == pytest.approx([0.75, 0.6, 0.525])
+    assert board[0]["scores"] == pytest.approx({"t1": 0.7, "t2": 0.8})
+
 
 def test_pin_mismatch_stops_before_merge_and_is_not_retried(plain_project, monkeypatch):
     from tasks import fetch
