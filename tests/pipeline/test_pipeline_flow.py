@@ -42,9 +42,10 @@ def test_nightly_promotes_reuses_bytes_and_traces_lineage(project, tmp_path):
     assert run_.data.params["merge.method"] == "ties" and run_.data.metrics["score.mean"] == pytest.approx(0.6)
     assert "time.calibrate_merge_s" in run_.data.metrics
     arts = {a.path for a in c.list_artifacts(run_.info.run_id)}
-    assert {"merge_manifest.json", "diagnostics.json", "lineage.json", "eval.json", "plots", "adapter"} <= arts
+    assert {"merge_manifest.json", "diagnostics.json", "lineage.json", "eval.json", "plots"} <= arts
     assert {a.path for a in c.list_artifacts(run_.info.run_id, "plots")} == {"plots/diagnostics.png"}
     v = c.get_model_version("merged-test", "1")
+    assert v.source.startswith("models:/m-")  # a logged model (loading it: test_pipeline_model.py)
     tags = v.tags
     manifest = (store / "merge_manifest.json").read_text()
     for src in ("math", "code", "med"):
@@ -113,7 +114,7 @@ def test_gate_worse_eval_and_floors_never_promote(project):
     from tasks.promotion import leaderboard, model_id
 
     c = client(project)
-    by_model = {model_id(v): v.version for v in c.search_model_versions("name = 'merged-test'")}
+    by_model = {model_id(v): str(v.version) for v in c.search_model_versions("name = 'merged-test'")}
     ordered = c.search_logged_models([better["experiment_id"]],
                                      order_by=[{"field_name": "metrics.score.mean", "ascending": False}])
     assert [by_model[m.model_id] for m in ordered] == ["3", "1", "2"]
