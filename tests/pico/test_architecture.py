@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 FORBIDDEN = {"prefect", "prefect_dask", "mlflow", "dvc", "dask", "distributed", "lm_eval"}
-PICO = Path(__file__).resolve().parents[1] / "pico"
+PICO = Path(__file__).resolve().parents[2] / "pico"
 
 
 def test_pico_sources_import_no_orchestration():

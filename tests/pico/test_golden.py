@@ -11,7 +11,7 @@ from pico.merge import merge_batch, CalibratedBatch
 from pico.linalg import frob_norm_of_product
 from pico.recipe import Recipe
 
-GOLDEN = Path(__file__).resolve().parent / "pico" / "data" / "pico_official.safetensors"  # see its README
+GOLDEN = Path(__file__).resolve().parent / "data" / "pico_official.safetensors"  # see its README
 
 
 @pytest.fixture(scope="module")
