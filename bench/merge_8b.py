@@ -1037,17 +1037,17 @@ def render(res: dict, gpu: dict | None) -> str:
 
 
 def manifest_format_time(modules: int, R: int) -> float:
-    """Seconds that merge_batch spends rounding per-module diagnostics into manifest entries (pico.merge._r) for
+    """Seconds that merge_batch spends rounding per-module diagnostics into manifest entries (pico.output.round_sig) for
     ``modules`` modules of output rank R: Python work on the host, whatever the device."""
     import torch
 
-    from pico.merge import _r
+    from pico.output import round_sig
 
     diag = {k: torch.rand(modules, R, dtype=torch.float64) for k in ("alpha", "collision_B", "collision_A")}
     diag.update({k: torch.rand(modules, dtype=torch.float64) for k in ("overlap_B", "overlap_A", "ratio", "norm")})
     t0 = _now()
     for i in range(modules):
-        {k: _r(v[i]) for k, v in diag.items()}
+        {k: round_sig(v[i]) for k, v in diag.items()}
     return _now() - t0
 
 

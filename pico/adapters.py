@@ -63,22 +63,44 @@ class Source:
                 "files": dict(sorted(self.hash_files().items()))}
 
 
+def adapter_file_names(path: Path) -> list[str]:
+    """The files that identify an adapter directory, i.e. what its sha256 covers (manifests, pins, lineage): the
+    config and the weights, ``adapter_model.safetensors`` or else the first pickle checkpoint present."""
+    path = Path(path)
+    weights = next((n for n in (SAFETENSORS_NAME, *PICKLE_NAMES) if (path / n).is_file()), None)
+    return [n for n in (CONFIG_NAME, weights) if n is not None and (path / n).is_file()]
+
+
+def hub_snapshot(uri: str, allow_patterns: tuple[str, ...] | list[str] | None = None,
+                 error: type[Exception] = AdapterError) -> tuple[Path, str]:
+    """``hf://org/name@revision`` -> (the local snapshot directory, the revision), through the hub cache.
+
+    An unpinned ``uri`` raises ``error``; the hub's own errors (network, missing repo or revision) propagate as they
+    are, so each caller decides which of them are worth a retry.
+    """
+    repo, _, revision = uri[len("hf://"):].partition("@")
+    if not repo or not revision:
+        raise error(f"{uri}: pin a revision, e.g. hf://org/name@<commit sha> (unpinned hub sources are not "
+                    "reproducible)")
+    from huggingface_hub import snapshot_download
+
+    patterns = list(allow_patterns) if allow_patterns is not None else None
+    return Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=patterns)), revision
+
+
 def resolve_source(src: str | Path, *, allow_pickle: bool = False) -> Source:
     """Turn a local path or ``hf://org/name@revision`` into a local directory. Files are hashed later, lazily."""
     text = str(src)
     if text.startswith("hf://"):
-        repo, _, revision = text[len("hf://"):].partition("@")
-        if not repo or not revision:
-            raise AdapterError(f"{text}: pin a revision, e.g. hf://org/name@<commit sha> (unpinned hub sources are "
-                               "not reproducible)")
+        patterns = [CONFIG_NAME, SAFETENSORS_NAME] + (list(PICKLE_NAMES) if allow_pickle else [])
         try:
-            from huggingface_hub import snapshot_download
-
-            patterns = [CONFIG_NAME, SAFETENSORS_NAME] + (list(PICKLE_NAMES) if allow_pickle else [])
-            local = snapshot_download(repo_id=repo, revision=revision, allow_patterns=patterns)
+            local, revision = hub_snapshot(text, patterns)
+        except AdapterError:
+            raise
         except Exception as exc:  # network, auth, missing revision: one clear line, not a hub traceback
             raise AdapterError(f"{text}: could not download from the Hugging Face hub: {exc}") from exc
-        return Source(name=repo.split("/")[-1], uri=text, path=Path(local), revision=revision)
+        repo = text[len("hf://"):].partition("@")[0]
+        return Source(name=repo.split("/")[-1], uri=text, path=local, revision=revision)
     path = Path(text).expanduser()
     if not path.exists():
         raise AdapterError(f"{text}: no such adapter directory")
@@ -136,12 +158,8 @@ class _SafetensorsReader:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.entries, self.base = _read_header(self.path.parent.name, self.path)
         self.file = open(self.path, "rb", buffering=0)
-        n = int.from_bytes(os.pread(self.file.fileno(), 8, 0), "little")
-        header = json.loads(os.pread(self.file.fileno(), n, 8))
-        header.pop("__metadata__", None)
-        self.base = 8 + n
-        self.entries = header
 
     def get_tensor(self, key: str) -> torch.Tensor:
         info = self.entries[key]
@@ -171,8 +189,9 @@ class _SafetensorsReader:
             file.close()
 
 
-def _read_header(adapter_name: str, path: Path) -> dict[str, tuple[str, list[int]]]:
-    """Parse a safetensors header without reading data: key -> (dtype, shape). Validates offsets against file size."""
+def _read_header(adapter_name: str, path: Path) -> tuple[dict[str, dict], int]:
+    """Parse a safetensors header without reading data: (key -> {"dtype", "shape", "data_offsets"}, where the data
+    starts). Validates the entries and their offsets against the file size."""
     size = path.stat().st_size
     err = f"{adapter_name}: {path.name}: truncated or corrupt safetensors file"
     with open(path, "rb") as f:
@@ -189,17 +208,16 @@ def _read_header(adapter_name: str, path: Path) -> dict[str, tuple[str, list[int
     header.pop("__metadata__", None)
     end = 8 + n
     data_len = 0
-    out = {}
     for key, info in header.items():
         try:
-            start, stop = info["data_offsets"]
-            out[key] = (info["dtype"], list(info["shape"]))
+            _, stop = info["data_offsets"]
+            info["dtype"], info["shape"] = str(info["dtype"]), list(info["shape"])
         except (KeyError, TypeError, ValueError) as exc:
             raise AdapterError(f"{err} (bad header entry for {key})") from exc
         data_len = max(data_len, stop)
     if end + data_len > size:
         raise AdapterError(f"{err} (data needs {end + data_len} bytes, file has {size})")
-    return out
+    return header, end
 
 
 _UNMERGED_FEATURES = {
@@ -238,27 +256,24 @@ def load_adapter(src: str | Path, *, allow_pickle: bool = False) -> Adapter:
     if not isinstance(config, dict):
         raise AdapterError(f"{name}: {CONFIG_NAME} must hold a JSON object")
     _check_config(name, config)
-    source.files[CONFIG_NAME] = None  # hashed on first use
-
-    weights_path = source.path / SAFETENSORS_NAME
+    files = adapter_file_names(source.path)  # [config, weights]
+    if len(files) < 2:
+        raise AdapterError(f"{name}: no {SAFETENSORS_NAME} in {source.path}")
+    source.files = dict.fromkeys(files)  # hashed on first use
+    weights_path = source.path / files[1]
     pickled = None
-    if weights_path.is_file():
-        header = _read_header(name, weights_path)
+    if weights_path.name == SAFETENSORS_NAME:
+        header = {k: (i["dtype"], i["shape"]) for k, i in _read_header(name, weights_path)[0].items()}
     else:
-        pickle_path = next((source.path / p for p in PICKLE_NAMES if (source.path / p).is_file()), None)
-        if pickle_path is None:
-            raise AdapterError(f"{name}: no {SAFETENSORS_NAME} in {source.path}")
         if not allow_pickle:
-            raise AdapterError(f"{name}: only a pickle checkpoint ({pickle_path.name}) was found; loading pickles can "
-                               "run arbitrary code, so it is refused. Convert it to safetensors, or pass "
+            raise AdapterError(f"{name}: only a pickle checkpoint ({weights_path.name}) was found; loading pickles "
+                               "can run arbitrary code, so it is refused. Convert it to safetensors, or pass "
                                "--allow-pickle if you trust it")
         try:
-            pickled = torch.load(pickle_path, map_location="cpu", weights_only=True)
+            pickled = torch.load(weights_path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise AdapterError(f"{name}: cannot read {pickle_path.name}: {exc}") from exc
-        weights_path = pickle_path
+            raise AdapterError(f"{name}: cannot read {weights_path.name}: {exc}") from exc
         header = {k: (str(v.dtype), list(v.shape)) for k, v in pickled.items()}
-    source.files[weights_path.name] = None
 
     pairs: dict[str, dict[str, tuple[str, list[int]]]] = {}
     for key, (dtype, shape) in header.items():

@@ -13,7 +13,7 @@ from .calibrate import MODES
 from .recipe import RESCALES, Recipe
 from .registry import METHODS, SPACES, all_params
 from .lineage import add_lineage_parser, cmd_lineage
-from .tara import add_tara_parser, cmd_tara
+from .tara.cli import add_tara_parser, cmd_tara
 
 EPILOG_MERGE = """examples:
   pico merge ./math ./code ./med --out merged                      # Task Arithmetic (sum) in Core Space
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--allow-pickle", action="store_true")
 
     sub.add_parser("methods", help="list merge methods, spaces, calibrations and their parameters")
-    add_tara_parser(sub)  # `pico tara` lives in pico/tara.py
+    add_tara_parser(sub)  # `pico tara` lives in pico/tara/cli.py
     add_lineage_parser(sub)  # `pico lineage` (pico/lineage.py; the walk itself is tasks/lineage.py, imported lazily)
     return parser
 
