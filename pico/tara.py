@@ -65,7 +65,8 @@ from torch import nn
 
 from . import __version__
 from .adapters import SAFETENSORS_NAME, AdapterError, AdapterSet, load_adapters
-from .calibrate import module_generator
+from .rng import module_generator
+from .errors import OutputExistsError, PicoError
 from .merge import (MANIFEST_NAME, _progress, _r, adapter_config, calibrate_batch, load_batch, natural_key, peft_key,
                     plan_batches, resolve_device)
 from .recipe import Recipe
@@ -84,7 +85,7 @@ PLOT_NAME = "loss_curve.png"
 INIT_COEFF = 0.4  # official initial coefficient lambda / T (lamda 2.4 at T = 6, 3.2 at T = 8)
 
 
-class TaraError(ValueError):
+class TaraError(PicoError, ValueError):
     """A user-facing problem with TARA's inputs or options."""
 
 
@@ -693,7 +694,7 @@ def tara_merge(base: str | Path, sources: AdapterSet | Sequence[str | Path], inp
                                                                           common_modules_only=common_modules_only)
     out = Path(out)
     if out.exists() and not overwrite:  # fail before the training, not after
-        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+        raise OutputExistsError(f"{out} already exists; pass --force to replace it")
     base_files: dict = {}
     hasher = threading.Thread(target=lambda: (aset.hash_sources(), _hash_dir_files(Path(base), base_files)),
                               daemon=True)  # hashes the inputs while TARA trains
