@@ -8,8 +8,6 @@ The pipeline (tasks/) never imports skills/: it calls this object with (base_dir
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import yaml
@@ -32,14 +30,14 @@ class SkillsSuite:
 
     def fingerprint(self, context) -> dict:
         """The digest of the split's data files (the same JSON digest as the pipeline's content keys)."""
-        from pico.writer import sha256_file
+        from pico.writer import json_digest, sha256_file
 
         data = self.data_dir(context)
         if not data.is_dir():
             raise FileNotFoundError(f"the skills suite data {data} is missing; build the suite first: `dvc repro` "
                                     "(or `python -m flows.nightly`, which builds it)")
         files = {str(p): sha256_file(p) for p in sorted(data.glob(f"*/{context.eval.split}.jsonl"))}
-        return {"data": hashlib.sha256(json.dumps(files, sort_keys=True, default=str).encode()).hexdigest()}
+        return {"data": json_digest(files)}
 
     def inputs(self, context) -> list[Path]:
         return [self.data_dir(context)]
