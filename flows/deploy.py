@@ -35,12 +35,13 @@ def build_deployment(project: str = ".", params: str = "params.yaml", name: str 
     from flows.nightly import nightly_merge
 
     settings = load_settings(project, params)
-    sched = settings.pipeline["schedule"]
-    return nightly_merge.to_deployment(
-        name=name or sched["deployment"],
-        schedules=[Cron(sched["cron"], timezone=sched["timezone"])],
+    sched = settings.pipeline.schedule
+    night = nightly_merge.with_options(timeout_seconds=sched.flow_timeout_s)  # served: this project's timeout
+    return night.to_deployment(
+        name=name or sched.deployment,
+        schedules=[Cron(sched.cron, timezone=sched.timezone)],
         parameters={"project": str(settings.project), "params": params},
-        concurrency_limit=sched.get("concurrency_limit"),
+        concurrency_limit=sched.concurrency_limit,
         tags=["pico", "nightly"],
         description=f"Nightly pico merge of {settings.catalog.path.name} with the recipe in {params}",
         entrypoint_type=EntrypointType.MODULE_PATH,

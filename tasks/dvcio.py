@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
+from .errors import PipelineError
 
-class DvcError(RuntimeError):
+
+class DvcError(PipelineError):
     pass
 
 

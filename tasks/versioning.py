@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from . import dvcio
-from .config import Settings
+from .config import Settings, load_settings
 from .merging import materialize
+from .records import DvcRecord
 
 
 def metrics_json(scores: dict[str, float]) -> str:
@@ -41,17 +42,17 @@ def dvc_stages(project: Path) -> set[str]:
     return dvcio.stage_names(project)
 
 
-def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -> dict:
+def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -> DvcRecord:
     """Materialise the merge into the DVC stage outputs, ``dvc commit`` and ``dvc push``; return the md5s."""
-    cfg = settings.pipeline["dvc"]
+    cfg = settings.pipeline.dvc
     project = settings.project
     merged, metrics = settings.path("merged"), settings.path("eval") / "metrics.json"
-    if not cfg["enabled"]:
-        return {"enabled": False, "reason": "pipeline.dvc.enabled is false"}
+    if not cfg.enabled:
+        return DvcRecord(enabled=False, reason="pipeline.dvc.enabled is false")
     if not dvcio.is_dvc_repo(project):
-        return {"enabled": False, "reason": f"{project} is not a DVC repository"}
-    stages = [s for s in cfg["stages"] if s in dvc_stages(project)]
-    missing = sorted(set(cfg["stages"]) - set(stages))
+        return DvcRecord(enabled=False, reason=f"{project} is not a DVC repository")
+    stages = [s for s in cfg.stages if s in dvc_stages(project)]
+    missing = sorted(set(cfg.stages) - set(stages))
     if missing:
         raise dvcio.DvcError(f"dvc.yaml has no stage(s) {', '.join(missing)} (pipeline.dvc.stages)")
     with dvcio.project_lock(settings.work, "dvc"):
@@ -59,16 +60,29 @@ def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -
         write_metrics(metrics, scores)
         dvcio.commit(project, stages)
         pushed = False
-        if cfg["push"] and dvcio.has_remote(project):
+        if cfg.push and dvcio.has_remote(project):
             dvcio.push(project, stages)  # raises (DVC's message) when the remote is down: nothing registered
             pushed = True
         entries = lock_entries(project, stages)
         rel = merged.relative_to(project).as_posix()
         md5 = next((e[rel] for e in entries.values() if rel in e), None)
         exp = None
-        if cfg.get("history", "exp") == "exp" and (project / ".git").exists():
+        if cfg.history == "exp" and (project / ".git").exists():
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
             name = dvcio.exp_name(stamp, md5)
             sha = dvcio.exp_save(project, name, stages, [metrics.relative_to(project).as_posix()])
             exp = {"name": name, "sha": sha}
-    return {"enabled": True, "path": rel, "md5": md5, "pushed": pushed, "lock": entries, "exp": exp}
+    return DvcRecord(enabled=True, path=rel, md5=md5, pushed=pushed, lock=entries, exp=exp)
+
+
+def dvc_consistent(settings: Settings) -> str | None:
+    """Why dvc.lock must not record this run (None: it may): overrides of what the DVC stages read."""
+    if settings.params_path != settings.project / "params.yaml":
+        return f"the run read {settings.params_path.name}, but the DVC stages read params.yaml"
+    on_disk = load_settings(settings.project, settings.params_path)
+    if on_disk.merge != settings.merge:
+        return "the recipe was overridden (not what params.yaml says)"
+    for key in ("catalog", "dtype", "calibrate", "eval", "paths"):
+        if getattr(on_disk.pipeline, key) != getattr(settings.pipeline, key):
+            return f"pipeline.{key} was overridden (not what params.yaml says)"
+    return None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stack_support import NEEDED, listening, use_s3_remote
-from test_pipeline_support import ENV, PY, make_project
+from pipeline_helpers import ENV, PY, make_project
 
 
 def pytest_collection_modifyitems(items):
@@ -47,6 +47,7 @@ def stack_project(stack, tmp_path, adapters, base) -> Path:
     """A project on the stack: S3 DVC remote, its own experiment and model name on the stack's MLflow."""
     tag = uuid.uuid4().hex[:10]
     project = make_project(tmp_path / "proj", adapters, base,
-                           pipeline={"mlflow": {"experiment": f"stack-{tag}", "model_name": f"stack-{tag}"}})
+                           pipeline={"mlflow": {"experiment": f"stack-{tag}", "model_name": f"stack-{tag}",
+                                                "registry_limit": os.environ["PICO_REGISTRY_LIMIT"]}})
     use_s3_remote(project, f"tests/{tag}")
     return project

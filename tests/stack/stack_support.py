@@ -7,15 +7,15 @@ import socket
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # test_pipeline_support
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipeline"))  # pipeline_helpers
 
-from test_pipeline_support import dvc, run  # noqa: E402
+from pipeline_helpers import dvc, run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / "build" / "stack"
 NEEDED = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_URL",
           "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PICO_DVC_REMOTE_URL", "PICO_DVC_REMOTE_ENDPOINT",
-          "PICO_DASK_ADDRESS", "PICO_PREFECT_POOL")
+          "PICO_DASK_ADDRESS", "PICO_PREFECT_POOL", "PICO_REGISTRY_LIMIT")
 
 
 def listening(url: str) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import requests
 
 from stack_support import (REPO, champion, commit_all, mlflow_client, model_name, stack_secrets, use_s3_remote,
                            versions)
-from test_pipeline_support import dvc, make_project, nightly, run, set_params
+from pipeline_helpers import dvc, make_project, nightly, run, set_params
 
 
 def test_nights_on_the_stack_history_and_lineage_from_a_fresh_clone(stack_project, tmp_path):
@@ -142,10 +143,58 @@ def _restart_postgres() -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=120)
 
 
+PROMOTE = """
+import sys, time
+from tasks import promotion
+from tasks.config import load_settings
+project, work, version, mean = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+settings = load_settings(project, overrides={"paths": {"work": work}})
+real = promotion.get_alias
+def slow_get_alias(*a):  # widen the window between reading the champion and moving it
+    got = real(*a)
+    time.sleep(4)
+    return got
+promotion.get_alias = slow_get_alias
+print(promotion.promote(settings, version, {"t1": mean, "t2": mean}, "f" * 64, None).alias)
+"""
+
+
+def test_two_workers_promoting_at_once_leave_one_champion(stack_project, tmp_path):
+    """Two hosts (separate work folders: no shared file lock) promote at once, both having read "no champion".
+    The Prefect global concurrency limit serialises them: the better version ends champion, the other candidate.
+    (Unguarded, the worse one, started second, would overwrite the alias last.)"""
+    name = model_name(stack_project)
+    c = mlflow_client()
+    c.create_registered_model(name)
+    exp = c.create_experiment(name)
+
+    def version(mean):
+        run_ = c.create_run(exp)
+        tags = {"eval.scores": json.dumps({"t1": mean, "t2": mean}), "eval.mean": str(mean),
+                "eval.fingerprint": "f" * 64}
+        return str(c.create_model_version(name, source=f"{run_.info.artifact_uri}/adapter", run_id=run_.info.run_id,
+                                          tags=tags).version)
+
+    better, worse = version(0.7), version(0.5)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = []
+    for host, (v, mean) in enumerate([(better, 0.7), (worse, 0.5)]):
+        procs.append(subprocess.Popen([sys.executable, "-c", PROMOTE, str(stack_project), str(tmp_path / f"host{host}"),
+                                       v, str(mean)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+        time.sleep(1.5)
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert [o[0].strip().splitlines()[-1] for o in outs] == ["champion", "candidate"]
+    assert champion(name) == better
+    tags = {v: c.get_model_version(name, v).tags for v in (better, worse)}
+    assert tags[better]["promotion"] == "champion" and tags[worse]["promotion"] == "candidate"
+
+
 def test_postgres_restarted_mid_night_moves_no_alias_and_the_next_night_completes(stack_project, monkeypatch):
     """PostgreSQL (MLflow's backend) restarts between versioning and registration: the night either completes
     (the server reconnects) or fails clearly; no alias moves on failure; the next night completes."""
-    from tasks import registry, steps
+    from tasks import promotion as registry
 
     name = model_name(stack_project)
     original = registry.register

@@ -1,0 +1,141 @@
+"""The registered version is an MLflow model: `models:/<name>@champion` loads through mlflow.pyfunc and generates with
+the tiny skills suite's base plus the merged adapter (the base named, never copied), `mlflow models serve` answers over
+HTTP on 127.0.0.1, the scores are metrics on the run and on the logged model, and an unchanged rerun uploads nothing.
+
+The night here runs the real skills suite through its `callable` alias (`suite: skills`) on a tiny trained suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from pipeline_helpers import PY, client, free_port, make_project, nightly, run, set_env, subprocess_env, wait_http
+
+PROMPTS = ["12+34=", "rev abc=", "sort dcba="]
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory, mlflow_template, prefect_api):
+    """A project of two tiny skills adapters (add, rev) on the tiny suite's base, after one night: v1 champion."""
+    import shutil
+
+    from skills.tiny import build_tiny_suite
+
+    root = tmp_path_factory.mktemp("model")
+    mp = pytest.MonkeyPatch()
+    set_env(mp, root)
+    suite = build_tiny_suite(root / "suite", adapters=["add", "rev"])
+    project = make_project(root / "proj", [Path(p) for p in suite["adapters"].values()], Path(suite["base"]),
+                           dvc_init=False)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["suite"] = {"paths": {"data": suite["data"]}}
+    params["pipeline"]["eval"] = {"suite": "skills", "skills": ["add", "rev"], "limit": 4, "batch_size": 8,
+                                  "baselines": False}
+    params["pipeline"]["gate"] = {"floor": 0.0}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "build" / "mlflow").mkdir(parents=True)
+    shutil.copyfile(mlflow_template, project / "build" / "mlflow" / "mlflow.db")
+    summary = nightly(project)
+    yield project, summary, Path(suite["base"])
+    mp.undo()
+
+
+def reference_generate(base_dir: Path, adapter_dir: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy continuations of base + adapter through PEFT directly."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
+    out = []
+    for p in prompts:
+        enc = tok(p, return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        out.append(tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+def test_champion_loads_through_pyfunc_and_generates_with_the_merged_adapter(night, monkeypatch):
+    import mlflow
+
+    project, summary, base = night
+    assert summary["decision"]["alias"] == "champion" and summary["registered"]["version"] == "1"
+    assert set(summary["eval"]["scores"]) == {"add", "rev"}  # the skills suite ran, through the callable hook
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'build' / 'mlflow' / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/merged-test@champion")
+    got = model.predict(PROMPTS)
+    assert isinstance(got, list) and len(got) == len(PROMPTS) and all(isinstance(t, str) for t in got)
+    store = Path(summary["store"])
+    assert got == reference_generate(base, store, PROMPTS, 16)
+
+    # the version is a logged model: model code + the adapter files, the base named in its config, never copied
+    c = client(project)
+    v = c.get_model_version("merged-test", "1")
+    assert v.source.startswith("models:/m-")
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source))
+    files = {p.relative_to(local).as_posix(): p.stat().st_size for p in local.rglob("*") if p.is_file()}
+    adapter = next(k for k in files if k.endswith("adapter_model.safetensors"))
+    assert sum(files.values()) < files[adapter] + 64 * 1024
+    assert not any(k.endswith(("model.safetensors", "pytorch_model.bin")) and k != adapter for k in files)
+    config = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]["config"]
+    assert config["base_model"] == str(base) and config["base_sha256"] == v.tags["base.sha256"]
+
+    # scores are metrics on the logged model and on the run; the run's system tags come from MLflow's providers
+    logged = c.get_logged_model(v.source[len("models:/"):])
+    metrics = {m.key: m.value for m in logged.metrics}
+    assert metrics["score.mean"] == pytest.approx(summary["eval"]["mean"])
+    assert {f"score.{t}" for t in summary["eval"]["scores"]} <= set(metrics)
+    run_ = c.get_run(summary["registered"]["run_id"])
+    assert run_.data.metrics["score.mean"] == pytest.approx(summary["eval"]["mean"])
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert run_.data.tags["mlflow.source.git.commit"] == head and run_.data.tags["mlflow.user"]
+    assert run_.data.tags["git.commit"] == head  # the lineage tags stay
+
+
+def test_unchanged_rerun_uploads_nothing(night):
+    project, first, _ = night
+    c = client(project)
+    root = project / "build" / "mlflow" / "artifacts"
+    before = {p: p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    exp = first["experiment_id"]
+    models_before = len(c.search_logged_models([exp]))
+    again = nightly(project)
+    assert again["registered"]["reused"] and again["registered"]["version"] == "1"
+    assert again["decision"]["unchanged"]
+    assert {p: p.stat().st_size for p in root.rglob("*") if p.is_file()} == before  # not one byte uploaded
+    assert len(c.search_logged_models([exp])) == models_before
+    assert c.get_run(again["registered"]["run_id"]).data.tags["pico.reused_version"] == "1"
+
+
+@pytest.mark.slow
+def test_served_champion_answers_over_http(night, tmp_path):
+    import mlflow
+
+    project, _, _ = night
+    uri = f"sqlite:///{project / 'build' / 'mlflow' / 'mlflow.db'}"
+    port = free_port()
+    env = subprocess_env(None, MLFLOW_TRACKING_URI=uri)
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([str(Path(PY).parent / "mlflow"), "models", "serve", "-m", "models:/merged-test@champion",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", timeout=300, proc=proc)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                     data=json.dumps({"inputs": PROMPTS}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            answer = json.loads(resp.read())
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+    mlflow.set_tracking_uri(uri)
+    assert answer["predictions"] == mlflow.pyfunc.load_model("models:/merged-test@champion").predict(PROMPTS)
