@@ -23,7 +23,7 @@ def test_nights_on_the_stack_history_and_lineage_from_a_fresh_clone(stack_projec
     """Two nights on the stack; each is a DVC experiment (dvc exp show / metrics diff compare them); a fresh clone
     that has only git and the S3 remote verifies the champion ALL MATCH; the lineage is not dirty."""
     from tasks.config import load_settings
-    from tasks.lineage import walk
+    from tasks.audit import walk
 
     project, name = stack_project, model_name(stack_project)
     first = nightly(project)
@@ -213,6 +213,7 @@ def test_postgres_restarted_mid_night_moves_no_alias_and_the_next_night_complete
     except Exception as exc:  # a clear failure is allowed; silently moved aliases are not
         out, failed = None, exc
     assert restarted
+    print(f"PostgreSQL restarted mid-night: the night {'failed: ' + repr(failed)[:300] if failed else 'completed'}")
     if failed is not None:
         assert isinstance(failed, registry.RegistryUnavailable), repr(failed)
         assert champion(name) is None
