@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .adapters import AdapterError, load_adapters
-from .calibrate import MODES
+from .adapters import load_adapters
+from .calibrations import CALIBRATIONS
+from .errors import PicoError, RecipeError
 from .recipe import RESCALES, Recipe
-from .registry import METHODS, SPACES, all_params
+from .registry import METHODS, all_params
+from .spaces import SPACES
 from .tara.cli import add_tara_parser, cmd_tara
 
 EPILOG_MERGE = """examples:
@@ -63,7 +65,7 @@ def build_parser(added: dict | None = None) -> argparse.ArgumentParser:
     m.add_argument("--method", default="ta", choices=sorted(METHODS), help="merge method (default: ta)")
     m.add_argument("--space", default="core", choices=list(SPACES),
                    help="core: exact and cheap (default); knots: KnOTS alignment; full: dense baseline")
-    m.add_argument("--calibrate", default="none", choices=list(MODES),
+    m.add_argument("--calibrate", default="none", choices=list(CALIBRATIONS),
                    help="Pico calibration of the B factors before the merge (default: none); pico-* are controls")
     m.add_argument("--rescale", choices=list(RESCALES),
                    help="post: match the merged norm to the mean source norm (default with calibration); pre: keep "
@@ -78,8 +80,9 @@ def build_parser(added: dict | None = None) -> argparse.ArgumentParser:
     for name, users in sorted(all_params().items()):
         p = users[0][1]
         defaults = ", ".join(f"{meth}: {prm.default}" for meth, prm in users)
+        allowed = f"; in {p.allowed()}" if p.allowed() else ""
         m.add_argument(_flag(name), dest=f"param_{name}", type=p.type, default=argparse.SUPPRESS, metavar=name.upper(),
-                       help=f"{p.help} [{defaults}]")
+                       help=f"{p.help}{allowed} [{defaults}]")
     m.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the written factors (default: float32)")
@@ -123,9 +126,9 @@ def cmd_merge(args) -> int:
         try:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
-            raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+            raise RecipeError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
     if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        raise RecipeError(f"--threads must be at least 1, got {args.threads}")
     recipe = Recipe(method=args.method, space=args.space, calibrate=args.calibrate, rescale=args.rescale,
                     kappa=args.kappa, gamma=args.gamma, lam=args.lam, weights=weights, rank=args.rank,
                     seed=args.seed, params=params)
@@ -200,18 +203,23 @@ def plot_diagnostics(diag: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def param_text(p) -> str:
+    """One method parameter as `pico methods` and the README show it: flag, default and allowed range."""
+    return f"{_flag(p.name)} {p.default}" + (f" (in {p.allowed()})" if p.allowed() else "")
+
+
 def cmd_methods(_args) -> int:
     print("methods (--method):")
     for method in sorted(METHODS.values(), key=lambda m: m.name):
-        params = ", ".join(f"{_flag(p.name)} {p.default}" for p in method.params.values())
+        params = ", ".join(param_text(p) for p in method.params.values())
         print(f"  {method.name:<10} {method.summary}")
         print(f"  {'':<10} spaces: {', '.join(method.spaces)}" + (f"; params: {params}" if params else ""))
     print("\nspaces (--space):")
-    for name, text in SPACES.items():
-        print(f"  {name:<10} {text}")
+    for name, sp in SPACES.items():
+        print(f"  {name:<10} {sp.summary}")
     print("\ncalibration (--calibrate):")
-    for name, text in MODES.items():
-        print(f"  {name:<13} {text}")
+    for name, cal in CALIBRATIONS.items():
+        print(f"  {name:<13} {cal.summary}")
     print("\nrescaling with calibration (--rescale):")
     for name, text in RESCALES.items():
         print(f"  {name:<10} {text}")
@@ -227,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(added).parse_args(argv)
     try:
         return commands[args.command](args)
-    except (AdapterError, ValueError, FileExistsError) as exc:
+    except (PicoError, ValueError, FileExistsError) as exc:
         print(f"pico: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,15 +19,16 @@ from typing import Callable, Iterable
 
 import torch
 
-from . import __version__, factored
+from . import __version__
 from .adapters import AdapterError, AdapterSet
+from .batch import CalibratedBatch, load_batch  # noqa: F401  (CalibratedBatch: part of this module's API)
 from .calibrate import calibrate, overlap_diagnostics
-from .linalg import frob_norm_of_product, single_thread
+from .errors import RecipeError
 from .output import MANIFEST_NAME, AdapterWriter, natural_key, round_sig  # noqa: F401 (MANIFEST_NAME: re-exported)
 from .output import progress as progress_bar
 from .recipe import Recipe
 from .registry import Context, get_method
-from .spaces import merged_norm, project, reconstruct
+from .spaces import get_space
 
 BATCH_BYTES = 128 << 20  # working-set budget of one batch (a merge holds two: one computing, one writing)
 CUDA_BATCH_BYTES = 4 << 30  # on a GPU: room for all 32 layers of a Llama-8B projection at rank 128 in one batch
@@ -37,7 +38,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} was asked for but CUDA is not available on this machine")
+        raise RecipeError(f"--device {device} was asked for but CUDA is not available on this machine")
     return torch.device(device)
 
 
@@ -48,43 +49,9 @@ def plan_batches(aset: AdapterSet, space: str = "core", budget_bytes: int = BATC
         groups.setdefault(aset.shape(module), []).append(module)
     batches = []
     for (m, n, ranks), modules in groups.items():
-        R, T = sum(ranks), len(ranks)
-        per_module = 4 * (4 * T * m * n if space == "full" else 8 * (m + n) * R + 4 * T * R * R)
-        size = max(1, budget_bytes // per_module)
+        size = max(1, budget_bytes // get_space(space).bytes_per_module(m, n, ranks))
         batches += [modules[i:i + size] for i in range(0, len(modules), size)]
     return batches
-
-
-class CalibratedBatch:
-    """One calibrated batch: calibrated factors bs[t] (L, m, r_t), as_[t] (L, r_t, n) (scale absorbed), the
-    uncalibrated update norms ||B_t A_t||_F (L, T) and per-module diagnostics.
-
-    On the core-space fast path the batch is held in Gram form (``factored``, pico/factored.py) and ``bs``/``as_``
-    are formed only when something asks for them.
-    """
-
-    def __init__(self, modules: list[str], ranks: tuple[int, ...], bs: list[torch.Tensor] | None,
-                 as_: list[torch.Tensor] | None, source_norms: torch.Tensor, diagnostics: dict[str, torch.Tensor],
-                 factored: factored.FactoredCore | None = None):
-        if bs is None and factored is None:
-            raise ValueError("a CalibratedBatch needs its factors or their Gram form")
-        self.modules, self.ranks = modules, tuple(ranks)
-        self._bs, self._as = bs, as_
-        self.source_norms, self.diagnostics, self.factored = source_norms, diagnostics, factored
-
-    def _materialize(self) -> None:
-        if self._bs is None:
-            self._bs, self._as = self.factored.materialize()
-
-    @property
-    def bs(self) -> list[torch.Tensor]:
-        self._materialize()
-        return self._bs
-
-    @property
-    def as_(self) -> list[torch.Tensor]:
-        self._materialize()
-        return self._as
 
 
 @dataclass
@@ -95,69 +62,36 @@ class ModuleResult:
     info: dict
 
 
-def load_batch(aset: AdapterSet, modules: list[str], device: torch.device) -> tuple[list, list]:
-    pairs = [aset.factors(m) for m in modules]
-    T = len(aset)
-    bs = [torch.stack([p[t][0] for p in pairs]).to(device) for t in range(T)]
-    as_ = [torch.stack([p[t][1] for p in pairs]).to(device) for t in range(T)]
-    return bs, as_
-
-
 def calibrate_batch(aset: AdapterSet, modules: list[str], recipe: Recipe, device: torch.device | str = "cpu",
                     diagnostics: bool = True) -> CalibratedBatch:
     """Read one batch of modules and apply the recipe's calibration (Pico or a control); a no-op for 'none'.
 
-    Core-space recipes take the Gram-form fast path (pico/factored.py) unless a module of the batch is too
-    ill-conditioned for it; then, as for the other spaces, the calibrated factors are formed explicitly.
+    The recipe's space reads and calibrates it: the core space takes the Gram-form fast path (pico/factored.py)
+    unless a module of the batch is too ill-conditioned for it or the calibration has no Gram form; otherwise, as
+    for the other spaces, the calibrated factors are formed explicitly.
     """
-    device = resolve_device(str(device))
-    ranks = aset.shape(modules[0])[2]
-    if recipe.space == "core" and factored.ENABLED and recipe.calibrate in factored.MODES:
-        stacked = factored.load(aset, modules, device)
-        fc, norms, diag = factored.calibrate(stacked, mode=recipe.calibrate, kappa=recipe.kappa, gamma=recipe.gamma,
-                                             rescale_pre=recipe.rescale == "pre",
-                                             diagnostics=diagnostics and recipe.calibrate != "none")
-        if fc is not None:
-            return CalibratedBatch(modules, ranks, None, None, norms, diag, factored=fc)
-        bs, as_ = stacked.split()  # the general path on the same (float32) factors
-        del stacked
-    else:
-        bs, as_ = load_batch(aset, modules, device)
-    norms = torch.stack([frob_norm_of_product(b, a) for b, a in zip(bs, as_)], dim=-1)
-    diag = {}
-    if recipe.calibrate != "none":
-        bs, as_, diag = calibrate(bs, as_, mode=recipe.calibrate, kappa=recipe.kappa, gamma=recipe.gamma,
-                                  rescale_pre=recipe.rescale == "pre", modules=modules, seed=recipe.seed,
-                                  diagnostics=diagnostics)
-    return CalibratedBatch(modules, ranks, bs, as_, norms, diag)
+    return get_space(recipe.space).calibrate(aset, modules, recipe, resolve_device(str(device)), diagnostics)
 
 
 def merge_batch(cal: CalibratedBatch, recipe: Recipe, *, to_cpu: bool = True) -> list[ModuleResult]:
     """Merge one calibrated batch in the recipe's space and return exact-rank factors per module (on the CPU, or
     left on the batch's device with ``to_cpu=False``)."""
     method = get_method(recipe.method)
+    space = get_space(recipe.space)
     T = len(cal.ranks)
     weights = torch.tensor(recipe.weights if recipe.weights is not None else [1.0] * T)
-    fast = cal.factored is not None and recipe.space == "core"
-    if fast:
-        taus, state = cal.factored.project(), {}
-    else:
-        taus, state = project(recipe.space, cal.bs, cal.as_)
+    taus, state = space.project(cal)
     ctx = Context(modules=cal.modules, ranks=cal.ranks, space=recipe.space, seed=recipe.seed)
-    with single_thread(fast and not taus.is_cuda):  # R x R cores: many small operations
+    with space.compute(state, taus):
         merged = method.fn(taus, weights, ctx, **recipe.method_params()) * recipe.lam
     target = cal.source_norms.mean(-1)
-    norm = merged_norm(recipe.space, merged)
+    norm = torch.linalg.matrix_norm(merged)  # = ||dW_merged||_F: the bases of Core and KnOTS space are orthonormal
     ratio = norm / target.clamp_min(1e-30)
     if recipe.rescale == "post":  # pin ||dW_merged|| to mean_t ||dW_t|| of the uncalibrated updates
         factor = torch.where(norm > 0, target / norm.clamp_min(1e-30), torch.ones_like(norm))
         merged = merged * factor[:, None, None]
     rank = recipe.rank if recipe.rank is not None else sum(cal.ranks)
-    if fast:
-        b, a = cal.factored.reconstruct(merged)
-        out_rank, kept = torch.full((len(cal.modules),), a.shape[-2]), torch.ones(len(cal.modules))
-    else:
-        b, a, out_rank, kept = reconstruct(recipe.space, merged, state, rank)
+    b, a, out_rank, kept = space.reconstruct(merged, state, rank)
     if to_cpu:
         b, a = b.cpu(), a.cpu()
     ratio, target = ratio.cpu(), target.cpu()
@@ -166,7 +100,7 @@ def merge_batch(cal: CalibratedBatch, recipe: Recipe, *, to_cpu: bool = True) ->
     for i, module in enumerate(cal.modules):
         k = int(out_rank[i])
         info = {"rank": k, "norm_ratio": round_sig(ratio[i]), "source_norm": round_sig(target[i])}
-        if recipe.space == "full":
+        if kept is not None:  # a truncating space (full)
             info["kept_energy"] = round_sig(kept[i])
         for key, value in diag.items():
             info[key] = round_sig(value[i])
@@ -233,8 +167,7 @@ def write_merged(aset: AdapterSet, recipe: Recipe, batches: list[list[str]], res
     plan = []
     for module in (m for batch in batches for m in batch):
         out_dim, in_dim, ranks = aset.shape(module)
-        k = {"core": min(sum(ranks), in_dim), "knots": min(sum(ranks), out_dim),
-             "full": min(recipe.rank or sum(ranks), out_dim, in_dim)}[recipe.space]  # upper bound of the output rank
+        k = get_space(recipe.space).rank_bound(out_dim, in_dim, ranks, recipe.rank)  # upper bound of the output rank
         plan.append((module, k, out_dim, in_dim))
     layers = {}
     with AdapterWriter(out, aset, plan, dtype=dtype, overwrite=overwrite) as w:

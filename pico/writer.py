@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import OutputExistsError
+
 DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
 _BIG = 10**20 - 1  # no offset needs more digits than this
 
@@ -141,7 +143,7 @@ class AtomicDir:
 
     def __enter__(self) -> Path:
         if self.target.exists() and not self.overwrite:
-            raise FileExistsError(f"{self.target} already exists; pass --force to replace it")
+            raise OutputExistsError(f"{self.target} already exists; pass --force to replace it")
         self.target.parent.mkdir(parents=True, exist_ok=True)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from ..errors import PicoError
+
 VARIANTS = {
     "tara-a": "TARA variant A: one coefficient per rank-1 direction of every adapter (R per module)",
     "tara-b": "TARA variant B: KnOTS SVD of [dW_1..dW_T], one coefficient per (task, singular direction) (T*R)",
@@ -17,7 +19,7 @@ POSITIONS = {"last": "next-token distribution at the last prompt position (defau
 INIT_COEFF = 0.4  # official initial coefficient lambda / T (lamda 2.4 at T = 6, 3.2 at T = 8)
 
 
-class TaraError(ValueError):
+class TaraError(PicoError, ValueError):
     """A user-facing problem with TARA's inputs or options."""
 
 

@@ -11,6 +11,7 @@ import torch
 
 from .. import __version__
 from ..adapters import AdapterSet, load_adapters
+from ..errors import OutputExistsError
 from ..output import AdapterWriter, natural_key, round_sig
 from ..writer import json_digest, sha256_file
 from .config import TaraConfig
@@ -127,7 +128,7 @@ def tara_merge(base: str | Path, sources: AdapterSet | Sequence[str | Path], inp
                                                                           common_modules_only=common_modules_only)
     out = Path(out)
     if out.exists() and not overwrite:  # fail before the training, not after
-        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+        raise OutputExistsError(f"{out} already exists; pass --force to replace it")
     base_files: dict = {}
     hasher = threading.Thread(target=lambda: (aset.hash_sources(), _hash_dir_files(Path(base), base_files)),
                               daemon=True)  # hashes the inputs while TARA trains

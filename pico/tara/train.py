@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from ..adapters import AdapterSet
-from ..calibrate import module_generator
+from ..rng import module_generator
 from ..merge import resolve_device
 from ..output import progress as progress_bar
 from .config import TaraConfig, TaraError
