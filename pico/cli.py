@@ -1,4 +1,5 @@
-"""The `pico` command: merge, inspect, methods."""
+"""The `pico` command: merge, inspect, methods, tara, and the commands other installed packages add (entry-point
+group ``pico.commands``: the pipeline adds `pico lineage`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from .errors import PicoError, RecipeError
 from .recipe import RESCALES, Recipe
 from .registry import METHODS, all_params
 from .spaces import SPACES
-from .lineage import add_lineage_parser, cmd_lineage
-from .tara import add_tara_parser, cmd_tara
+from .tara.cli import add_tara_parser, cmd_tara
 
 EPILOG_MERGE = """examples:
   pico merge ./math ./code ./med --out merged                      # Task Arithmetic (sum) in Core Space
@@ -33,7 +33,27 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS_GROUP = "pico.commands"  # entry points named after the command, each a main(argv: list[str]) -> int
+
+
+def added_commands() -> dict:
+    """The commands installed packages add to `pico` (entry points, not imported until one is run): this keeps pico
+    a library that imports nothing of the pipeline, while `pico lineage` works wherever the pipeline is installed."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+
+
+def run_added(name: str, entry_point, argv: list[str]) -> int:
+    try:
+        return entry_point.load()(argv)
+    except ModuleNotFoundError as exc:  # an optional dependency of that command (MLflow, DVC, ...) is missing
+        print(f"pico {name}: error: needs {exc.name}, which is not installed ({entry_point.value}; for the pipeline's "
+              "commands: pip install -e '.[pipeline]')", file=sys.stderr)
+        return 2
+
+
+def build_parser(added: dict | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pico", description="Exact LoRA merging with Pico calibration.")
     parser.add_argument("--version", action="version", version=f"pico {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,8 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--allow-pickle", action="store_true")
 
     sub.add_parser("methods", help="list merge methods, spaces, calibrations and their parameters")
-    add_tara_parser(sub)  # `pico tara` lives in pico/tara.py
-    add_lineage_parser(sub)  # `pico lineage` (pico/lineage.py; the walk itself is tasks/lineage.py, imported lazily)
+    add_tara_parser(sub)  # `pico tara` lives in pico/tara/cli.py
+    builtin = set(sub.choices)
+    for name, ep in sorted((added_commands() if added is None else added).items()):
+        if name not in builtin:  # listed in `pico --help`; `pico NAME ...` goes straight to the entry point
+            sub.add_parser(name, help=f"(from {ep.value}; pico {name} --help)", add_help=False)
     return parser
 
 
@@ -204,10 +227,13 @@ def cmd_methods(_args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = {"merge": cmd_merge, "inspect": cmd_inspect, "methods": cmd_methods, "tara": cmd_tara}
+    added = added_commands()
+    if argv and argv[0] in added and argv[0] not in commands:
+        return run_added(argv[0], added[argv[0]], argv[1:])
+    args = build_parser(added).parse_args(argv)
     try:
-        commands = {"merge": cmd_merge, "inspect": cmd_inspect, "methods": cmd_methods, "tara": cmd_tara,
-                    "lineage": cmd_lineage}
         return commands[args.command](args)
     except (PicoError, ValueError, FileExistsError) as exc:
         print(f"pico: error: {exc}", file=sys.stderr)

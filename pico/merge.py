@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import re
 import threading
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,16 +20,16 @@ from typing import Callable, Iterable
 import torch
 
 from . import __version__
-from .adapters import SAFETENSORS_NAME, AdapterError, AdapterSet
-from .batch import CalibratedBatch, load_batch  # noqa: F401  (CalibratedBatch: part of this module's API)
+from .adapters import AdapterError, AdapterSet
+from .batch import CalibratedBatch, load_batch  # noqa: F401  (CalibratedBatch, load_batch: part of this module's API)
 from .calibrate import calibrate, overlap_diagnostics
 from .errors import RecipeError
+from .output import MANIFEST_NAME, AdapterWriter, natural_key, round_sig  # noqa: F401 (MANIFEST_NAME: re-exported)
+from .output import progress as progress_bar
 from .recipe import Recipe
 from .registry import Context, get_method
 from .spaces import get_space
-from .writer import AtomicDir, SafetensorsStreamWriter, sha256_file, write_json
 
-MANIFEST_NAME = "merge_manifest.json"
 BATCH_BYTES = 128 << 20  # working-set budget of one batch (a merge holds two: one computing, one writing)
 CUDA_BATCH_BYTES = 4 << 30  # on a GPU: room for all 32 layers of a Llama-8B projection at rank 128 in one batch
 
@@ -41,10 +40,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RecipeError(f"--device {device} was asked for but CUDA is not available on this machine")
     return torch.device(device)
-
-
-def natural_key(name: str):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def plan_batches(aset: AdapterSet, space: str = "core", budget_bytes: int = BATCH_BYTES) -> list[list[str]]:
@@ -104,49 +99,13 @@ def merge_batch(cal: CalibratedBatch, recipe: Recipe, *, to_cpu: bool = True) ->
     results = []
     for i, module in enumerate(cal.modules):
         k = int(out_rank[i])
-        info = {"rank": k, "norm_ratio": _r(ratio[i]), "source_norm": _r(target[i])}
+        info = {"rank": k, "norm_ratio": round_sig(ratio[i]), "source_norm": round_sig(target[i])}
         if kept is not None:  # a truncating space (full)
-            info["kept_energy"] = _r(kept[i])
+            info["kept_energy"] = round_sig(kept[i])
         for key, value in diag.items():
-            info[key] = _r(value[i])
+            info[key] = round_sig(value[i])
         results.append(ModuleResult(module, b[i, :, :k].contiguous(), a[i, :k, :].contiguous(), info))
     return results
-
-
-def _r(x: torch.Tensor):
-    """Diagnostics as plain, rounded floats: small manifests that read well and stay byte-stable."""
-    x = x.detach().cpu().double()
-    if x.dim() == 0:
-        return float(f"{x.item():.6g}")
-    return [float(f"{v:.6g}") for v in x.tolist()]
-
-
-def peft_key(module: str, which: str) -> str:
-    return f"base_model.model.{module}.lora_{which}.weight"
-
-
-def adapter_config(aset: AdapterSet, ranks: dict[str, int]) -> dict:
-    """A LoRA config with scale 1 everywhere (lora_alpha = r), exact per-module ranks through rank_pattern."""
-    common = Counter(ranks.values()).most_common(1)[0][0]
-    pattern = {re.escape(m): r for m, r in sorted(ranks.items()) if r != common}
-    src = aset.config
-    return {
-        "peft_type": "LORA",
-        "task_type": src.get("task_type"),
-        "base_model_name_or_path": src.get("base_model_name_or_path"),
-        "revision": src.get("revision"),
-        "r": common,
-        "lora_alpha": common,
-        "rank_pattern": pattern,
-        "alpha_pattern": dict(pattern),
-        "target_modules": sorted(ranks, key=natural_key),
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "fan_in_fan_out": bool(src.get("fan_in_fan_out", False)),
-        "use_rslora": False,
-        "use_dora": False,
-        "inference_mode": True,
-    }
 
 
 def merge(aset: AdapterSet, recipe: Recipe, out: str | Path, *, device: str = "auto", overwrite: bool = False,
@@ -209,43 +168,30 @@ def write_merged(aset: AdapterSet, recipe: Recipe, batches: list[list[str]], res
     for module in (m for batch in batches for m in batch):
         out_dim, in_dim, ranks = aset.shape(module)
         k = get_space(recipe.space).rank_bound(out_dim, in_dim, ranks, recipe.rank)  # upper bound of the output rank
-        plan += [(peft_key(module, "A"), (k, in_dim)), (peft_key(module, "B"), (out_dim, k))]
-    layers, ranks = {}, {}
-    bar = _progress(len(aset.modules), progress, f"{recipe.method}/{recipe.space}")
-    with AtomicDir(Path(out), overwrite=overwrite) as tmp:
-        writer = SafetensorsStreamWriter(tmp / SAFETENSORS_NAME, plan, dtype)
-        try:
+        plan.append((module, k, out_dim, in_dim))
+    layers = {}
+    with AdapterWriter(out, aset, plan, dtype=dtype, overwrite=overwrite) as w:
+        with progress_bar(len(aset.modules), progress, f"{recipe.method}/{recipe.space}") as bar:
             for batch, batch_results in zip(batches, results, strict=True):
                 if [res.module for res in batch_results] != list(batch):
                     raise ValueError("merge results do not match the planned batch "
                                      f"{batch[0]}..{batch[-1]} (out of order?)")
                 for res in batch_results:
-                    writer.write(peft_key(res.module, "A"), res.a)
-                    writer.write(peft_key(res.module, "B"), res.b)
-                    layers[res.module], ranks[res.module] = res.info, res.info["rank"]
+                    w.write(res.module, res.b, res.a)
+                    layers[res.module] = res.info
                 bar.update(len(batch))
-            writer.close()
-        finally:
-            writer.abort()
-            bar.close()
-        config = adapter_config(aset, ranks)
-        write_json(tmp / "adapter_config.json", config)
+        config = w.close()
         hasher.join()
-        manifest = {
+        return w.write_manifest({
             "pico_version": __version__,
             "base_model": {"name_or_path": config["base_model_name_or_path"], "revision": config["revision"]},
             "sources": [s.to_dict() for s in aset.sources],
             "recipe": recipe.to_dict(),
             "recipe_hash": recipe.hash(),
             "skipped_modules": aset.skipped,
-            "output": {"files": {SAFETENSORS_NAME: writer.sha256 or sha256_file(tmp / SAFETENSORS_NAME),
-                                 "adapter_config.json": sha256_file(tmp / "adapter_config.json")},
-                       "dtype": str(dtype).removeprefix("torch."), "modules": len(layers),
-                       "max_rank": max(ranks.values())},
+            "output": w.output(),
             "layers": {m: layers[m] for m in sorted(layers, key=natural_key)},
-        }
-        write_json(tmp / MANIFEST_NAME, manifest)
-    return manifest
+        })
 
 
 def inspect_adapters(aset: AdapterSet, device: str = "auto", kappa: float | None = None,
@@ -253,19 +199,13 @@ def inspect_adapters(aset: AdapterSet, device: str = "auto", kappa: float | None
     """Pico's per-module diagnostics without merging: collision spectra, alphas, B versus A overlap."""
     dev = resolve_device(device)
     out = {}
-    bar = _progress(len(aset.modules), progress, "inspect")
+    bar = progress_bar(len(aset.modules), progress, "inspect")
     for batch in plan_batches(aset, "core"):
         bs, as_ = load_batch(aset, batch, dev)
         _, _, diag = calibrate(bs, as_, mode="pico", kappa=kappa, modules=batch, diagnostics=False)
         diag.update(overlap_diagnostics(bs, as_))
         for i, module in enumerate(batch):
-            out[module] = {k: _r(v[i]) for k, v in diag.items()}
+            out[module] = {k: round_sig(v[i]) for k, v in diag.items()}
         bar.update(len(batch))
     bar.close()
     return {m: out[m] for m in sorted(out, key=natural_key)}
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="module", disable=None if enabled else True, leave=False)

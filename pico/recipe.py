@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 
 from . import methods as _methods  # noqa: F401  (registers every method)
@@ -11,6 +9,7 @@ from .calibrations import get_calibration
 from .errors import RecipeError
 from .registry import get_method
 from .spaces import get_space
+from .writer import json_digest
 
 RESCALES = {
     "post": "after the merge, scale the merged update to the mean norm of the source updates (official API mode)",
@@ -75,4 +74,4 @@ class Recipe:
         return cls(**{**d, "params": dict(d.get("params") or {})})
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return json_digest(self.to_dict())

@@ -8,13 +8,13 @@ project directory (the one holding params.yaml).
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from pico.writer import json_digest
 
 # Defaults of every ``pipeline:`` key; params.yaml overrides them key by key (nested dicts merge).
 DEFAULTS: dict = {
@@ -212,7 +212,7 @@ def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
 
 def digest(obj) -> str:
     """sha256 of a JSON-able object (sorted keys): the content keys of caches and lineage."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(obj)
 
 
 def quiet_env() -> None:

@@ -19,13 +19,9 @@ def tensors():
 
 
 def write(path: Path, plan, data) -> SafetensorsStreamWriter:
-    writer = SafetensorsStreamWriter(path, plan, torch.float32)
-    try:
+    with SafetensorsStreamWriter(path, plan, torch.float32) as writer:
         for key, t in data.items():
             writer.write(key, t)
-        writer.close()
-    finally:
-        writer.abort()
     return writer
 
 

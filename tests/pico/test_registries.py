@@ -23,7 +23,7 @@ from pico.linalg import frob_norm_of_product
 from pico.merge import CalibratedBatch, merge_batch
 from pico.registry import METHODS, merge_method
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def factors(T=3, m=40, n=36, ranks=(3, 5, 4), L=2, seed=0):
