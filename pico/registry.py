@@ -34,8 +34,6 @@ import torch
 
 from .errors import RecipeError
 
-# --------------------------------------------------------------------------------------------------------- methods
-
 _BOUNDS = {at.Gt: ("gt", operator.gt), at.Ge: ("ge", operator.ge), at.Lt: ("lt", operator.lt),
            at.Le: ("le", operator.le)}
 
