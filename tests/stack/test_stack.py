@@ -30,7 +30,13 @@ def test_nights_on_the_stack_history_and_lineage_from_a_fresh_clone(stack_projec
     assert first["decision"]["promoted"] and first["dvc"]["pushed"] and first["dvc"]["exp"]["name"]
     v1 = mlflow_client().get_model_version(name, first["registered"]["version"])
     assert v1.tags["git.dirty"] == "false"  # the pipeline's own dvc.lock write is not a dirty tree
-    assert v1.source.startswith("mlflow-artifacts:")  # proxied by the server into the S3 bucket
+    run1 = mlflow_client().get_run(v1.run_id)
+    assert run1.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server into the S3 bucket
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["PICO_DVC_REMOTE_ENDPOINT"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow-artifacts").get("Contents", [])]
+    assert any(v1.run_id in k and k.endswith("lineage.json") for k in keys)
 
     set_params(project, merge__lam=1.5)  # a better recipe, committed like a team would
     commit_all(project, "recipe: lam 1.5")
@@ -222,3 +228,48 @@ def test_postgres_restarted_mid_night_moves_no_alias_and_the_next_night_complete
     monkeypatch.setattr(registry, "register", original)
     again = nightly(stack_project)
     assert champion(name) == again["registered"]["version"] and versions(name) == [again["registered"]["version"]]
+
+
+def test_a_dask_worker_killed_mid_merge_is_rescheduled_with_identical_bytes(stack_project, tmp_path):
+    """The night's calibrate/merge tasks on the stack's Dask cluster (GPU-labelled workers); the first worker seen
+    processing one is SIGKILLed; its nanny restarts it, the tasks run again elsewhere, the bytes equal `pico merge`."""
+    import signal
+    import threading
+
+    from distributed import Client
+
+    from pipeline_helpers import file_hashes, reference_merge
+
+    project = stack_project
+    set_params(project, pipeline__task_runner={"kind": "dask", "address": os.environ["PICO_DASK_ADDRESS"],
+                                               "gpu_resource": "GPU"})
+    commit_all(project, "the team's Dask cluster")
+    ref = reference_merge(project, tmp_path / "ref")
+    client = Client(os.environ["PICO_DASK_ADDRESS"], timeout=60)
+    pids = client.run(os.getpid)  # worker address -> pid
+    killed, stop = [], threading.Event()
+
+    def kill_a_busy_worker():
+        while not stop.is_set():
+            busy = client.run_on_scheduler(
+                lambda dask_scheduler: sorted(w for w, ws in dask_scheduler.workers.items() if ws.processing))
+            if busy:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(busy[0])
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    watcher.start()
+    try:
+        out = nightly(project)
+    finally:
+        stop.set()
+        watcher.join(30)
+    print(f"Dask worker killed mid-merge: {killed}; night runner {out['runner']}")
+    assert killed, "no worker was seen processing a task"
+    got = file_hashes(out["store"])
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert got[name] == ref[name], name
+    client.wait_for_workers(2, timeout=120)  # the nanny brought the killed worker back
+    client.close()
