@@ -35,7 +35,8 @@ def test_nights_on_the_stack_history_and_lineage_from_a_fresh_clone(stack_projec
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=os.environ["PICO_DVC_REMOTE_ENDPOINT"])
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow-artifacts").get("Contents", [])]
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow-artifacts")
+            for o in page.get("Contents", [])]
     assert any(v1.run_id in k and k.endswith("lineage.json") for k in keys)
 
     set_params(project, merge__lam=1.5)  # a better recipe, committed like a team would
