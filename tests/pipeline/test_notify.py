@@ -1,0 +1,90 @@
+"""Notifications (tasks/notify.py) through Prefect's webhook block, received by a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from tasks import notify
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 (a free port) recording every POSTed JSON body."""
+
+    def __init__(self):
+        self.got: list[dict] = []
+        got = self.got
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("content-length") or 0)
+                got.append(json.loads(self.rfile.read(n) or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_promotion_reaches_the_receiver(receiver):
+    summary = {"model": "pico-merged", "decision": {"version": "3", "reasons": ["mean gain +0.05 is significant"]},
+               "eval": {"mean": 0.84, "mean_stderr": 0.011}, "chosen": {"label": "ties/full lam=2 density=0.7"},
+               "mlflow_url": "http://mlflow/#/runs/abc"}
+    subject, body = notify.promotion_message(summary)
+    assert notify.send({"webhook_url": receiver.url}, "promotion", subject, body)
+    assert receiver.got == [{"subject": "pico nightly: pico-merged v3 promoted to champion", "body": body}]
+    assert "ties/full lam=2" in body and "0.8400 ± 0.0110" in body
+
+
+def test_disabled_events_and_no_block_send_nothing(receiver):
+    assert not notify.send({"webhook_url": receiver.url, "on": ["failure"]}, "promotion", "s", "b")
+    assert not notify.send({}, "failure", "s", "b")
+    assert receiver.got == []
+    with pytest.raises(ValueError, match="unknown events"):
+        notify.send({"on": ["sometimes"]}, "failure", "s", "b")
+
+
+def test_an_unreachable_receiver_is_a_warning_not_a_failure(caplog):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    assert not notify.send({"webhook_url": f"http://127.0.0.1:{port}/x", "timeout_s": 2}, "failure", "s", "b")
+    assert "not delivered" in caplog.text
+
+
+def test_failure_hook_of_a_failing_flow_reaches_the_receiver(receiver, tmp_path, monkeypatch):
+    from prefect import flow
+
+    (tmp_path / "params.yaml").write_text(f"pipeline:\n  notify: {{webhook_url: '{receiver.url}'}}\n")
+
+    @flow(name="nightly-merge-failing", on_failure=[notify.on_failure_hook])
+    def failing(project: str, params: str = "params.yaml", overrides: dict | None = None):
+        raise RuntimeError("fetch: sha256 pin mismatch for adapter add")
+
+    with pytest.raises(RuntimeError, match="pin mismatch"):
+        failing(project=str(tmp_path))
+    assert len(receiver.got) == 1, receiver.got
+    msg = receiver.got[0]
+    assert msg["subject"].startswith("pico nightly FAILED: nightly-merge-failing")
+    assert "RuntimeError: fetch: sha256 pin mismatch for adapter add" in msg["body"]
+    assert "No alias was moved." in msg["body"]
