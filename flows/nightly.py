@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -30,7 +31,14 @@ import torch  # noqa: E402
 from prefect import flow, get_run_logger, unmapped  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from tasks import benchmark, merging, steps  # noqa: E402
+from prefect import runtime as prefect_runtime  # noqa: E402
+from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from flows import artifacts as artifacts_mod  # noqa: E402
+from flows.search import search_flow  # noqa: E402
+from tasks import benchmark, gate, merging, notify, registry, scoring, search, steps, tracking  # noqa: E402
+from tasks import candidates as cand_mod  # noqa: E402
 from tasks.config import Settings, digest, load_settings  # noqa: E402
 
 
@@ -104,9 +112,10 @@ def git_info(project: Path) -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
-@flow(name="nightly-merge", log_prints=True)
+@flow(name="nightly-merge", log_prints=True, on_failure=[notify.on_failure_hook], on_crashed=[notify.on_failure_hook])
 def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: dict | None = None) -> dict:
-    """Merge the catalog's adapters with the recipe in params.yaml, benchmark, version, register and promote."""
+    """Choose the recipe on validation (when params.yaml's merge: is a search space), merge the catalog's adapters,
+    benchmark on the test split, version, register and promote through the statistical gate."""
     log = get_run_logger()
     t = {"start": time.perf_counter()}
     marks = []
@@ -126,9 +135,19 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     fetched = [f.result() for f in futures]
     mark("fetch")
 
+    base = benchmark.resolve_base(settings, base_f.result(), fetched[0]["path"])
+    space = search.expand(settings.recipe)
+    raw_recipe, found = settings.recipe, None
+    if not space.single:  # merge: is a search space: the validation argmax becomes the night's recipe
+        log.info("recipe search: %s", space.describe())
+        runner = make_task_runner(settings)
+        found = search_flow.with_options(task_runner=runner)(
+            settings, [dataclasses.asdict(c) for c in space.candidates], merging.load_set(fetched), fetched, base)
+        settings = dataclasses.replace(settings, recipe=found["chosen"]["recipe"])
+        mark("search")
+
     aset, groups, key, cached = steps.validate(settings, fetched)
     mark("validate")
-    base = benchmark.resolve_base(settings, base_f.result(), fetched[0]["path"])
     fingerprint_obj = benchmark.benchmark_fingerprint(settings)
     fingerprint = digest(fingerprint_obj)
 
@@ -143,7 +162,7 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
         store, manifest = calibrate_and_merge.with_options(task_runner=runner)(settings, aset, groups, key, fetched)
     mark("calibrate_merge")
 
-    merged_eval = steps.run_benchmark(settings, base, store, "merged")
+    merged_eval = test_benchmark(settings, base, store, "merged")  # the only test-split read of a new merge
     mark("benchmark")
     baseline_runs = []  # after the merge, never beside it (evaluation changes torch's thread count)
     if settings.pipeline["eval"]["baselines"]:  # cached by content: free after the first night
@@ -152,8 +171,10 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
                           for b in baseline_fs]
     experiment = preflight.result()  # raises RegistryUnavailable: nothing below runs, no alias moves
     champ = steps.champion(settings, base, fingerprint)
+    champ_eval = champion_outcomes(settings, base, champ) if champ is not None else None
     baselines = [f.result() for f in baseline_runs]
     mark("baselines_champion")
+    verdict = statistical_gate(settings, merged_eval, champ, champ_eval)
 
     lineage = {
         "pico_version": manifest["pico_version"], "merge_key": key, "recipe": manifest["recipe"],
@@ -167,7 +188,8 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
                  "mean": merged_eval["mean"]},
         "project": str(settings.project),
     }
-    dvc = steps.version_dvc(settings, store, merged_eval["scores"], dvc_consistent(settings, project, params))
+    dvc = steps.version_dvc(settings, store, merged_eval["scores"],
+                            dvc_consistent(settings, project, params, raw_recipe))
     mark("version")
     if dvc["enabled"]:
         lineage["output"]["dvc"] = {"path": dvc["path"], "md5": dvc["md5"], "pushed": dvc["pushed"]}
@@ -181,6 +203,18 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
                      "merge_key": key}
     metrics = {f"score.{k}": v for k, v in merged_eval["scores"].items()}
     metrics["score.mean"] = merged_eval["mean"]
+    metrics.update({f"score.{k}_stderr": v for k, v in (merged_eval.get("stderr") or {}).items() if v == v})
+    if merged_eval.get("mean_stderr") is not None:
+        metrics["score.mean_stderr"] = merged_eval["mean_stderr"]
+    if found is not None:
+        metrics.update({"search.candidates": len(found["records"]), "search.cached": found["cached"],
+                        "search.validation_mean": found["chosen"]["validation"]["mean"]})
+        if found["margin"] is not None:
+            metrics["search.runner_up_margin"] = found["margin"]
+        params_logged["search"] = raw_recipe
+    if verdict is not None and verdict.get("comparison"):
+        metrics.update({"gate.gain": verdict["comparison"]["gain"], "gate.p_gain": verdict["comparison"]["p_gain"],
+                        "gate.gain_stderr": verdict["comparison"]["gain_stderr"]})
     for b in baselines:
         metrics[f"baseline.{b['label']}.mean"] = b["mean"]
     if champ is not None:
@@ -189,29 +223,107 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     plot = merging.plot_diagnostics(manifest, settings.work / "plots" / f"{key[:16]}.png")
     artifacts = {"merge_manifest.json": Path(store) / "merge_manifest.json",
                  "diagnostics.json": merging.diagnostics(manifest), "plots/diagnostics.png": plot,
-                 "eval.json": {"merged": merged_eval, "baselines": baselines, "champion": champ},
+                 "eval.json": {"merged": _compact(merged_eval), "baselines": baselines, "champion": champ},
                  "lineage.json": lineage, "config/params.yaml": settings.params_path,
                  "config/catalog.yaml": settings.catalog.path}
     reg = steps.register(settings, lineage, store, params_logged, metrics, artifacts)
+    record_search_and_gate(settings, reg, found, merged_eval, champ, champ_eval, verdict)
     mark("register")
-    decision = steps.promote(settings, reg["version"], merged_eval["scores"], fingerprint, champ)
+    decided = (verdict["promote"], verdict["reasons"]) if verdict is not None else None
+    decision = steps.promote(settings, reg["version"], merged_eval["scores"], fingerprint, champ, decided)
     mark("promote")
     timings = _durations(t["start"], marks)
-    return {"project": str(settings.project), "merge_key": key, "fingerprint": fingerprint, "store": store, "cached_merge": cached is not None,
-            "runner": runner_name,
-            "eval": merged_eval, "baselines": baselines, "champion_before": champ, "registered": reg,
-            "decision": decision, "dvc": dvc, "experiment_id": experiment, "timings": timings,
-            "tracking_uri": settings.tracking_uri, "model": settings.pipeline["mlflow"]["model_name"]}
+    summary = {"project": str(settings.project), "merge_key": key, "fingerprint": fingerprint, "store": store,
+               "cached_merge": cached is not None, "runner": runner_name,
+               "eval": _compact(merged_eval), "baselines": baselines, "champion_before": champ, "registered": reg,
+               "decision": decision, "dvc": dvc, "experiment_id": experiment, "timings": timings,
+               "tracking_uri": settings.tracking_uri, "model": settings.pipeline["mlflow"]["model_name"],
+               "recipe_label": search.label(settings.recipe_obj()), "gate": verdict,
+               "mlflow_url": tracking.run_url(settings, reg["experiment_id"], reg["run_id"]),
+               "flow_run_id": str(prefect_runtime.flow_run.id),
+               "search": None if found is None else {
+                   "chosen": found["chosen"]["label"], "why": found["why"], "margin": found["margin"],
+                   "runner_up": found["runner_up"]["label"] if found["runner_up"] else None,
+                   "candidates": len(found["records"]), "cached": found["cached"], "seconds": found["seconds"],
+                   "skipped": space.skipped,
+                   "leaderboard": cand_mod.leaderboard_rows(found["records"], found["chosen"]["key"])}}
+    board = registry.leaderboard(settings, limit=8, fingerprint=fingerprint)
+    summary["artifacts"] = artifacts_mod.publish(summary, board, summary["search"] and summary["search"]["leaderboard"])
+    if decision["promoted"] and not decision["unchanged"]:
+        notify.send(settings.pipeline["notify"], "promotion", *notify.promotion_message(summary))
+    return summary
 
 
-def dvc_consistent(settings: Settings, project: str, params: str) -> str | None:
-    """Why dvc.lock must not record this run (None: it may): overrides of what the DVC stages read."""
+def _compact(rec: dict) -> dict:
+    """An evaluation record without its per-sample outcomes (those go to the MLflow table)."""
+    return {k: v for k, v in rec.items() if k != "outcomes"}
+
+
+@task(name="benchmark-test", cache_policy=NO_CACHE, task_run_name="benchmark-test-{label}")
+def test_benchmark(settings: Settings, base: dict, adapter_dir: str, label: str) -> dict:
+    """The test split with per-sample outcomes (lm-eval log_samples), cached by content."""
+    rec = scoring.score_test(settings, base, adapter_dir, label)
+    get_run_logger().info("%s: test mean %.4f%s %s%s", label, rec["mean"],
+                          f" ± {rec['mean_stderr']:.4f}" if rec.get("mean_stderr") is not None else "",
+                          rec["scores"], " (cached)" if rec["cached"] else f" ({rec['seconds']} s)")
+    return rec
+
+
+@task(name="champion-outcomes", cache_policy=NO_CACHE)
+def champion_outcomes(settings: Settings, base: dict, champ: dict) -> dict | None:
+    """The champion's per-sample test outcomes: its merged adapter from the local store (same merge key, verified)
+    or from MLflow, scored on this benchmark (a cache hit when it was scored here before)."""
+    path = None
+    if champ.get("merge_key"):
+        local = merging.store_dir(settings, champ["merge_key"])
+        if merging.verify_dir(local) is not None:
+            path = local
+    if path is None:
+        dest = settings.work / "registry-cache" / f"v{champ['version']}-{(champ['merge_key'] or 'x')[:12]}"
+        path = registry.download_version(settings, champ["source"], dest)
+    return scoring.score_test(settings, base, str(path), f"champion v{champ['version']}")
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def statistical_gate(settings: Settings, merged_eval: dict, champ: dict | None, champ_eval: dict | None):
+    """The paired test (tasks/gate.py) when per-sample outcomes exist; None: the scorer gives plain scores, and the
+    promotion step compares means as before."""
+    if not merged_eval.get("outcomes") or (champ is not None and not (champ_eval or {}).get("outcomes")):
+        get_run_logger().warning("no per-sample outcomes from the scorer: the gate compares means (no test)")
+        return None
+    d = gate.decide(merged_eval["outcomes"], champ_eval["outcomes"] if champ is not None else None,
+                    settings.pipeline["gate"], champion_name=f"the champion v{champ['version']}" if champ else "")
+    get_run_logger().info("gate: %s: %s", "promote" if d.promote else "refuse", "; ".join(d.reasons))
+    return d.to_dict()
+
+
+@task(name="record-search-and-gate", cache_policy=NO_CACHE)
+def record_search_and_gate(settings: Settings, reg: dict, found: dict | None, merged_eval: dict, champ: dict | None,
+                           champ_eval: dict | None, verdict: dict | None) -> None:
+    """Child runs per candidate, the outcomes table and gate statistics on the night's run, tags on the version."""
+    if found is not None:
+        tracking.log_candidates(settings, reg["run_id"], found)
+    models = {"merged": merged_eval}
+    if champ_eval is not None:
+        models[f"champion v{champ['version']}"] = champ_eval
+    tracking.log_night(settings, reg["run_id"], outcomes_table=scoring.outcomes_table(models),
+                       search=found, gate=verdict)
+    tags = tracking.search_tags(found, merged_eval) if found is not None else {}
+    if found is None and merged_eval.get("mean_stderr") is not None:
+        tags = {"eval.mean_stderr": f"{merged_eval['mean_stderr']:.6f}"}
+    if tags and not reg["reused"]:
+        tracking.tag_version(settings, reg["version"], tags)
+
+
+def dvc_consistent(settings: Settings, project: str, params: str, recipe: dict | None = None) -> str | None:
+    """Why dvc.lock must not record this run (None: it may): overrides of what the DVC stages read. ``recipe``: the
+    merge: section as read (a search space; settings.recipe then holds the chosen recipe)."""
     if settings.params_path != settings.project / "params.yaml":
         return f"the run read {settings.params_path.name}, but the DVC stages read params.yaml"
     on_disk = load_settings(project, params)
-    if on_disk.recipe != settings.recipe:
+    if on_disk.recipe != (settings.recipe if recipe is None else recipe):
         return "the recipe was overridden (not what params.yaml says)"
-    for key in ("catalog", "dtype", "calibrate", "eval", "paths"):
+    for key in ("catalog", "dtype", "calibrate", "eval", "paths", "search"):
         if on_disk.pipeline[key] != settings.pipeline[key]:
             return f"pipeline.{key} was overridden (not what params.yaml says)"
     return None
@@ -308,15 +420,16 @@ def report(summary: dict, settings: Settings) -> str:
     lines = []
     ev = summary["eval"]
     tasks_ = list(ev["scores"])
-    head = f"{'':<30}" + "".join(f"{t[:9]:>10}" for t in tasks_) + f"{'mean':>10}"
+    head = f"{'':<30}" + "".join(f"{t[:9]:>10}" for t in tasks_) + f"{'mean':>10}{'± se':>8}"
     bench = settings.eval_config()
     what = {"skills": f"skills suite, {bench['split']} split", "lm-eval": "lm-eval: " + ", ".join(bench["tasks"]),
             "callable": f"scorer {bench['callable']}"}.get(bench["suite"], bench["suite"])
     what += f", limit {bench['limit']}" if bench["limit"] else ""
     lines += ["", f"Leaderboard ({what}; registered versions by mean, then baselines)", head]
 
-    def row(label, scores, mean):
-        return f"{label:<30}" + "".join(f"{scores.get(t, float('nan')):>10.3f}" for t in tasks_) + f"{mean:>10.3f}"
+    def row(label, scores, mean, se=None):
+        return (f"{label:<30}" + "".join(f"{scores.get(t, float('nan')):>10.3f}" for t in tasks_) + f"{mean:>10.3f}"
+                + (f"{float(se):>8.3f}" if se not in (None, "", "none") else ""))
 
     for r in registry.leaderboard(settings, limit=8, fingerprint=summary["fingerprint"]):
         recipe = r["recipe"]
@@ -325,7 +438,7 @@ def report(summary: dict, settings: Settings) -> str:
             tag += " [" + ",".join(sorted(r["aliases"])) + "]"
         if r["version"] == summary["registered"]["version"]:
             tag += " *"
-        lines.append(row(tag, r["scores"], r["mean"]))
+        lines.append(row(tag, r["scores"], r["mean"], r.get("mean_stderr")))
     champ = summary.get("champion_before")
     shown = {r["version"] for r in registry.leaderboard(settings, limit=8, fingerprint=summary["fingerprint"])}
     if champ and champ["version"] not in shown and champ.get("scores"):
@@ -333,6 +446,14 @@ def report(summary: dict, settings: Settings) -> str:
     for b in summary["baselines"]:
         lines.append(row(f"({b['label']})", b["scores"], b["mean"]))
     lines.append("* this run; (..) baselines, not registered")
+    s = summary.get("search")
+    if s:
+        lines += ["", f"Recipe search ({s['candidates']} candidates, {s['cached']} cached, {s['seconds']} s; chosen on "
+                      "the validation split, the test split read only for the chosen merge):"]
+        for r in s["leaderboard"][:5]:
+            lines.append(f"  {r['rank']:>2}. {r['candidate']:<44} val mean {r['val mean']}"
+                         + ("   <- chosen" if r["chosen"] else ""))
+        lines.append(f"  Chosen: {s['chosen']} ({s['why']})")
     d = summary["decision"]
     verdict = ("PROMOTED to champion" if d["promoted"] and not d["unchanged"] else
                "champion unchanged" if d["unchanged"] else "NOT promoted: set as candidate")

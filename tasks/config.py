@@ -61,10 +61,19 @@ DEFAULTS: dict = {
     },
     "gate": {
         "metric": "mean",  # the aggregate compared with the champion
-        "min_delta": 0.0,  # promote when mean >= champion mean + min_delta
+        "min_delta": 0.0,  # promote when the mean gain over the champion is >= min_delta ...
+        "alpha": 0.05,  # ... and significant at this level (paired test on per-sample outcomes, tasks/gate.py)
+        "iters": 20000,  # Monte Carlo draws of the paired randomization test (fixed seed: deterministic)
+        "seed": 0,
         "floor": 0.0,  # ... and no skill below this accuracy
         "floors": {},  # per-skill floors, overriding `floor`
     },
+    # merge: as a search space (tasks/search.py): candidates are chosen on validation, never on the test split
+    "search": {
+        "limit": None,  # validation items per task/skill when scoring candidates (None: all)
+        "tasks": [],  # eval.suite lm-eval: the lm-eval tasks candidates are scored on (a validation split)
+    },
+    "notify": {"block": None, "webhook_url": None, "on": ["failure", "promotion"], "timeout_s": 10},
     "schedule": {"cron": "0 2 * * *", "timezone": "UTC", "deployment": "nightly", "concurrency_limit": 1},
     "dvc": {"enabled": True, "push": True, "stages": ["merge", "eval"]},
 }
@@ -206,7 +215,15 @@ def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
     settings = Settings(project=project, params_path=params_path, pipeline=pipeline, recipe=recipe,
                         catalog=Catalog(path=project, adapters=[]))
     settings.catalog = load_catalog(settings.resolve(pipeline["catalog"]))
-    settings.recipe_obj()  # validate early: a bad recipe stops the flow before any work
+    from .search import SearchError, expand, is_search
+
+    if is_search(recipe):  # validate early: a bad recipe or search space stops the flow before any work
+        try:
+            expand(recipe)
+        except SearchError as exc:
+            raise ConfigError(f"{params_path.name}: {exc}") from exc
+    else:
+        settings.recipe_obj()
     return settings
 
 

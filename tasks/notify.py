@@ -72,7 +72,8 @@ def promotion_message(summary: dict) -> tuple[str, str]:
     """(subject, body) of a promotion, from the night's summary."""
     d, ev = summary["decision"], summary["eval"]
     subject = f"pico nightly: {summary['model']} v{d['version']} promoted to champion"
-    lines = [subject, f"recipe: {summary.get('chosen', {}).get('label') or ev.get('label', '')}",
+    recipe = (summary.get("search") or {}).get("chosen") or summary.get("recipe_label") or ""
+    lines = [subject, f"recipe: {recipe}",
              f"test mean {ev['mean']:.4f}" + (f" ± {ev['mean_stderr']:.4f}" if ev.get("mean_stderr") else ""),
              "why: " + "; ".join(d["reasons"])]
     if summary.get("mlflow_url"):

@@ -256,12 +256,15 @@ def gate(scores: dict[str, float], champion: dict | None, cfg: dict) -> tuple[bo
 
 
 def promote(settings: Settings, version: str, scores: dict[str, float], fingerprint: str,
-            champion: dict | None) -> dict:
+            champion: dict | None, decided: tuple[bool, list[str]] | None = None) -> dict:
     """Move ``champion`` to ``version`` if it passes the gate, else ``candidate``; record why on the version.
 
     ``champion`` is the champion as read earlier, with its scores on this benchmark (None: no champion). Under the
     lock the alias is read again: if a concurrent run moved it meanwhile, the gate compares against the new champion
-    (its recorded scores, when it was scored on this same benchmark; otherwise the step fails and nothing moves)."""
+    (its recorded scores, when it was scored on this same benchmark; otherwise the step fails and nothing moves).
+    ``decided``: the statistical gate's (passed, reasons) against ``champion`` (tasks/gate.py), used instead of the
+    mean comparison; if the champion moved meanwhile the step fails (the paired test needs the new champion's
+    outcomes) and nothing moves."""
     from . import dvcio
 
     c = client(settings)
@@ -269,7 +272,11 @@ def promote(settings: Settings, version: str, scores: dict[str, float], fingerpr
     with dvcio.project_lock(settings.work, "registry"):
         try:
             current = get_alias(c, name, CHAMPION)
-            if current is not None and (champion is None or str(current.version) != str(champion["version"])):
+            moved = current is not None and (champion is None or str(current.version) != str(champion["version"]))
+            if moved and decided is not None and str(current.version) != str(version):
+                raise RuntimeError(f"the champion of {name} moved to v{current.version} during this run; rerun to "
+                                   "compare against it (no alias moved)")
+            if moved:
                 got = version_scores(current)
                 if got is None or got[2] != fingerprint:
                     raise RuntimeError(f"the champion of {name} moved to v{current.version} during this run and was "
@@ -282,10 +289,13 @@ def promote(settings: Settings, version: str, scores: dict[str, float], fingerpr
                             "reasons": [f"v{version} is already the champion (same bytes, same benchmark)"],
                             "previous_champion": str(version)}
             else:
-                passed, reasons = gate(scores, champion, settings.pipeline["gate"])
+                passed, reasons = decided if decided is not None else gate(scores, champion,
+                                                                           settings.pipeline["gate"])
                 alias = CHAMPION if passed else CANDIDATE
                 c.set_registered_model_alias(name, alias, version)
-                if passed and champion is None:
+                if decided is not None:
+                    pass
+                elif passed and champion is None:
                     reasons = ["no champion yet; every task at or above its floor"]
                 elif passed:
                     delta = settings.pipeline["gate"].get("min_delta")
@@ -352,6 +362,7 @@ def leaderboard(settings: Settings, limit: int = 10, fingerprint: str | None = N
         if got is None or (fingerprint and got[2] != fingerprint):
             continue
         rows.append({"version": str(v.version), "mean": got[1], "scores": got[0], "aliases": sorted(by_version.get(str(v.version), [])),
-                     "recipe": json.loads(v.tags.get("recipe", "{}")), "fingerprint": got[2]})
+                     "recipe": json.loads(v.tags.get("recipe", "{}")), "fingerprint": got[2],
+                     "mean_stderr": v.tags.get("eval.mean_stderr"), "label": v.tags.get("search.chosen")})
     rows.sort(key=lambda r: (-r["mean"], int(r["version"])))
     return rows[:limit]

@@ -132,7 +132,8 @@ def register(settings: Settings, lineage: dict, store: str, params: dict, metric
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote(settings: Settings, version: str, scores: dict, fingerprint: str, champ: dict | None) -> dict:
-    decision = registry.promote(settings, version, scores, fingerprint, champ)
+def promote(settings: Settings, version: str, scores: dict, fingerprint: str, champ: dict | None,
+            decided: tuple[bool, list[str]] | None = None) -> dict:
+    decision = registry.promote(settings, version, scores, fingerprint, champ, decided)
     get_run_logger().info("promotion: v%s -> %s: %s", version, decision["alias"], "; ".join(decision["reasons"]))
     return decision

@@ -2,41 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from notify_receiver import Receiver
 
 from tasks import notify
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 (a free port) recording every POSTed JSON body."""
-
-    def __init__(self):
-        self.got: list[dict] = []
-        got = self.got
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                n = int(self.headers.get("content-length") or 0)
-                got.append(json.loads(self.rfile.read(n) or b"{}"))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -48,7 +19,7 @@ def receiver():
 
 def test_promotion_reaches_the_receiver(receiver):
     summary = {"model": "pico-merged", "decision": {"version": "3", "reasons": ["mean gain +0.05 is significant"]},
-               "eval": {"mean": 0.84, "mean_stderr": 0.011}, "chosen": {"label": "ties/full lam=2 density=0.7"},
+               "eval": {"mean": 0.84, "mean_stderr": 0.011}, "search": {"chosen": "ties/full lam=2 density=0.7"},
                "mlflow_url": "http://mlflow/#/runs/abc"}
     subject, body = notify.promotion_message(summary)
     assert notify.send({"webhook_url": receiver.url}, "promotion", subject, body)

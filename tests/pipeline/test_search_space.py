@@ -70,3 +70,13 @@ def test_best_is_the_argmax_with_ties_to_the_earlier_candidate():
     assert chosen is b and score == 0.8 and margin == 0.0
     chosen, _, margin = search.best([(a, 0.9), (b, 0.8)])
     assert chosen is a and margin == pytest.approx(0.1)
+
+
+def test_the_default_search_of_params_yaml():
+    merge = yaml.safe_load((REPO / "params.yaml").read_text())["merge"]
+    space = search.expand(merge)
+    labels = [c.label for c in space.candidates]
+    assert 10 <= len(labels) <= 24 and not space.skipped
+    # what the suite report found best (TIES in full space at lambda 2, TSV, TA with lambda on validation) and Pico
+    assert "ties/full lam=2 density=0.7" in labels and "tsv/core lam=0.8" in labels and "ta/core lam=0.6" in labels
+    assert sum("+pico" in lb for lb in labels) >= 3
