@@ -166,13 +166,13 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     mark("benchmark")
     baseline_runs = []  # after the merge, never beside it (evaluation changes torch's thread count)
     if settings.pipeline["eval"]["baselines"]:  # cached by content: free after the first night
-        baseline_runs.append(steps.run_benchmark.submit(settings, base, None, "base"))
-        baseline_runs += [steps.run_benchmark.submit(settings, base, b.result()["path"], b.result()["name"])
+        baseline_runs.append(test_benchmark.submit(settings, base, None, "base"))
+        baseline_runs += [test_benchmark.submit(settings, base, b.result()["path"], b.result()["name"])
                           for b in baseline_fs]
     experiment = preflight.result()  # raises RegistryUnavailable: nothing below runs, no alias moves
     champ = steps.champion(settings, base, fingerprint)
     champ_eval = champion_outcomes(settings, base, champ) if champ is not None else None
-    baselines = [f.result() for f in baseline_runs]
+    baselines = [_compact(f.result()) for f in baseline_runs]
     mark("baselines_champion")
     verdict = statistical_gate(settings, merged_eval, champ, champ_eval)
 
@@ -260,7 +260,7 @@ def _compact(rec: dict) -> dict:
 
 
 @task(name="benchmark-test", cache_policy=NO_CACHE, task_run_name="benchmark-test-{label}")
-def test_benchmark(settings: Settings, base: dict, adapter_dir: str, label: str) -> dict:
+def test_benchmark(settings: Settings, base: dict, adapter_dir: str | None, label: str) -> dict:
     """The test split with per-sample outcomes (lm-eval log_samples), cached by content."""
     rec = scoring.score_test(settings, base, adapter_dir, label)
     get_run_logger().info("%s: test mean %.4f%s %s%s", label, rec["mean"],
@@ -444,7 +444,7 @@ def report(summary: dict, settings: Settings) -> str:
     if champ and champ["version"] not in shown and champ.get("scores"):
         lines.append(row(f"v{champ['version']} [champion before]", champ["scores"], champ["mean"]))
     for b in summary["baselines"]:
-        lines.append(row(f"({b['label']})", b["scores"], b["mean"]))
+        lines.append(row(f"({b['label']})", b["scores"], b["mean"], b.get("mean_stderr")))
     lines.append("* this run; (..) baselines, not registered")
     s = summary.get("search")
     if s:

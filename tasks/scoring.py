@@ -30,7 +30,7 @@ from pathlib import Path
 from . import benchmark
 from .config import Settings, digest
 
-SEARCH_DEFAULTS = {"limit": None, "tasks": [], "finalists": None}
+SEARCH_DEFAULTS = {"limit": None, "tasks": []}
 
 
 def search_config(settings: Settings) -> dict:
@@ -91,6 +91,9 @@ def _skills(settings: Settings, split: str) -> list[str]:
     return [s for s in names if not wanted or s in wanted]
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def fast_outcomes(base_dir, adapter_dir, data_dir: Path, skills: list[str], split: str, limit: int | None,
                   max_new: int = 10, batch_size: int = 256) -> dict[str, dict]:
     """Per-item 0/1 outcomes of the fast greedy decoder (the suite report's validation scorer)."""
@@ -98,11 +101,12 @@ def fast_outcomes(base_dir, adapter_dir, data_dir: Path, skills: list[str], spli
     from skills.common import greedy
     from skills.data import read_jsonl
 
-    model = load_base(Path(base_dir))
-    if adapter_dir is not None:
-        from peft import PeftModel
+    with _LOAD_LOCK:  # transformers' loading (meta-device init) is not thread-safe: one load at a time
+        model = load_base(Path(base_dir))
+        if adapter_dir is not None:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
     out = {}
     for skill in skills:
