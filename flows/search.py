@@ -10,6 +10,7 @@ recomputes nothing either way.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -47,57 +48,86 @@ def _result_storage(settings: Settings):
     return None
 
 
-@flow(name="recipe-search", log_prints=True)
-def search_flow(settings: Settings, space_candidates: list[dict], aset, fetched: list[dict], base: dict) -> dict:
-    """Merge and score every candidate on the validation split; the validation argmax is the night's recipe."""
-    from tasks import scoring
-
-    log = get_run_logger()
-    t0 = time.perf_counter()
-    val_fp = scoring.validation_fingerprint(settings)
+def _keys(settings: Settings, cands: list[dict], fetched: list[dict], base: dict, val_fp: dict) -> list[str]:
     keys = []
-    for c in space_candidates:
+    for c in cands:
         recipe = search.Candidate(c["recipe"], c["label"], c["index"]).recipe_obj()
         mkey = merging.merge_key(fetched, recipe, settings.pipeline["dtype"], merging.device_class(settings))
         keys.append(digest({"candidate": cand_mod.candidate_key(mkey, base["sha256"], val_fp),
                             "project": str(settings.work)}))
+    return keys
+
+
+def run_rounds(settings: Settings, cands: list[dict], score_all) -> dict:
+    """Score every candidate (``score_all(settings, cands) -> (records, cached flags)``); with
+    ``pipeline.search.limit`` and ``finalists: k``, the top k of that screening are scored again on the whole
+    validation split and the choice is made among them. The validation argmax (ties: search order) is chosen."""
+    from tasks import scoring
+
+    t0 = time.perf_counter()
+    cfg = scoring.search_config(settings)
+    records, flags = score_all(settings, cands)
+    cached = {r["index"] for r, f in zip(records, flags) if f}
+    for r in records:
+        r["scored_on"] = f"first {cfg['limit']} validation items" if cfg["limit"] else "all validation items"
+    pool = records
+    if cfg["finalists"] and cfg["limit"]:
+        top = sorted(records, key=lambda r: (-r["validation"]["mean"], r["index"]))[: int(cfg["finalists"])]
+        full = dataclasses.replace(settings, pipeline={**settings.pipeline, "search": {**cfg, "limit": None}})
+        by_index = {c["index"]: c for c in cands}
+        pool, fin_flags = score_all(full, [by_index[r["index"]] for r in top])
+        for r in pool:
+            r["scored_on"] = "all validation items (finalist)"
+        finalists = {r["index"] for r in pool}
+        records = pool + [r for r in records if r["index"] not in finalists]
+        cached -= {r["index"] for r, f in zip(pool, fin_flags) if not f}  # cached: every round of it was
+    ranked = sorted(pool, key=lambda r: (-r["validation"]["mean"], r["index"]))
+    chosen, runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+    margin = chosen["validation"]["mean"] - runner_up["validation"]["mean"] if runner_up else None
+    why = (f"validation argmax: mean {chosen['validation']['mean']:.4f}"
+           + (f", {margin:+.4f} over the runner-up {runner_up['label']} ({runner_up['validation']['mean']:.4f})"
+              if runner_up else "")
+           + f" among {len(pool)} " + ("finalists" if pool is not records else "candidates"))
+    return {"records": records, "chosen": chosen, "runner_up": runner_up, "margin": margin, "why": why,
+            "cached": len(cached), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+@flow(name="recipe-search", log_prints=True)
+def search_flow(settings: Settings, space_candidates: list[dict], aset, fetched: list[dict], base: dict) -> dict:
+    """Merge and score every candidate on the validation split; the validation argmax is the night's recipe."""
+    import torch
+
+    from tasks import scoring
+
+    log = get_run_logger()
     t = candidate_task
     storage = _result_storage(settings)
     if storage is not None:
         t = candidate_task.with_options(result_storage=storage)
-    import torch
+
+    def score_all(st: Settings, cands: list[dict]):
+        val_fp = scoring.validation_fingerprint(st)
+        futures = t.map(unmapped(st), unmapped(aset), unmapped(fetched), unmapped(base), cands, unmapped(val_fp),
+                        _keys(st, cands, fetched, base, val_fp))
+        records = [f.result() for f in futures]
+        return records, [bool(r.get("cached")) or f.state.name == "Cached" for r, f in zip(records, futures)]
 
     before = torch.get_num_threads()
     try:
-        futures = t.map(unmapped(settings), unmapped(aset), unmapped(fetched), unmapped(base), space_candidates,
-                        unmapped(val_fp), keys)
-        records = [f.result() for f in futures]
+        found = run_rounds(settings, space_candidates, score_all)
     finally:
         torch.set_num_threads(before)  # (candidates pinned it for identical bytes; the rest of the run gets it back)
-    states = [f.state.name for f in futures]
-    scored = [(search.Candidate(r["recipe"], r["label"], r["index"]), r["validation"]["mean"]) for r in records]
-    chosen, score, margin = search.best(scored)
-    ranked = sorted(records, key=lambda r: (-r["validation"]["mean"], r["index"]))
-    chosen_rec = ranked[0]
-    runner_up = ranked[1] if len(ranked) > 1 else None
-    why = (f"validation argmax: mean {score:.4f}" + (f", {margin:+.4f} over the runner-up {runner_up['label']} "
-                                                      f"({runner_up['validation']['mean']:.4f})" if runner_up else "")
-           + f" among {len(records)} candidates")
-    log.info("chosen: %s (%s)", chosen.label, why)
-    return {"records": records, "chosen": chosen_rec, "runner_up": runner_up, "margin": margin, "why": why,
-            "validation_fingerprint": val_fp, "states": states,
-            "cached": sum(1 for r, s in zip(records, states) if r.get("cached") or s == "Cached"),
-            "seconds": round(time.perf_counter() - t0, 2)}
+    log.info("chosen: %s (%s)", found["chosen"]["label"], found["why"])
+    return found
 
 
 def run_search_plain(settings: Settings, space: search.Space, aset, fetched: list[dict], base: dict) -> dict:
     """The same search without Prefect, one candidate after the other (the DVC ``merge`` stage)."""
     from tasks import scoring
 
-    val_fp = scoring.validation_fingerprint(settings)
-    import dataclasses
+    def score_all(st: Settings, cands: list[dict]):
+        val_fp = scoring.validation_fingerprint(st)
+        records = [cand_mod.run_candidate(st, aset, fetched, base, c, val_fp) for c in cands]
+        return records, [bool(r.get("cached")) for r in records]
 
-    records = [cand_mod.run_candidate(settings, aset, fetched, base, dataclasses.asdict(c), val_fp)
-               for c in space.candidates]
-    ranked = sorted(records, key=lambda r: (-r["validation"]["mean"], r["index"]))
-    return {"records": records, "chosen": ranked[0]}
+    return run_rounds(settings, [dataclasses.asdict(c) for c in space.candidates], score_all)

@@ -72,12 +72,14 @@ def run_candidate(settings: Settings, aset, fetched: list[dict], base: dict, can
 def leaderboard_rows(records: list[dict], chosen_key: str | None = None) -> list[dict]:
     """Candidates by validation mean (best first; ties: search order), as table rows with mean ± stderr."""
     rows = []
-    for r in sorted(records, key=lambda r: (-r["validation"]["mean"], r["index"])):
+    finalist = lambda r: "finalist" in r.get("scored_on", "")  # noqa: E731
+    for r in sorted(records, key=lambda r: (not finalist(r), -r["validation"]["mean"], r["index"])):
         v = r["validation"]
         se = v.get("mean_stderr")
         row = {"rank": len(rows) + 1, "candidate": r["label"],
                "val mean": f"{v['mean']:.4f}" + (f" ± {se:.4f}" if se is not None else "")}
         row.update({t: f"{s:.3f}" for t, s in v["scores"].items()})
+        row["scored on"] = r.get("scored_on", "")
         row["chosen"] = "yes" if r["key"] == chosen_key else ""
         rows.append(row)
     return rows

@@ -72,6 +72,7 @@ DEFAULTS: dict = {
     "search": {
         "limit": None,  # validation items per task/skill when scoring candidates (None: all)
         "tasks": [],  # eval.suite lm-eval: the lm-eval tasks candidates are scored on (a validation split)
+        "finalists": None,  # with limit: the top N of that screening are scored on all validation items
     },
     "notify": {"block": None, "webhook_url": None, "on": ["failure", "promotion"], "timeout_s": 10},
     "schedule": {"cron": "0 2 * * *", "timezone": "UTC", "deployment": "nightly", "concurrency_limit": 1},

@@ -30,7 +30,7 @@ from pathlib import Path
 from . import benchmark
 from .config import Settings, digest
 
-SEARCH_DEFAULTS = {"limit": None, "tasks": []}
+SEARCH_DEFAULTS = {"limit": None, "tasks": [], "finalists": None}
 
 
 def search_config(settings: Settings) -> dict:

@@ -17,7 +17,7 @@ from test_pipeline_support import (champion_version, client, free_port, mlflow_t
                                    plain_project, prefect_api, set_params)
 
 SCORER = '''
-import json, pathlib
+import json, os, pathlib
 
 N = 200
 VAL = {0.5: 0.8, 1.0: 0.6, 2.0: 0.4}      # validation accuracy by lam: lam 0.5 is the argmax
@@ -28,7 +28,7 @@ def score(base_dir, adapter_dir, split, limit):
     lam = None
     if adapter_dir is not None:
         lam = json.loads((pathlib.Path(adapter_dir) / "merge_manifest.json").read_text())["recipe"]["lam"]
-    with open(pathlib.Path(__file__).parent / "calls.jsonl", "a") as f:
+    with open(os.environ["SEARCH_SCORER_CALLS"], "a") as f:
         f.write(json.dumps({"split": split, "lam": lam}) + "\\n")
     acc = 0.3 if lam is None else (VAL if split == "validation" else TEST)[lam]
     k = round(acc * N)  # nested: a better model is right on every item a worse one is right on, and more
@@ -46,9 +46,12 @@ def calls(project: Path) -> list[dict]:
 
 
 @pytest.fixture
-def search_project(plain_project):
-    (plain_project / "scorer.py").write_text(SCORER)
-    set_params(plain_project, merge=SEARCH, pipeline__eval__baselines=False)
+def search_project(plain_project, monkeypatch):
+    # its own module name: the callable is imported once per process, and other tests' scorer.py differs
+    (plain_project / "search_scorer.py").write_text(SCORER)
+    monkeypatch.setenv("SEARCH_SCORER_CALLS", str(plain_project / "calls.jsonl"))
+    set_params(plain_project, merge=SEARCH, pipeline__eval__baselines=False,
+               pipeline__eval__callable="search_scorer:score")
     return plain_project
 
 
@@ -162,3 +165,18 @@ def test_failure_notification_reaches_the_receiver(search_project):
     assert len(receiver.got) == 1
     assert receiver.got[0]["subject"].startswith("pico nightly FAILED: nightly-merge")
     assert "sha256" in receiver.got[0]["body"] and "No alias was moved." in receiver.got[0]["body"]
+
+
+def test_screening_on_a_validation_subset_then_finalists_on_all_of_it(search_project):
+    """limit + finalists: every candidate on the first items, the top ones again on all items; the choice is made
+    among the finalists (the scripted scorer ignores limit, so the rounds differ only in their records)."""
+    project = search_project
+    set_params(project, pipeline__search={"limit": 50, "finalists": 2})
+    night = nightly(project)
+    s = night["search"]
+    rows = s["leaderboard"]
+    assert [r["scored on"] for r in rows[:2]] == ["all validation items (finalist)"] * 2
+    assert all(r["scored on"] == "first 50 validation items" for r in rows[2:]) and len(rows) == 4
+    assert s["chosen"] == "ties/core lam=0.5 density=0.7" and "among 2 finalists" in s["why"]
+    val = [c for c in calls(project) if c["split"] == "validation"]
+    assert len(val) == 4 + 2 and {c["lam"] for c in val[4:]} == {0.5, 1.0}
