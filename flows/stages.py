@@ -18,23 +18,21 @@ from tasks.config import load_settings, quiet_env
 
 
 def stage_merge(settings) -> dict:
-    from tasks import benchmark, fetch, merging, search
+    from tasks import benchmark, fetch, merging
 
     fetched = [fetch.fetch_entry(settings, e) for e in settings.catalog.adapters]
     aset = merging.load_set(fetched)
-    space = search.expand(settings.recipe)
-    if not space.single:  # the same search as the flow (every candidate's record cached by content: free after it)
-        from flows.search import run_search_plain
+    if settings.search:  # the same search as the flow (every candidate's record cached by content: free after it)
+        from tasks import search
+        from tasks.candidates import run_search_plain
 
-        base = benchmark.resolve_base(settings, fetch.fetch_base(settings), fetched[0]["path"])
-        chosen = run_search_plain(settings, space, aset, fetched, base)["chosen"]
-        print(f"recipe search: {len(space.candidates)} candidates; chosen on validation: {chosen['label']}")
-        import dataclasses
-
-        settings = dataclasses.replace(settings, recipe=chosen["recipe"])
-    recipe = settings.recipe_obj()
-    groups = merging.plan_groups(aset, recipe, settings.pipeline["calibrate"]["layers_per_group"])
-    device, threads = settings.pipeline["device"], settings.pipeline["calibrate"]["threads"]
+        base = benchmark.resolve_base(settings, fetch.fetch_base(settings), fetched[0].path)
+        chosen = run_search_plain(settings, search.expand(settings.merge), aset, fetched, base)["chosen"]
+        print(f"recipe search: chosen on validation: {chosen['label']}")
+        settings = settings.with_recipe(chosen["recipe"])
+    recipe = settings.recipe
+    groups = merging.plan_groups(aset, recipe, settings.pipeline.calibrate.layers_per_group)
+    device, threads = settings.pipeline.device, settings.pipeline.calibrate.threads
     results = (merging.merge_group(merging.calibrate_group(aset, g, recipe, device, threads), recipe, threads)
                for g in groups)
     out = settings.path("merged")
@@ -44,7 +42,7 @@ def stage_merge(settings) -> dict:
 
     shutil.rmtree(out, ignore_errors=True)
     manifest = write_merged(aset, recipe, groups, results, out, overwrite=True, progress=False,
-                            dtype=getattr(torch, settings.pipeline["dtype"]))
+                            dtype=getattr(torch, settings.pipeline.dtype))
     merging.check_sources(manifest, fetched)
     print(f"merged {len(aset)} adapters -> {out} ({manifest['output']['modules']} modules)")
     return manifest
@@ -56,8 +54,8 @@ def stage_eval(settings) -> dict:
     merged = settings.path("merged")
     base = benchmark.resolve_base(settings, fetch.fetch_base(settings), merged)
     rec = benchmark.evaluate_cached(settings, base, merged, "merged")
-    versioning.write_metrics(settings.path("eval") / "metrics.json", rec["scores"])
-    print(f"eval: mean {rec['mean']:.4f} {rec['scores']}")
+    versioning.write_metrics(settings.path("eval") / "metrics.json", rec.scores)
+    print(f"eval: mean {rec.mean:.4f} {rec.scores}")
     return rec
 
 

@@ -1,4 +1,4 @@
-"""`pico lineage MODEL [VERSION|ALIAS]`: the command-line shim of the pipeline's lineage walk (tasks/lineage.py).
+"""`pico lineage MODEL [VERSION|ALIAS]`: the command-line shim of the pipeline's lineage walk (tasks/audit.py).
 
 pico stays a pure library: nothing here imports MLflow, DVC or Prefect; the walk itself is imported only when the
 command runs, and a clear error says what to install when the pipeline extras are missing.
@@ -24,11 +24,11 @@ def add_lineage_parser(sub) -> None:
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     missing = [m for m in ("mlflow", "yaml") if importlib.util.find_spec(m) is None]
-    if missing or importlib.util.find_spec("tasks.lineage") is None:
+    if missing or importlib.util.find_spec("tasks.audit") is None:
         print("pico lineage: error: needs the pipeline (tasks/) and its extras: pip install -e '.[pipeline]'"
               + (f" (missing: {', '.join(missing)})" if missing else ""), file=sys.stderr)
         return 2
-    from tasks.lineage import main
+    from tasks.audit import main
 
     argv = [a for a in (args.model, args.ref) if a] + ["--project", args.project, "--params", args.params]
     return main(argv)

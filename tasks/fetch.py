@@ -16,22 +16,25 @@ import re
 import shutil
 from pathlib import Path
 
-from pico.adapters import CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, AdapterError, Source
+from pico.adapters import CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, Source
 from pico.writer import sha256_file
 
 from . import dvcio
 from .config import CatalogEntry, Settings
+from .errors import PipelineError
+from .records import FetchedSource
 
 
-class PinMismatch(RuntimeError):
+class PinMismatch(PipelineError):
     """A pinned sha256 does not match what was fetched: never retried, stops the flow before any merge."""
 
+    permanent = True
 
-class SourceError(RuntimeError):
+
+class SourceError(PipelineError):
     """A source that cannot be resolved for a reason a retry will not fix."""
 
-
-PERMANENT = (PinMismatch, SourceError, AdapterError)  # retried: everything else (network, DVC remote hiccups)
+    permanent = True
 
 
 def adapter_files(path: Path) -> dict[str, str]:
@@ -99,8 +102,8 @@ def _resolve_hub(src: str) -> tuple[Path, str]:
     return Path(local), revision
 
 
-def fetch_entry(settings: Settings, entry: CatalogEntry) -> dict:
-    """Resolve one catalog entry to a local directory; hash it; enforce the pin. Returns a JSON-able record."""
+def fetch_entry(settings: Settings, entry: CatalogEntry) -> FetchedSource:
+    """Resolve one catalog entry to a local directory; hash it; enforce the pin."""
     src = entry.source
     dvc = None
     if src.startswith("dvc://"):
@@ -125,11 +128,11 @@ def fetch_entry(settings: Settings, entry: CatalogEntry) -> dict:
         raise PinMismatch(f"{entry.name}: sha256 pin mismatch for {src}: the catalog pins {entry.sha256} but the "
                           f"fetched adapter hashes to {sha}; refusing to merge (update the pin only if the new "
                           "adapter is intended)")
-    return {"name": entry.name, "uri": src, "path": str(path), "revision": revision, "sha256": sha,
-            "pinned": entry.sha256 is not None, "files": files, "dvc": dvc}
+    return FetchedSource(name=entry.name, uri=src, path=str(path), revision=revision, sha256=sha,
+                         pinned=entry.sha256 is not None, files=files, dvc=dvc)
 
 
-def fetch_base(settings: Settings) -> dict | None:
+def fetch_base(settings: Settings) -> FetchedSource | None:
     """The catalog's base model (for evaluation): resolved like an adapter, hashed over its weight/config files."""
     entry = settings.catalog.base
     if entry is None:
@@ -152,4 +155,4 @@ def fetch_base(settings: Settings) -> dict | None:
     sha = Source(name="base", uri=src, path=Path(path), revision=revision, files=files).sha256
     if entry.sha256 and entry.sha256 != sha:
         raise PinMismatch(f"base: sha256 pin mismatch for {src}: pinned {entry.sha256}, fetched {sha}")
-    return {"name": entry.name, "uri": src, "path": str(path), "revision": revision, "sha256": sha, "dvc": dvc}
+    return FetchedSource(name=entry.name, uri=src, path=str(path), revision=revision, sha256=sha, dvc=dvc)

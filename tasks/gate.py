@@ -1,4 +1,8 @@
-"""The promotion gate with statistics: a paired test of the candidate against the champion on the same test items.
+"""The promotion policy, pure (no MLflow): whether a new version may replace the champion, and why.
+
+:mod:`tasks.promotion` reads the registry, calls :func:`decide` and moves the alias. With per-sample outcomes (every
+suite scored through lm-eval's ``log_samples``, or a scorer returning them) the decision is the paired statistical
+test below (:func:`judge`); a scorer with plain scores falls back to comparing means (:func:`gate`).
 
 Pure Python (no Prefect, MLflow or lm-eval): the inputs are per-sample outcomes, ``{task: {item_id: 0 or 1}}`` for
 the candidate and for the champion, scored on the same benchmark.
@@ -26,6 +30,53 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .config import GateSettings
+from .records import ChampionRecord, Decision
+
+CHAMPION, CANDIDATE = "champion", "candidate"
+
+
+def mean(scores: dict[str, float]) -> float:
+    return sum(scores.values()) / len(scores)
+
+
+def gate(scores: dict[str, float], champion: ChampionRecord | None, cfg: GateSettings) -> tuple[bool, list[str]]:
+    """The promotion gate: mean not below the champion's (+ min_delta), no task below its floor."""
+    reasons = []
+    for task, value in sorted(scores.items()):
+        floor = cfg.floor_of(task)
+        if value < floor:
+            reasons.append(f"{task} {value:.3f} is below its floor {floor:.3f}")
+    if champion is not None:
+        need = champion.mean + cfg.min_delta
+        if mean(scores) < need - 1e-9:  # a tie is not "below": means re-read from MLflow may differ in the last bits
+            reasons.append(f"mean {mean(scores):.4f} is below the champion's (v{champion.version}: "
+                           f"{champion.mean:.4f}" + (f" + min_delta {cfg.min_delta}" if cfg.min_delta else "") + ")")
+    return not reasons, reasons
+
+
+def decide(version: str, scores: dict[str, float], champion: ChampionRecord | None, cfg: GateSettings,
+           verdict: "Verdict | None" = None) -> Decision:
+    """The decision for ``version`` against the current ``champion`` (None: there is none). ``verdict``: the paired
+    test's outcome against that same champion (:func:`judge`), used instead of comparing means."""
+    if champion is not None and champion.version == str(version):
+        return Decision(promoted=True, alias=CHAMPION, version=version, unchanged=True,
+                        reasons=[f"v{version} is already the champion (same bytes, same benchmark)"],
+                        previous_champion=str(version))
+    if verdict is not None:
+        return Decision(promoted=verdict.promote, alias=CHAMPION if verdict.promote else CANDIDATE, version=version,
+                        unchanged=False, reasons=list(verdict.reasons),
+                        previous_champion=champion.version if champion else None)
+    passed, reasons = gate(scores, champion, cfg)
+    if passed and champion is None:
+        reasons = ["no champion yet; every task at or above its floor"]
+    elif passed:
+        reasons = [f"mean {mean(scores):.4f} >= champion v{champion.version} {champion.mean:.4f}"
+                   + (f" + {cfg.min_delta}" if cfg.min_delta else "") + "; every task at or above its floor"]
+    return Decision(promoted=passed, alias=CHAMPION if passed else CANDIDATE, version=version, unchanged=False,
+                    reasons=reasons, previous_champion=champion.version if champion else None)
+
 
 DEFAULTS = {"alpha": 0.05, "iters": 20000, "seed": 0, "min_delta": 0.0, "floor": 0.0, "floors": {}}
 
@@ -128,7 +179,7 @@ def compare(candidate: dict[str, dict], champion: dict[str, dict], *, iters: int
 
 
 @dataclass
-class Decision:
+class Verdict:
     promote: bool
     reasons: list[str]
     candidate: dict  # summarize(candidate)
@@ -144,8 +195,10 @@ class Decision:
         return out
 
 
-def config(cfg: dict | None) -> dict:
+def config(cfg: GateSettings | dict | None) -> dict:
     """The gate settings with defaults filled in, checked (a bad value names the key)."""
+    if isinstance(cfg, GateSettings):
+        cfg = cfg.model_dump()
     out = {**DEFAULTS, **{k: v for k, v in (cfg or {}).items() if k in DEFAULTS}}
     if not 0 < float(out["alpha"]) < 1:
         raise ValueError(f"pipeline.gate.alpha must be in (0, 1), got {out['alpha']}")
@@ -154,8 +207,8 @@ def config(cfg: dict | None) -> dict:
     return out
 
 
-def decide(candidate: dict[str, dict], champion: dict[str, dict] | None, cfg: dict | None = None, *,
-           champion_name: str = "the champion") -> Decision:
+def judge(candidate: dict[str, dict], champion: dict[str, dict] | None, cfg: GateSettings | dict | None = None, *,
+           champion_name: str = "the champion") -> Verdict:
     """Promote or not, with the reasons (each failed condition, or why it passed)."""
     cfg = config(cfg)
     _check(candidate, "candidate")
@@ -167,8 +220,8 @@ def decide(candidate: dict[str, dict], champion: dict[str, dict] | None, cfg: di
             reasons.append(f"{task} {value:.3f} is below its floor {floor:.3f}")
     if champion is None:
         if reasons:
-            return Decision(False, reasons, cand)
-        return Decision(True, ["no champion yet; every task at or above its floor"], cand)
+            return Verdict(False, reasons, cand)
+        return Verdict(True, ["no champion yet; every task at or above its floor"], cand)
     comp = compare(candidate, champion, iters=int(cfg["iters"]), seed=int(cfg["seed"]))
     alpha = float(cfg["alpha"])
     champ = summarize(champion)
@@ -182,6 +235,6 @@ def decide(candidate: dict[str, dict], champion: dict[str, dict] | None, cfg: di
             reasons.append(f"{task} is significantly worse than {champion_name}: {t['diff']:+.3f} ({t['lost']} items "
                            f"lost, {t['won']} won; McNemar p = {t['p_worse']:.4f} < alpha {alpha:g})")
     if reasons:
-        return Decision(False, reasons, cand, champ, comp)
-    return Decision(True, [f"{gain} is significant (p = {comp.p_gain:.4f} < {alpha:g}); no task significantly worse; "
+        return Verdict(False, reasons, cand, champ, comp)
+    return Verdict(True, [f"{gain} is significant (p = {comp.p_gain:.4f} < {alpha:g}); no task significantly worse; "
                            "every task at or above its floor"], cand, champ, comp)

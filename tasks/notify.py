@@ -22,7 +22,10 @@ DEFAULTS = {"block": None, "webhook_url": None, "on": list(EVENTS), "timeout_s":
 log = logging.getLogger("pico.notify")
 
 
-def config(cfg: dict | None) -> dict:
+def config(cfg) -> dict:
+    """``pipeline.notify`` (typed settings or a plain dict) with defaults, checked."""
+    if hasattr(cfg, "model_dump"):
+        cfg = cfg.model_dump()
     out = {**DEFAULTS, **(cfg or {})}
     unknown = set(out) - set(DEFAULTS)
     if unknown:
@@ -50,7 +53,7 @@ def block_for(cfg: dict):
     return None
 
 
-def send(cfg: dict | None, event: str, subject: str, body: str) -> bool:
+def send(cfg, event: str, subject: str, body: str) -> bool:
     """Send one notification if ``event`` is enabled and a block is configured. True when it was delivered."""
     cfg = config(cfg)
     if event not in EVENTS:
@@ -98,7 +101,7 @@ def on_failure_hook(flow, flow_run, state) -> None:
         cfg = None
         try:
             cfg = load_settings(p.get("project", "."), p.get("params", "params.yaml"),
-                                p.get("overrides")).pipeline.get("notify")
+                                p.get("overrides")).pipeline.notify
         except Exception as exc:  # noqa: BLE001 - a broken params.yaml is a failure worth reporting too
             import yaml
             from pathlib import Path

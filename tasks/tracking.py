@@ -13,7 +13,7 @@ import json
 import time
 
 from .config import Settings
-from .registry import _flatten, _unavailable, client, ensure_experiment
+from .promotion import _flatten, _unavailable, client, ensure_experiment
 
 
 def log_candidates(settings: Settings, parent_run_id: str, search: dict) -> list[str]:
@@ -54,7 +54,7 @@ def log_night(settings: Settings, run_id: str, *, outcomes_table: dict | None, s
     """The outcomes table, the search summary and the gate's statistics on the night's run."""
     import mlflow
 
-    from .registry import configure
+    from .promotion import configure
 
     configure(settings)
     c = client(settings)
@@ -78,7 +78,7 @@ def log_night(settings: Settings, run_id: str, *, outcomes_table: dict | None, s
 
 def tag_version(settings: Settings, version: str, tags: dict[str, str]) -> None:
     c = client(settings)
-    name = settings.pipeline["mlflow"]["model_name"]
+    name = settings.model_name
     try:
         for k, v in tags.items():
             c.set_model_version_tag(name, version, k, str(v)[:4900])
@@ -86,17 +86,19 @@ def tag_version(settings: Settings, version: str, tags: dict[str, str]) -> None:
         raise _unavailable(settings, exc, "tagging the version") from exc
 
 
-def search_tags(search: dict, test: dict) -> dict[str, str]:
+def search_tags(search: dict | None, test) -> dict[str, str]:
     """The registered version's record of why this recipe: chosen on validation, the runner-up and the margin."""
-    tags = {"search.chosen": search["chosen"]["label"], "search.why": search["why"],
-            "search.candidates": str(len(search["records"])),
-            "search.validation_mean": f"{search['chosen']['validation']['mean']:.6f}"}
-    if search["runner_up"] is not None:
-        tags["search.runner_up"] = search["runner_up"]["label"]
-        tags["search.runner_up_margin"] = f"{search['margin']:.6f}"
-    if test.get("mean_stderr") is not None:
-        tags["eval.mean_stderr"] = f"{test['mean_stderr']:.6f}"
-        tags["eval.stderr"] = json.dumps(test["stderr"], sort_keys=True)
+    tags = {}
+    if search is not None:
+        tags = {"search.chosen": search["chosen"]["label"], "search.why": search["why"],
+                "search.candidates": str(len(search["records"])),
+                "search.validation_mean": f"{search['chosen']['validation']['mean']:.6f}"}
+        if search["runner_up"] is not None:
+            tags["search.runner_up"] = search["runner_up"]["label"]
+            tags["search.runner_up_margin"] = f"{search['margin']:.6f}"
+    if test.mean_stderr is not None:
+        tags["eval.mean_stderr"] = f"{test.mean_stderr:.6f}"
+        tags["eval.stderr"] = json.dumps(test.stderr, sort_keys=True)
     return tags
 
 

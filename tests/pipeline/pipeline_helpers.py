@@ -1,5 +1,5 @@
-"""Shared helpers of the pipeline tests (no tests here): a throw-away project with git, DVC (local remote), tiny
-real PEFT adapters, a catalog, params.yaml, the merge/eval stages, and a scripted scorer.
+"""Plain helpers of the pipeline tests (no tests, no fixtures: those are in conftest.py): a throw-away project with
+git, DVC (local remote), tiny real PEFT adapters, a catalog, params.yaml, the merge/eval stages, and a scripted scorer.
 
 The scorer (``pipeline.eval.suite: callable``) scores a merged adapter from its manifest's recipe: ``lam`` sets
 the score, so a test picks a better or worse merge by its recipe, in-process or in a subprocess alike.
@@ -18,10 +18,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -184,10 +183,7 @@ class MlflowServer:
         self.proc = None
 
 
-_SESSION: dict = {}  # process-wide: the fixtures below are imported by several modules, started once
-
-
-def _start_prefect_server(root: Path) -> str:
+def start_prefect_server(root: Path) -> str:
     home = root / "prefect-home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -216,43 +212,6 @@ def _start_prefect_server(root: Path) -> str:
     return url
 
 
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    """One real Prefect server per test process (PREFECT_API_URL): in-process flows and subprocesses share it."""
-    if "prefect" not in _SESSION:
-        _SESSION["prefect"] = _start_prefect_server(tmp_path_factory.mktemp("prefect"))
-    url = _SESSION["prefect"]
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_HOME: os.environ["PREFECT_HOME"]}):
-        yield url
-
-
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory):
-    """An empty, migrated MLflow SQLite store: copied into each project (creating one costs ~10 s here)."""
-    if "mlflow" not in _SESSION:
-        from mlflow.tracking import MlflowClient
-
-        db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-        MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
-        _SESSION["mlflow"] = db
-    return _SESSION["mlflow"]
-
-
-@pytest.fixture(scope="session")
-def dvc_template(tmp_path_factory, adapters, base):
-    """A git + DVC project with the adapters pushed to a local remote (built once, copied per test)."""
-    if "dvc" not in _SESSION:
-        root = tmp_path_factory.mktemp("tpl")
-        mp = pytest.MonkeyPatch()
-        set_env(mp, root)
-        make_project(root / "proj", adapters, base)
-        mp.undo()
-        _SESSION["dvc"] = root / "proj"
-    return _SESSION["dvc"]
-
-
 def clone_project(template: Path, dest: Path, mlflow_db: Path) -> Path:
     shutil.copytree(template, dest, symlinks=True)
     remote = template.parent / f"{template.name}-remote"
@@ -263,22 +222,6 @@ def clone_project(template: Path, dest: Path, mlflow_db: Path) -> Path:
     (dest / "build" / "mlflow").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(mlflow_db, dest / "build" / "mlflow" / "mlflow.db")
     return dest
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch, dvc_template, mlflow_template, prefect_api):
-    set_env(monkeypatch, tmp_path)
-    return clone_project(dvc_template, tmp_path / "proj", mlflow_template)
-
-
-@pytest.fixture
-def plain_project(tmp_path, monkeypatch, adapters, base, mlflow_template, prefect_api):
-    """No DVC: local-path sources (the faults that stop before versioning)."""
-    set_env(monkeypatch, tmp_path)
-    root = make_project(tmp_path / "plain", adapters, base, dvc_init=False)
-    (root / "build" / "mlflow").mkdir(parents=True)
-    shutil.copyfile(mlflow_template, root / "build" / "mlflow" / "mlflow.db")
-    return root
 
 
 def set_params(project: Path, **changes) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline_support import (PY, MlflowServer, champion_version, dvc, dvc_template, mlflow_template,  # noqa
-                                   nightly, prefect_api, project, set_params, subprocess_env, versions)
+from pipeline_helpers import (PY, MlflowServer, champion_version, dvc, nightly, set_params, subprocess_env,
+                              versions)
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,8 @@ def server_versions(url: str, model: str = "merged-test") -> tuple[list[str], st
 
 def test_real_mlflow_server_outage_moves_no_alias(project, tmp_path, monkeypatch):
     from tasks.config import load_settings
-    from tasks.lineage import walk
-    from tasks.registry import RegistryUnavailable
+    from tasks.audit import walk
+    from tasks.promotion import RegistryUnavailable
 
     server = MlflowServer(tmp_path / "mlflow-server").start()
     try:
@@ -70,7 +70,7 @@ def run_main(project: Path, *args: str, env: dict) -> subprocess.Popen:
 
 def test_two_runs_at_once_keep_registry_and_dvc_consistent(project, prefect_api, tmp_path):
     from tasks.config import load_settings
-    from tasks.lineage import walk
+    from tasks.audit import walk
 
     env = subprocess_env(prefect_api, PREFECT_LOGGING_LEVEL="WARNING")
     # the same night twice (same inputs) and a different recipe (an override), all at once
@@ -128,7 +128,7 @@ def test_sigkill_mid_merge_leaves_no_output_and_next_run_completes(project, pref
 
 def test_main_command_on_embedded_defaults(project, tmp_path):
     """`python -m flows.nightly` with Prefect's ephemeral API and SQLite MLflow: leaderboard, decision, where to look;
-    then `pico lineage` (through tasks.lineage) says everything matches."""
+    then `pico lineage` (through tasks.audit) says everything matches."""
     env = subprocess_env(None, PREFECT_HOME=str(tmp_path / "prefect-home"))
     env.pop("PREFECT_API_URL", None)
     env.pop("MLFLOW_TRACKING_URI", None)

@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline_support import (champion_version, client, dvc_template, file_hashes, free_port,  # noqa: F401
-                                   mlflow_template, nightly, plain_project, prefect_api, project, reference_merge, run,
-                                   set_params, versions)
+from pipeline_helpers import (champion_version, client, file_hashes, free_port, nightly, reference_merge, run,
+                              set_params, versions)
 
 
 def test_nightly_promotes_reuses_bytes_and_traces_lineage(project, tmp_path):
     from tasks.config import load_settings
-    from tasks.lineage import walk
+    from tasks.audit import walk
 
     first = nightly(project)
     assert first["decision"]["promoted"] and first["decision"]["alias"] == "champion"
@@ -129,7 +128,8 @@ def test_pin_mismatch_stops_before_merge_and_is_not_retried(plain_project, monke
     # the right pin passes
     from tasks.config import CatalogEntry, load_settings
 
-    data["adapters"][1]["sha256"] = real(load_settings(plain_project), CatalogEntry("code", "adapters/code"))["sha256"]
+    code = CatalogEntry(name="code", source="adapters/code")
+    data["adapters"][1]["sha256"] = real(load_settings(plain_project), code).sha256
     cat.write_text(yaml.safe_dump(data))
     assert nightly(plain_project)["decision"]["promoted"]
 
@@ -201,7 +201,7 @@ def test_crash_mid_merge_leaves_nothing_and_next_run_completes(project, monkeypa
 
 
 def test_mlflow_unreachable_fails_clearly_and_moves_no_alias(project, monkeypatch):
-    from tasks.registry import RegistryUnavailable
+    from tasks.promotion import RegistryUnavailable
 
     nightly(project)
     assert champion_version(project) == "1"
@@ -216,15 +216,24 @@ def test_mlflow_unreachable_fails_clearly_and_moves_no_alias(project, monkeypatc
 
 
 def test_gate_ties_pass_and_lower_means_or_floors_fail():
-    from tasks.registry import gate
+    from tasks.config import GateSettings
+    from tasks.gate import decide, gate
+    from tasks.records import ChampionRecord
 
-    champion = {"version": "1", "mean": (0.1 + 0.2 + 0.3) / 3}
+    champion = ChampionRecord(version="1", scores={}, mean=(0.1 + 0.2 + 0.3) / 3, fingerprint="")
     scores = {"add": 0.3, "code": 0.2, "fact": 0.1}  # the same mean, summed in another order: 1 ulp lower
-    assert sum(scores.values()) / 3 < champion["mean"]
-    assert gate(scores, champion, {}) == (True, [])
-    ok, reasons = gate({**scores, "add": 0.29}, champion, {})
+    assert sum(scores.values()) / 3 < champion.mean
+    assert gate(scores, champion, GateSettings()) == (True, [])
+    ok, reasons = gate({**scores, "add": 0.29}, champion, GateSettings())
     assert not ok and "below the champion" in reasons[0]
-    ok, reasons = gate(scores, champion, {"min_delta": 0.01})
+    ok, reasons = gate(scores, champion, GateSettings(min_delta=0.01))
     assert not ok and "min_delta 0.01" in reasons[0]
-    ok, reasons = gate(scores, None, {"floors": {"code": 0.25}})
+    ok, reasons = gate(scores, None, GateSettings(floors={"code": 0.25}))
     assert not ok and reasons == ["code 0.200 is below its floor 0.250"]
+    # the decision: the reasons say why, and the version that already is the champion stays unchanged
+    d = decide("2", {**scores, "add": 0.4}, champion, GateSettings())
+    assert d.promoted and d.alias == "champion" and d.previous_champion == "1" and "champion v1" in d.reasons[0]
+    d = decide("2", {**scores, "add": 0.29}, champion, GateSettings())
+    assert not d.promoted and d.alias == "candidate" and not d.unchanged
+    d = decide("1", scores, champion, GateSettings())
+    assert d.unchanged and d.promoted and "already the champion" in d.reasons[0]

@@ -131,10 +131,10 @@ def resolve_version(c, name: str, ref: str):
 
 def walk(settings: Settings, model: str | None = None, ref: str = "champion") -> tuple[bool, list[str]]:
     """The lineage report of one registered version: (everything matches, printable lines)."""
-    from . import registry
+    from . import promotion
 
-    c = registry.client(settings)
-    name = model or settings.pipeline["mlflow"]["model_name"]
+    c = promotion.client(settings)
+    name = model or settings.model_name
     v = resolve_version(c, name, str(ref))
     tags = v.tags
     checks: list[Check] = []
@@ -235,7 +235,7 @@ def walk(settings: Settings, model: str | None = None, ref: str = "champion") ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``pico lineage`` (and ``python -m tasks.lineage``)."""
+    """Entry point of ``pico lineage`` (and ``python -m tasks.audit``)."""
     import argparse
     import sys
 

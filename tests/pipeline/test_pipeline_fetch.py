@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from test_pipeline_support import make_project, set_env
+from pipeline_helpers import make_project, set_env
 
 
 def fake_hub_snapshot(cache, repo: str, revision: str, adapter) -> None:
@@ -36,21 +36,22 @@ def test_hf_local_and_pinned_sources(tmp_path, monkeypatch, adapters, base):
     project = make_project(tmp_path / "p", adapters, base, dvc_init=False)
     settings = load_settings(project)
 
-    local = fetch_entry(settings, CatalogEntry("math", "adapters/math"))
-    hf = fetch_entry(settings, CatalogEntry("math", f"hf://team/math-lora@{rev}"))
-    assert hf["sha256"] == local["sha256"] and hf["revision"] == rev and rev in hf["path"]
-    assert fetch_entry(settings, CatalogEntry("math", f"hf://team/math-lora@{rev}", hf["sha256"]))["pinned"]
+    local = fetch_entry(settings, CatalogEntry(name="math", source="adapters/math"))
+    hf = fetch_entry(settings, CatalogEntry(name="math", source=f"hf://team/math-lora@{rev}"))
+    assert hf.sha256 == local.sha256 and hf.revision == rev and rev in hf.path
+    pinned = CatalogEntry(name="math", source=f"hf://team/math-lora@{rev}", sha256=hf.sha256)
+    assert fetch_entry(settings, pinned).pinned
     with pytest.raises(PinMismatch, match="math: sha256 pin mismatch"):
-        fetch_entry(settings, CatalogEntry("math", f"hf://team/math-lora@{rev}", "f" * 64))
+        fetch_entry(settings, CatalogEntry(name="math", source=f"hf://team/math-lora@{rev}", sha256="f" * 64))
     with pytest.raises(SourceError, match="pin a revision"):
-        fetch_entry(settings, CatalogEntry("x", "hf://team/math-lora"))
+        fetch_entry(settings, CatalogEntry(name="x", source="hf://team/math-lora"))
     with pytest.raises(SourceError, match="no such adapter directory"):
-        fetch_entry(settings, CatalogEntry("x", "adapters/nope"))
+        fetch_entry(settings, CatalogEntry(name="x", source="adapters/nope"))
 
     # the merge of hub + local sources records the hub revision and the catalog names
     from tasks import merging
 
-    aset = merging.load_set([hf, fetch_entry(settings, CatalogEntry("code", "adapters/code"))])
+    aset = merging.load_set([hf, fetch_entry(settings, CatalogEntry(name="code", source="adapters/code"))])
     assert [s.name for s in aset.sources] == ["math", "code"] and aset.sources[0].revision == rev
 
 

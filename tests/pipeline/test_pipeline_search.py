@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline_support import (champion_version, client, free_port, mlflow_template, nightly,  # noqa: F401
-                                   plain_project, prefect_api, set_params)
+from notify_receiver import Receiver
+from pipeline_helpers import champion_version, client, nightly, set_params
 
 SCORER = '''
 import json, os, pathlib
@@ -56,7 +56,6 @@ def search_project(plain_project, monkeypatch):
 
 
 def test_search_chooses_on_validation_reads_test_once_and_records_it(search_project):
-    from notify_receiver import Receiver
     from prefect.client.orchestration import get_client
 
     project = search_project
@@ -148,7 +147,6 @@ def test_gate_in_the_flow_promotes_a_significant_gain_and_refuses_noise(search_p
 
 
 def test_failure_notification_reaches_the_receiver(search_project):
-    from notify_receiver import Receiver
 
     project = search_project
     receiver = Receiver()

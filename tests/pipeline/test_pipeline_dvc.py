@@ -7,8 +7,7 @@ import shutil
 
 import yaml
 
-from test_pipeline_support import (dvc, dvc_template, file_hashes, mlflow_template, nightly, prefect_api,  # noqa: F401
-                                   project)
+from pipeline_helpers import dvc, file_hashes, nightly
 
 
 def lock_md5(project, stage="merge"):
@@ -50,8 +49,8 @@ def test_dvc_source_is_pulled_from_the_remote_when_absent(project):
     shutil.rmtree(project / "adapters")
     shutil.rmtree(project / ".dvc" / "cache")
     got = fetch_entry(settings, entry)  # runs `dvc pull adapters` from the local remote
-    assert got["sha256"] == expected["sha256"] and (project / "adapters" / entry.name).is_dir()
-    assert got["dvc"]["out"] == "adapters" and got["dvc"]["out_md5"].endswith(".dir")
+    assert got.sha256 == expected.sha256 and (project / "adapters" / entry.name).is_dir()
+    assert got.dvc["out"] == "adapters" and got.dvc["out_md5"].endswith(".dir")
 
     # a workspace copy that drifted from what DVC recorded is refused, not silently merged
     cfg = project / "adapters" / entry.name / "adapter_config.json"
@@ -67,5 +66,5 @@ def test_dvc_source_is_pulled_from_the_remote_when_absent(project):
     # dvc://path@rev: that path as of a git revision (here HEAD, before the edit)
     from tasks.config import CatalogEntry
 
-    at_rev = fetch_entry(settings, CatalogEntry(entry.name, f"dvc://adapters/{entry.name}@HEAD"))
-    assert at_rev["sha256"] == expected["sha256"] and "fetch/dvc/HEAD" in at_rev["path"]
+    at_rev = fetch_entry(settings, CatalogEntry(name=entry.name, source=f"dvc://adapters/{entry.name}@HEAD"))
+    assert at_rev.sha256 == expected.sha256 and "fetch/dvc/HEAD" in at_rev.path

@@ -1,4 +1,5 @@
-"""MLflow: the run record, the registered model version with its lineage, and gated promotion.
+"""MLflow I/O of the nightly run: the run record, the registered model version with its lineage, the champion, and
+gated promotion (the policy itself is :mod:`tasks.gate`, pure).
 
 Embedded default: a SQLite backend store and a local artifact folder under build/mlflow (``pipeline.mlflow``);
 ``MLFLOW_TRACKING_URI`` points everything at any tracking server instead.  HTTP retries are capped
@@ -14,20 +15,27 @@ import os
 import tempfile
 from pathlib import Path
 
-from .config import Settings
+from .config import Settings, digest
+from .errors import PipelineError
+from .gate import CANDIDATE, CHAMPION, decide  # noqa: F401  (re-exported: the alias names)
+from .records import ChampionRecord, Decision, Lineage, Registration
 
-CHAMPION, CANDIDATE = "champion", "candidate"
+
+class RegistryUnavailable(PipelineError):
+    """The MLflow tracking/registry server cannot be reached (transient) or refused the request (permanent)."""
 
 
-class RegistryUnavailable(RuntimeError):
-    """The MLflow tracking/registry server cannot be reached or refused the request."""
+class ChampionMoved(PipelineError):
+    """A concurrent run moved the champion to a version scored on another benchmark: nothing to compare with."""
+
+    permanent = True
 
 
 def configure(settings: Settings) -> str:
-    mcfg = settings.pipeline["mlflow"]
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(mcfg["http_retries"]))
+    mcfg = settings.pipeline.mlflow
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(mcfg.http_retries))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(mcfg["http_timeout_s"]))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(mcfg.http_timeout_s))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
@@ -42,18 +50,38 @@ def client(settings: Settings):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-_CONNECTION_HINTS = ("connection refused", "max retries exceeded", "failed to establish", "timed out",
-                     "name or service not known", "connection aborted", "connectionerror", "remote end closed")
+_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The server could not be reached at all (connection refused or reset, DNS, timeout): by exception type, along
+    the chain MLflow raises from (``MlflowException`` raised while handling ``requests``' error)."""
+    import requests
+
+    return any(isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                              TimeoutError)) for e in _chain(exc))
 
 
 def _unavailable(settings: Settings, exc: Exception, what: str) -> RegistryUnavailable:
+    from mlflow.exceptions import MlflowException
+
     text = " ".join(str(exc).split())[:400] if str(exc) else type(exc).__name__
-    down = any(h in f"{type(exc).__name__} {exc}".lower() for h in _CONNECTION_HINTS)
+    down = unreachable(exc)
+    code = exc.error_code if isinstance(exc, MlflowException) else None
     state = "is unreachable" if down else "refused the request"
     return RegistryUnavailable(f"MLflow at {settings.tracking_uri} {state} ({what}): {text}. Nothing was "
                                "promoted and no alias moved" + ("; start the server or fix MLFLOW_TRACKING_URI, then "
                                                                 "rerun (merge and eval results are cached)" if down
-                                                                else ""))
+                                                                else ""),
+                               permanent=not down and code not in _TRANSIENT_CODES)
 
 
 def preflight(settings: Settings) -> str:
@@ -69,13 +97,13 @@ def preflight(settings: Settings) -> str:
 def ensure_experiment(c, settings: Settings) -> str:
     from mlflow.exceptions import MlflowException
 
-    name = settings.pipeline["mlflow"]["experiment"]
+    name = settings.pipeline.mlflow.experiment
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
     if settings.local_tracking:
-        location = (settings.resolve(settings.pipeline["mlflow"]["artifact_root"]) / name).as_uri()
+        location = (settings.resolve(settings.pipeline.mlflow.artifact_root) / name).as_uri()
     try:
         return c.create_experiment(name, artifact_location=location)
     except MlflowException:  # created by a concurrent run meanwhile
@@ -83,7 +111,6 @@ def ensure_experiment(c, settings: Settings) -> str:
         if exp is None:
             raise
         return exp.experiment_id
-
 
 def _flatten(prefix: str, obj, out: dict) -> dict:
     if isinstance(obj, dict):
@@ -94,12 +121,13 @@ def _flatten(prefix: str, obj, out: dict) -> dict:
     return out
 
 
-def lineage_tags(lineage: dict) -> dict[str, str]:
+def lineage_tags(lineage: Lineage) -> dict[str, str]:
     """The model version's tags: flat, greppable, each under MLflow's 5000-character limit."""
+    lineage = lineage.to_json()
     tags = {
         "pico.version": lineage["pico_version"],
         "pico.merge_key": lineage["merge_key"],
-        "pico.identity": identity(lineage),
+        "pico.identity": _identity(lineage),
         "recipe.hash": lineage["recipe_hash"],
         "recipe": json.dumps(lineage["recipe"], sort_keys=True),
         "git.commit": lineage["git"]["commit"] or "none",
@@ -129,16 +157,18 @@ def lineage_tags(lineage: dict) -> dict[str, str]:
     return {k: str(v)[:4900] for k, v in tags.items()}
 
 
-def identity(lineage: dict) -> str:
+def identity(lineage: Lineage) -> str:
     """What makes two runs the same model version: the sources' bytes, the recipe, the output bytes, the benchmark.
     (Not the runner or the device: the same bytes computed elsewhere are the same version.)"""
-    from .config import digest
+    return _identity(lineage.to_json())
 
+
+def _identity(lineage: dict) -> str:
     return digest({"sources": [s["sha256"] for s in lineage["sources"]], "recipe": lineage["recipe_hash"],
                    "output": lineage["output"]["files"], "bench": lineage["eval"]["fingerprint"]})
 
 
-def find_version(c, name: str, lineage: dict):
+def find_version(c, name: str, lineage: Lineage):
     """An existing version with this identity (reruns reuse it instead of registering a duplicate)."""
     from mlflow.exceptions import MlflowException
 
@@ -153,21 +183,22 @@ def find_version(c, name: str, lineage: dict):
     return None
 
 
-def register(settings: Settings, *, lineage: dict, store: Path, params: dict, metrics: dict,
-             artifacts: dict[str, Path | dict | str]) -> dict:
+def register(settings: Settings, *, lineage: Lineage, store: Path, params: dict, metrics: dict,
+             artifacts: dict[str, Path | dict | str]) -> Registration:
     """Log the run (params, metrics, artifacts, the adapter) and create (or reuse) the model version."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException
 
     c = client(settings)
-    name = settings.pipeline["mlflow"]["model_name"]
+    name = settings.model_name
     try:
         exp_id = ensure_experiment(c, settings)
-        run = c.create_run(exp_id, run_name=f"nightly-{lineage['merge_key'][:8]}",
-                           tags={"pico.merge_key": lineage["merge_key"], "mlflow.source.name": "flows.nightly"})
+        run = c.create_run(exp_id, run_name=f"nightly-{lineage.merge_key[:8]}",
+                           tags={"pico.merge_key": lineage.merge_key, "mlflow.source.name": "flows.nightly"})
         run_id = run.info.run_id
     except Exception as exc:
         raise _unavailable(settings, exc, "creating the run") from exc
+    tags = lineage_tags(lineage)
     try:
         flat = _flatten("", params, {})
         items = [Param(k[:250], "null" if v is None else str(v)[:6000]) for k, v in sorted(flat.items())]
@@ -177,7 +208,7 @@ def register(settings: Settings, *, lineage: dict, store: Path, params: dict, me
 
         now = int(time.time() * 1000)
         c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())])
-        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in lineage_tags(lineage).items()])
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         with tempfile.TemporaryDirectory() as tmp:
             for rel, content in artifacts.items():
                 dest = Path(tmp) / rel
@@ -189,7 +220,7 @@ def register(settings: Settings, *, lineage: dict, store: Path, params: dict, me
                 else:
                     dest.write_text(str(content))
             c.log_artifacts(run_id, tmp)
-        if settings.pipeline["mlflow"]["log_adapter"]:
+        if settings.pipeline.mlflow.log_adapter:
             c.log_artifacts(run_id, str(store), "adapter")
         artifact_uri = c.get_run(run_id).info.artifact_uri
         try:
@@ -198,18 +229,17 @@ def register(settings: Settings, *, lineage: dict, store: Path, params: dict, me
             pass  # exists (possibly created by a concurrent run)
         from . import dvcio
 
+        recipe = lineage.recipe
         with dvcio.project_lock(settings.work, "registry"):  # concurrent identical runs share one version
             existing = find_version(c, name, lineage)
             if existing is not None:
                 version, reused = existing, True
                 c.set_tag(run_id, "pico.reused_version", existing.version)
             else:
-                version = c.create_model_version(name, source=f"{artifact_uri}/adapter", run_id=run_id,
-                                                 tags=lineage_tags(lineage),
-                                                 description=f"{lineage['recipe']['method']} / "
-                                                             f"{lineage['recipe']['space']} / calibrate="
-                                                             f"{lineage['recipe']['calibrate']} of "
-                                                             + ", ".join(s["name"] for s in lineage["sources"]))
+                version = c.create_model_version(name, source=f"{artifact_uri}/adapter", run_id=run_id, tags=tags,
+                                                 description=f"{recipe['method']} / {recipe['space']} / calibrate="
+                                                             f"{recipe['calibrate']} of "
+                                                             + ", ".join(s.name for s in lineage.sources))
                 reused = False
         c.set_terminated(run_id, "FINISHED")
     except Exception as exc:
@@ -218,8 +248,8 @@ def register(settings: Settings, *, lineage: dict, store: Path, params: dict, me
         except Exception:
             pass
         raise _unavailable(settings, exc, "registering") from exc
-    return {"run_id": run_id, "experiment_id": exp_id, "model": name, "version": str(version.version),
-            "reused": reused, "artifact_uri": artifact_uri}
+    return Registration(run_id=run_id, experiment_id=exp_id, model=name, version=str(version.version),
+                        reused=reused, artifact_uri=artifact_uri)
 
 
 def version_scores(v) -> tuple[dict, float, str] | None:
@@ -238,96 +268,59 @@ def get_alias(c, name: str, alias: str):
         return None
 
 
-def gate(scores: dict[str, float], champion: dict | None, cfg: dict) -> tuple[bool, list[str]]:
-    """The promotion gate of params.yaml: mean not below the champion's (+ min_delta), no task below its floor."""
-    reasons = []
-    mean = sum(scores.values()) / len(scores)
-    for task, value in sorted(scores.items()):
-        floor = float((cfg.get("floors") or {}).get(task, cfg.get("floor", 0.0)))
-        if value < floor:
-            reasons.append(f"{task} {value:.3f} is below its floor {floor:.3f}")
-    if champion is not None:
-        need = champion["mean"] + float(cfg.get("min_delta", 0.0))
-        if mean < need - 1e-9:  # a tie is not "below": means re-read from MLflow may differ in the last bits
-            reasons.append(f"mean {mean:.4f} is below the champion's (v{champion['version']}: "
-                           f"{champion['mean']:.4f}" + (f" + min_delta {cfg['min_delta']}" if cfg.get("min_delta")
-                                                        else "") + ")")
-    return not reasons, reasons
-
-
 def promote(settings: Settings, version: str, scores: dict[str, float], fingerprint: str,
-            champion: dict | None, decided: tuple[bool, list[str]] | None = None) -> dict:
+            champion: ChampionRecord | None, verdict=None) -> Decision:
     """Move ``champion`` to ``version`` if it passes the gate, else ``candidate``; record why on the version.
 
     ``champion`` is the champion as read earlier, with its scores on this benchmark (None: no champion). Under the
     lock the alias is read again: if a concurrent run moved it meanwhile, the gate compares against the new champion
     (its recorded scores, when it was scored on this same benchmark; otherwise the step fails and nothing moves).
-    ``decided``: the statistical gate's (passed, reasons) against ``champion`` (tasks/gate.py), used instead of the
-    mean comparison; if the champion moved meanwhile the step fails (the paired test needs the new champion's
-    outcomes) and nothing moves."""
+    ``verdict``: the paired test against ``champion`` (:func:`tasks.gate.judge`), decisive instead of the means; it
+    needs that champion's per-sample outcomes, so if the champion moved meanwhile the step fails and nothing moves."""
     from . import dvcio
 
     c = client(settings)
-    name = settings.pipeline["mlflow"]["model_name"]
+    name = settings.model_name
     with dvcio.project_lock(settings.work, "registry"):
         try:
             current = get_alias(c, name, CHAMPION)
-            moved = current is not None and (champion is None or str(current.version) != str(champion["version"]))
-            if moved and decided is not None and str(current.version) != str(version):
-                raise RuntimeError(f"the champion of {name} moved to v{current.version} during this run; rerun to "
-                                   "compare against it (no alias moved)")
-            if moved:
-                got = version_scores(current)
-                if got is None or got[2] != fingerprint:
-                    raise RuntimeError(f"the champion of {name} moved to v{current.version} during this run and was "
-                                       "scored on another benchmark; rerun to compare against it (no alias moved)")
-                champion = {"version": str(current.version), "scores": got[0], "mean": got[1]}
             if current is None:
                 champion = None
-            if current is not None and str(current.version) == str(version):
-                decision = {"promoted": True, "alias": CHAMPION, "version": version, "unchanged": True,
-                            "reasons": [f"v{version} is already the champion (same bytes, same benchmark)"],
-                            "previous_champion": str(version)}
-            else:
-                passed, reasons = decided if decided is not None else gate(scores, champion,
-                                                                           settings.pipeline["gate"])
-                alias = CHAMPION if passed else CANDIDATE
-                c.set_registered_model_alias(name, alias, version)
-                if decided is not None:
-                    pass
-                elif passed and champion is None:
-                    reasons = ["no champion yet; every task at or above its floor"]
-                elif passed:
-                    delta = settings.pipeline["gate"].get("min_delta")
-                    reasons = [f"mean {sum(scores.values()) / len(scores):.4f} >= champion v{champion['version']} "
-                               f"{champion['mean']:.4f}" + (f" + {delta}" if delta else "")
-                               + "; every task at or above its floor"]
-                decision = {"promoted": passed, "alias": alias, "version": version, "unchanged": False,
-                            "reasons": reasons, "previous_champion": champion["version"] if champion else None}
-            if not decision["unchanged"]:  # a rerun keeps the original decision's record
-                c.set_model_version_tag(name, version, "promotion", decision["alias"])
-                c.set_model_version_tag(name, version, "promotion.reason", "; ".join(decision["reasons"])[:4900])
-        except RuntimeError:
+            elif champion is None or str(current.version) != champion.version:
+                if verdict is not None and str(current.version) != str(version):
+                    raise ChampionMoved(f"the champion of {name} moved to v{current.version} during this run; rerun "
+                                        "to compare against it (no alias moved)")
+                got = version_scores(current)
+                if got is None or got[2] != fingerprint:
+                    raise ChampionMoved(f"the champion of {name} moved to v{current.version} during this run and was "
+                                        "scored on another benchmark; rerun to compare against it (no alias moved)")
+                champion = ChampionRecord(version=str(current.version), scores=got[0], mean=got[1],
+                                          fingerprint=got[2])
+            decision = decide(version, scores, champion, settings.pipeline.gate, verdict)
+            if not decision.unchanged:  # a rerun keeps the original decision's record
+                c.set_registered_model_alias(name, decision.alias, version)
+                c.set_model_version_tag(name, version, "promotion", decision.alias)
+                c.set_model_version_tag(name, version, "promotion.reason", "; ".join(decision.reasons)[:4900])
+        except PipelineError:
             raise
         except Exception as exc:
             raise _unavailable(settings, exc, "promoting") from exc
     return decision
 
 
-def champion_record(settings: Settings) -> dict | None:
+def champion_record(settings: Settings) -> ChampionRecord | None:
     """The current champion: version, scores and benchmark fingerprint from its tags, and its artifact source."""
     c = client(settings)
-    name = settings.pipeline["mlflow"]["model_name"]
     try:
-        v = get_alias(c, name, CHAMPION)
+        v = get_alias(c, settings.model_name, CHAMPION)
     except Exception as exc:
         raise _unavailable(settings, exc, "reading the champion") from exc
     if v is None:
         return None
     got = version_scores(v)
     scores, mean, fingerprint = got if got else ({}, float("nan"), "")
-    return {"version": str(v.version), "scores": scores, "mean": mean, "fingerprint": fingerprint,
-            "source": v.source, "run_id": v.run_id, "merge_key": v.tags.get("pico.merge_key")}
+    return ChampionRecord(version=str(v.version), scores=scores, mean=mean, fingerprint=fingerprint,
+                          source=v.source, run_id=v.run_id, merge_key=v.tags.get("pico.merge_key"))
 
 
 def download_version(settings: Settings, source: str, dest: Path) -> Path:
@@ -348,7 +341,7 @@ def leaderboard(settings: Settings, limit: int = 10, fingerprint: str | None = N
     """Registered versions by mean score (best first), with their aliases; only those scored on ``fingerprint``'s
     benchmark when given (scores on different benchmarks do not compare)."""
     c = client(settings)
-    name = settings.pipeline["mlflow"]["model_name"]
+    name = settings.model_name
     rows = []
     try:
         aliases = dict(c.get_registered_model(name).aliases or {})
@@ -361,7 +354,8 @@ def leaderboard(settings: Settings, limit: int = 10, fingerprint: str | None = N
         got = version_scores(v)
         if got is None or (fingerprint and got[2] != fingerprint):
             continue
-        rows.append({"version": str(v.version), "mean": got[1], "scores": got[0], "aliases": sorted(by_version.get(str(v.version), [])),
+        rows.append({"version": str(v.version), "mean": got[1], "scores": got[0],
+                     "aliases": sorted(by_version.get(str(v.version), [])),
                      "recipe": json.loads(v.tags.get("recipe", "{}")), "fingerprint": got[2],
                      "mean_stderr": v.tags.get("eval.mean_stderr"), "label": v.tags.get("search.chosen")})
     rows.sort(key=lambda r: (-r["mean"], int(r["version"])))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from test_pipeline_support import (dvc_template, mlflow_template, prefect_api, project,  # noqa: F401
-                                   set_params)
+from pipeline_helpers import set_params
 
 
-def test_deployment_cron_comes_from_params(project, prefect_api):  # noqa: F811
+def test_deployment_cron_comes_from_params(project, prefect_api):
     from prefect import get_client
 
     from flows.deploy import build_deployment

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from test_pipeline_support import (dvc_template, file_hashes, mlflow_template, nightly, prefect_api,  # noqa: F401
-                                   project, reference_merge)
+from pipeline_helpers import file_hashes, nightly, reference_merge
 
 
 def test_dask_local_cluster_matches_threads(project, tmp_path):
@@ -19,7 +18,7 @@ def test_dask_local_cluster_matches_threads(project, tmp_path):
     from tasks.config import load_settings
 
     settings = load_settings(project)
-    recipe = settings.recipe_obj()
+    recipe = settings.recipe
     fetched = [fetch.fetch_entry(settings, e) for e in settings.catalog.adapters]
     aset = merging.load_set(fetched)
     groups = merging.plan_groups(aset, recipe, layers_per_group=1)  # one task per (shape, layer): 8 tasks
