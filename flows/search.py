@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from tasks import candidates as cand_mod
 from tasks import merging, search
 from tasks.config import Settings, digest
+from tasks.records import FetchedSource
 
 
 def _cache_key(ctx, params) -> str:
@@ -24,8 +25,8 @@ def _cache_key(ctx, params) -> str:
 
 @task(name="candidate", cache_key_fn=_cache_key, persist_result=True, result_serializer="json",
       task_run_name="candidate-{candidate[index]}")
-def candidate_task(settings: Settings, aset, fetched: list[dict], base: dict, candidate: dict, val_fingerprint: dict,
-                   cache_key: str) -> dict:
+def candidate_task(settings: Settings, aset, fetched: list[FetchedSource], base: FetchedSource, candidate: dict,
+                   val_fingerprint: dict, cache_key: str) -> dict:
     rec = cand_mod.run_candidate(settings, aset, fetched, base, candidate, val_fingerprint)
     get_run_logger().info("%-40s validation mean %.4f%s", candidate["label"], rec["validation"]["mean"],
                           " (cached)" if rec["cached"] else f" (merge {rec['merge_s']} s, score {rec['score_s']} s)")
@@ -46,7 +47,8 @@ def _result_storage(settings: Settings):
     return None
 
 
-def _keys(settings: Settings, cands: list[dict], fetched: list[dict], base: dict, val_fp: dict) -> list[str]:
+def _keys(settings: Settings, cands: list[dict], fetched: list[FetchedSource], base: FetchedSource,
+          val_fp: dict) -> list[str]:
     keys = []
     for c in cands:
         recipe = search.Candidate(c["recipe"], c["label"], c["index"]).recipe_obj()
@@ -57,7 +59,8 @@ def _keys(settings: Settings, cands: list[dict], fetched: list[dict], base: dict
 
 
 @flow(name="recipe-search", log_prints=True)
-def search_flow(settings: Settings, space_candidates: list[dict], aset, fetched: list[dict], base: dict) -> dict:
+def search_flow(settings: Settings, space_candidates: list[dict], aset, fetched: list[FetchedSource],
+                base: FetchedSource) -> dict:
     """Merge and score every candidate on the validation split; the validation argmax is the night's recipe."""
     import torch
 

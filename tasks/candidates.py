@@ -121,7 +121,7 @@ def run_rounds(settings: Settings, cands: list[dict], score_all) -> dict:
             "cached": len(cached), "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def run_search_plain(settings: Settings, space, aset, fetched: list[dict], base: dict) -> dict:
+def run_search_plain(settings: Settings, space, aset, fetched: list[FetchedSource], base: FetchedSource) -> dict:
     """The same search without Prefect, one candidate after the other (the DVC ``merge`` stage)."""
     def score_all(st: Settings, cands: list[dict]):
         val_fp = scoring.validation_fingerprint(st)

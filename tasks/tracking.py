@@ -40,7 +40,8 @@ def log_candidates(settings: Settings, parent_run_id: str, search: dict) -> list
             metrics.update({"time.merge_s": r.get("merge_s", 0.0), "time.score_s": r.get("score_s", 0.0)})
             params = _flatten("recipe", r["recipe"], {})
             c.log_batch(run.info.run_id, metrics=[Metric(k, float(x), now, 0) for k, x in sorted(metrics.items())],
-                        params=[Param(k[:250], "null" if x is None else str(x)[:6000]) for k, x in sorted(params.items())],
+                        params=[Param(k[:250], "null" if x is None else str(x)[:6000])
+                                for k, x in sorted(params.items())],
                         tags=[RunTag("pico.candidate_index", str(r["index"]))])
             c.set_terminated(run.info.run_id, "FINISHED")
             ids.append(run.info.run_id)

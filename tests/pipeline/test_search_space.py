@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_one_plain_recipe_is_one_candidate():
-    space = search.expand({"method": "ties", "space": "full", "lam": 2.0, "params": {"density": 0.7}, "weights": [1, 2]})
+    space = search.expand({"method": "ties", "space": "full", "lam": 2.0, "params": {"density": 0.7},
+                           "weights": [1, 2]})
     assert space.single and len(space.candidates) == 1 and not space.skipped
     c = space.candidates[0]
     assert c.recipe == Recipe(method="ties", space="full", lam=2.0, params={"density": 0.7}, weights=[1, 2]).to_dict()
