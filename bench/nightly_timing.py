@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-cache", action="store_true", help="do not clear the merge/eval caches first")
     ap.add_argument("--runs", type=int, default=2, help="runs in this process (the first cold unless --keep-cache)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a pipeline:/merge: key for these runs (as python -m flows.nightly --set)")
+    ap.add_argument("--no-build", action="store_true", help="do not build missing suite outputs with dvc repro")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -44,13 +47,17 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_env()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    settings = load_settings(args.project)
+    from flows.nightly import parse_set
+
+    overrides = parse_set(args.set) or None
+    settings = load_settings(args.project, overrides=overrides)
     from flows.nightly import nightly_merge
     from tasks.runtime import warm_up
     from tasks.suite import ensure_suite
 
     import_s = time.perf_counter() - t0
-    ensure_suite(settings)
+    if not args.no_build:
+        ensure_suite(settings)
     t = time.perf_counter()
     api = warm_up(settings)  # as the main command does: API start, lm-eval import, MLflow store side by side
     if api is not None:
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg()[0]
         cpu0 = _cpu()
         t = time.perf_counter()
-        summary = nightly_merge(project=str(settings.project))
+        summary = nightly_merge(project=str(settings.project), overrides=overrides)
         wall = time.perf_counter() - t
         runs.append({"run": i + 1, "cold": i == 0 and not args.keep_cache, "wall_s": round(wall, 2),
                      "cpu_s": round(_cpu() - cpu0, 2), "load_before": round(load, 2),
