@@ -10,10 +10,7 @@ params.yaml).
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
-import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from .errors import PipelineError
 
 import pico
+from pico.writer import json_digest
 
 
 class ConfigError(PipelineError, ValueError):
@@ -356,7 +354,7 @@ def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
 
 def digest(obj) -> str:
     """sha256 of a JSON-able object (sorted keys): the content keys of caches and lineage."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(obj)
 
 
 def quiet_env() -> None:

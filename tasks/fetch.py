@@ -16,7 +16,8 @@ import re
 import shutil
 from pathlib import Path
 
-from pico.adapters import CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, Source
+from pico.adapters import (CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, Source, adapter_file_names,
+                           hub_snapshot)
 from pico.writer import sha256_file
 
 from . import dvcio
@@ -39,16 +40,7 @@ class SourceError(PipelineError):
 
 def adapter_files(path: Path) -> dict[str, str]:
     """sha256 of the files pico hashes for an adapter (config + weights), as in the merge manifest."""
-    files = {}
-    for name in (CONFIG_NAME, SAFETENSORS_NAME):
-        if (path / name).is_file():
-            files[name] = sha256_file(path / name)
-    if SAFETENSORS_NAME not in files:
-        for name in PICKLE_NAMES:
-            if (path / name).is_file():
-                files[name] = sha256_file(path / name)
-                break
-    return files
+    return {name: sha256_file(path / name) for name in adapter_file_names(path)}
 
 
 def _resolve_dvc(settings: Settings, spec: str) -> tuple[Path, str | None, dict | None]:
@@ -84,22 +76,15 @@ def _resolve_dvc(settings: Settings, spec: str) -> tuple[Path, str | None, dict 
     return local, None, recorded
 
 
-def _resolve_hub(src: str) -> tuple[Path, str]:
-    """hf://org/name@revision -> the local snapshot. A missing repo/revision is permanent; network errors are not
-    (they propagate as they are, and the fetch task retries them)."""
-    repo, _, revision = src[len("hf://"):].partition("@")
-    if not repo or not revision:
-        raise SourceError(f"{src}: pin a revision, e.g. hf://org/name@<commit sha> (unpinned hub sources are not "
-                          "reproducible)")
-    from huggingface_hub import snapshot_download
+def _resolve_hub(src: str, patterns: tuple[str, ...] | None = (CONFIG_NAME, SAFETENSORS_NAME, *PICKLE_NAMES)):
+    """hf://org/name@revision -> (the local snapshot, revision). A missing repo/revision is permanent; network errors
+    are not (they propagate as they are, and the fetch task retries them)."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        local = snapshot_download(repo_id=repo, revision=revision,
-                                  allow_patterns=[CONFIG_NAME, SAFETENSORS_NAME, *PICKLE_NAMES])
+        return hub_snapshot(src, patterns, error=SourceError)
     except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
         raise SourceError(f"{src}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
-    return Path(local), revision
 
 
 def fetch_entry(settings: Settings, entry: CatalogEntry) -> FetchedSource:
@@ -141,12 +126,7 @@ def fetch_base(settings: Settings) -> FetchedSource | None:
     if src.startswith("dvc://"):
         path, revision, dvc = _resolve_dvc(settings, src[len("dvc://"):])
     elif src.startswith("hf://"):
-        repo, _, revision = src[len("hf://"):].partition("@")
-        if not revision:
-            raise SourceError(f"base: {src}: pin a revision (hf://org/name@<commit>)")
-        from huggingface_hub import snapshot_download
-
-        path, dvc = Path(snapshot_download(repo_id=repo, revision=revision)), None
+        (path, revision), dvc = _resolve_hub(src, None), None  # every file of the model
     else:
         path, revision, dvc = settings.resolve(src), None, None
         if not path.is_dir():

@@ -169,7 +169,7 @@ def test_invalid_adapter_stops_before_merge(plain_project):
 def test_crash_mid_merge_leaves_nothing_and_next_run_completes(project, monkeypatch, tmp_path):
     import importlib
 
-    merge_mod = importlib.import_module("pico.merge")  # (pico.merge is also the function)
+    merge_mod = importlib.import_module("pico.writer")  # the stream writer every adapter output goes through
     first = nightly(project)
     assert champion_version(project) == "1"
     set_params(project, merge__lam=3.0)  # a better merge, but the process "crashes" while writing it

@@ -97,7 +97,7 @@ def test_sigkill_mid_merge_leaves_no_output_and_next_run_completes(project, pref
     script = tmp_path / "crash.py"
     script.write_text(textwrap.dedent(f"""
         import importlib, os, signal, sys
-        merge_mod = importlib.import_module("pico.merge")
+        merge_mod = importlib.import_module("pico.writer")
         real = merge_mod.SafetensorsStreamWriter.write
         count = [0]
         def write(self, key, tensor):

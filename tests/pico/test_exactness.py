@@ -18,13 +18,6 @@ def rel(x, y):
     return float((x - y).norm() / y.norm().clamp_min(1e-30))
 
 
-def random_factors(T=3, m=24, n=20, ranks=(3, 5, 2), L=2, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    bs = [torch.randn(L, m, r, generator=g, dtype=dtype) for r in ranks]
-    as_ = [torch.randn(L, r, n, generator=g, dtype=dtype) for r in ranks]
-    return bs, as_
-
-
 def merged_delta(bs, as_, space, method="ta", **kw):
     norms = torch.stack([(b @ a).norm(dim=(-2, -1)) for b, a in zip(bs, as_)], dim=-1)
     cal = CalibratedBatch([f"m{i}" for i in range(bs[0].shape[0])], tuple(b.shape[-1] for b in bs), bs, as_,
@@ -32,64 +25,64 @@ def merged_delta(bs, as_, space, method="ta", **kw):
     return torch.stack([r.b @ r.a for r in merge_batch(cal, pico.Recipe(method=method, space=space, **kw))])
 
 
-def test_core_reconstruction_is_lossless():
+def test_core_reconstruction_is_lossless(random_factors):
     bs, as_ = random_factors()
     cores, state = project("core", bs, as_)
     for t, (b, a) in enumerate(zip(bs, as_)):
         assert rel(state["u_b"] @ cores[:, t] @ state["v_a"].mT, b @ a) < 1e-12
 
 
-def test_knots_alignment_is_lossless():
+def test_knots_alignment_is_lossless(random_factors):
     bs, as_ = random_factors()
     coords, state = project("knots", bs, as_)
     for t, (b, a) in enumerate(zip(bs, as_)):
         assert rel(state["u"] @ coords[:, t], b @ a) < 1e-12
 
 
-def test_ta_is_identical_in_every_space():
+def test_ta_is_identical_in_every_space(random_factors):
     bs, as_ = random_factors()
     dense = sum(b @ a for b, a in zip(bs, as_)) * 0.7
     for space in ("full", "core", "knots"):
         assert rel(merged_delta(bs, as_, space, lam=0.7), dense) < 1e-10, space
 
 
-def test_weighted_ta():
+def test_weighted_ta(random_factors):
     bs, as_ = random_factors()
     w = [0.5, -1.0, 2.0]
     dense = sum(wt * b @ a for wt, b, a in zip(w, bs, as_))
     assert rel(merged_delta(bs, as_, "core", weights=w), dense) < 1e-10
 
 
-def test_knots_without_trimming_is_lossless():
+def test_knots_without_trimming_is_lossless(random_factors):
     bs, as_ = random_factors()
     dense = sum(b @ a for b, a in zip(bs, as_))
     assert rel(merged_delta(bs, as_, "knots", method="ties", params={"density": 1.0}), dense) > 1e-3  # disjoint mean
     assert rel(merged_delta(bs, as_, "knots", method="ta"), dense) < 1e-10
 
 
-def test_tsv_with_one_task_returns_the_update():
+def test_tsv_with_one_task_returns_the_update(random_factors):
     bs, as_ = random_factors(T=1, ranks=(4,))
     for space in ("core", "full"):
         assert rel(merged_delta(bs, as_, space, method="tsv"), bs[0] @ as_[0]) < 1e-10
 
 
-def test_tsv_core_equals_tsv_full_with_rank_truncation():
+def test_tsv_core_equals_tsv_full_with_rank_truncation(random_factors):
     bs, as_ = random_factors(ranks=(3, 3, 3))
     assert rel(merged_delta(bs, as_, "core", method="tsv"), merged_delta(bs, as_, "full", method="tsv")) < 1e-8
 
 
-def test_iso_full_space_stays_low_rank():
+def test_iso_full_space_stays_low_rank(random_factors):
     bs, as_ = random_factors(m=40, n=36)
     out = merged_delta(bs, as_, "full", method="iso")
     assert int(torch.linalg.matrix_rank(out[0])) == sum(b.shape[-1] for b in bs)
 
 
-def test_ties_single_task_full_density_is_identity():
+def test_ties_single_task_full_density_is_identity(random_factors):
     bs, as_ = random_factors(T=1, ranks=(4,))
     assert rel(merged_delta(bs, as_, "core", method="ties", params={"density": 1.0}), bs[0] @ as_[0]) < 1e-10
 
 
-def test_full_space_truncation_reports_kept_energy():
+def test_full_space_truncation_reports_kept_energy(random_factors):
     bs, as_ = random_factors()
     norms = torch.ones(2, 3)
     cal = CalibratedBatch(["a", "b"], (3, 5, 2), bs, as_, norms, {})

@@ -14,19 +14,9 @@ from pico.adapters import load_adapters
 from pico.cli import main
 from pico.tara import (TaraConfig, TaraError, aggregate, check_preference, mean_entropy, prepare, read_prompts,
                        tara_merge, train, write_tara)
-from conftest import make_adapter
 
 VARIANTS = ("tara-a", "tara-b", "weight")
 FILES = ("adapter_model.safetensors", "adapter_config.json", "merge_manifest.json", "loss_curve.png")
-
-
-def random_prompts(T: int, n: int = 24, vocab: int = 64, seed: int = 0) -> list[list[list[int]]]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(T):
-        lengths = torch.randint(3, 12, (n,), generator=g)
-        out.append([torch.randint(4, vocab, (int(k),), generator=g).tolist() for k in lengths])
-    return out
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -35,14 +25,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def prompt_files(adapters, tmp_path_factory):
-    root = tmp_path_factory.mktemp("prompts")
-    return [write_jsonl(root / f"{p.name}.jsonl", [{"input_ids": ids} for ids in rows])
-            for p, rows in zip(adapters, random_prompts(len(adapters)))]
-
-
-@pytest.fixture(scope="module")
-def peaked(tmp_path_factory):
+def peaked(make_adapter, tmp_path_factory):
     """A tiny base whose predictions are far from uniform (large init), so entropies move visibly, + 2 adapters."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -67,7 +50,7 @@ def rel(x, y):
     return float((x - y).norm() / y.norm().clamp_min(1e-30))
 
 
-def test_coefficient_count_per_variant(base, adapters):
+def test_coefficient_count_per_variant(random_prompts, base, adapters):
     aset = load_adapters(adapters)
     T, R = 3, 4 + 8 + 2
     expected = {"tara-a": R, "tara-b": T * R, "weight": T}
@@ -83,7 +66,8 @@ def test_coefficient_count_per_variant(base, adapters):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("calibrate", ["none", "pico"])
-def test_initial_merge_is_task_arithmetic_with_lambda_over_T(base, adapters, tmp_path, variant, calibrate):
+def test_initial_merge_is_task_arithmetic_with_lambda_over_T(random_prompts, base, adapters, tmp_path, variant,
+                                                            calibrate):
     lam, T = 1.2, 3
     cfg = TaraConfig(variant=variant, lam=lam, epochs=0, calibrate=calibrate)
     tara_merge(base, adapters, random_prompts(T, n=4), tmp_path / "tara", cfg, device="cpu", progress=False)
@@ -98,7 +82,7 @@ def test_initial_merge_is_task_arithmetic_with_lambda_over_T(base, adapters, tmp
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_one_optimisation_step_lowers_the_pseudo_loss(peaked, variant):
+def test_one_optimisation_step_lowers_the_pseudo_loss(random_prompts, peaked, variant):
     base, adapters = peaked
     trainer = prepare(base, load_adapters(adapters), random_prompts(2, n=16), TaraConfig(variant=variant),
                       device="cpu")
@@ -168,7 +152,7 @@ def test_cli_output_bytes_are_deterministic_with_a_seed(base, adapters, prompt_f
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_written_adapter_reproduces_the_trained_merged_model(peaked, tmp_path, variant):
+def test_written_adapter_reproduces_the_trained_merged_model(random_prompts, peaked, tmp_path, variant):
     """The coefficients are folded into exact factors: PEFT on the written adapter == the trained wrapper model."""
     from peft import PeftModel
     from transformers import LlamaForCausalLM
@@ -191,7 +175,7 @@ def test_written_adapter_reproduces_the_trained_merged_model(peaked, tmp_path, v
     assert config["r"] == config["lora_alpha"] == 10  # rank R = 4 + 6 (tara-b folded to <= R, not T R)
 
 
-def test_baseline_is_each_adapter_alone_on_its_own_inputs(peaked):
+def test_baseline_is_each_adapter_alone_on_its_own_inputs(random_prompts, peaked):
     from peft import PeftModel
     from transformers import LlamaForCausalLM
 
@@ -259,48 +243,3 @@ def test_read_prompts_prefers_ids_and_rejects_garbage(tmp_path):
         read_prompts(tmp_path / "q.jsonl")
     with pytest.raises(TaraError, match="input_ids must be a non-empty list of integers"):
         read_prompts(write_jsonl(tmp_path / "r.jsonl", [{"input_ids": []}]))
-
-
-def test_suite_training_reuses_a_matching_output_and_retrains_otherwise(base, adapters, prompt_files, tmp_path):
-    from skills.tara import train_suite_tara
-
-    def run(**kw):
-        return train_suite_tara(base, adapters, prompt_files, tmp_path, [("tara-a", "none")], device="cpu",
-                                log=lambda *_: None, **kw)[0]
-
-    first = run(epochs=1)
-    assert first["train_seconds"] is not None and first["dir"] == tmp_path / "tara-a"
-    again = run(epochs=1)
-    first["manifest"].pop("seconds")  # returned by a training run, not written
-    assert again["train_seconds"] is None and again["manifest"] == first["manifest"]  # reused, not retrained
-    assert run(epochs=2)["train_seconds"] is not None  # another recipe: retrained
-    assert run(epochs=2, force=True)["train_seconds"] is not None
-
-
-def test_skills_report_lists_tara_next_to_the_data_free_merges(tmp_path):
-    from skills.report import run_report
-    from skills.tiny import build_tiny_suite, tiny_params
-
-    p = tiny_params()
-    p["data"]["skills"] = ["add", "rev"]
-    paths = build_tiny_suite(tmp_path, p)
-    p["paths"] = {"data": paths["data"], "base": paths["base"], "adapters": str(tmp_path / "adapters"),
-                  "report": str(tmp_path / "report")}
-    p["report"] = {"lam_grid": [1.0]}
-    lines: list[str] = []
-    res = run_report(p, tmp_path / "report", fast_only=True, ablations=False, methods=("ta",), tara=True,
-                     log=lines.append)
-    merges = [r for r in res["rows"] if r["section"] == "merge"]
-    tara = [r for r in merges if r["recipe"].get("data_free") is False]
-    assert [r["name"] for r in tara] == ["tara-a [val prompts]", "tara-a +pico (pre) [val prompts]",
-                                         "tara-b [val prompts]", "tara-b +pico (pre) [val prompts]"]
-    assert len(merges) == 4 + 4  # ta x {full, core} x {none, pico}, then TARA
-    for r in tara:
-        assert set(r["acc"]) == {"add", "rev"} and r["lam"] is None
-        assert r["extra"]["inputs"] == {"add": 12, "rev": 12} and r["extra"]["steps"] == 10  # 12 prompts: 1 step/epoch
-        manifest = json.loads((Path(r["extra"]["dir"]) / "merge_manifest.json").read_text())
-        assert manifest["recipe"]["calibrate"] == r["recipe"]["calibrate"]
-        assert [x["origin"].split("/")[-2:] for x in manifest["inputs"]] == [["add", "validation.jsonl"],
-                                                                          ["rev", "validation.jsonl"]]
-    assert "| tara-b +pico (pre) [val prompts] |" in (tmp_path / "report" / "report.md").read_text()
-    assert any("not data-free" in line for line in lines)

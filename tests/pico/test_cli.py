@@ -76,6 +76,37 @@ def test_console_script_help_teaches():
     assert "examples:" in result.stdout and "--density" in result.stdout and "hf://" in result.stdout
 
 
+def test_commands_added_by_entry_points_get_their_arguments_verbatim(monkeypatch, capsys):
+    """`pico NAME ...` runs an installed package's ``pico.commands`` entry point (the pipeline's `pico lineage`)
+    without pico importing that package; a missing optional dependency of it is a clear error, not a traceback."""
+    from importlib.metadata import EntryPoint
+
+    import pico.cli
+
+    calls = []
+    fake = type("Fake", (), {"load": lambda self: lambda argv: calls.append(argv) or 7, "value": "pkg.mod:main"})()
+    missing = EntryPoint("needy", "no_such_module_here:main", pico.cli.COMMANDS_GROUP)
+    monkeypatch.setattr(pico.cli, "added_commands", lambda: {"walk": fake, "needy": missing, "merge": fake})
+    assert main(["walk", "m", "3", "--project", "p", "--help"]) == 7 and calls == [["m", "3", "--project", "p",
+                                                                                     "--help"]]
+    assert main(["needy", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "pico needy: error: needs no_such_module_here" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):  # a built-in command is never replaced by an entry point of the same name
+        main(["merge", "--help"])
+    assert calls == [["m", "3", "--project", "p", "--help"]]
+    assert "walk" in pico.cli.build_parser().format_help()
+
+
+def test_installed_pipeline_adds_pico_lineage():
+    from importlib.metadata import entry_points
+
+    import pico.cli
+
+    (ep,) = [ep for ep in entry_points(group=pico.cli.COMMANDS_GROUP) if ep.name == "lineage"]
+    assert ep.value == "tasks.audit:main"  # pyproject.toml; reinstall (pip install -e .) after editing it
+
+
 def test_cuda_request_without_cuda_is_a_clear_error(adapters, tmp_path, capsys):
     import torch
 

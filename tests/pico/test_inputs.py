@@ -13,7 +13,6 @@ from safetensors.torch import load_file, save_file
 
 import pico
 from pico.cli import main
-from conftest import edit_config, make_adapter, make_base
 
 
 @pytest.fixture
@@ -47,12 +46,12 @@ def rewrite_weights(path: Path, fn) -> None:
     save_file(tensors, str(path / "adapter_model.safetensors"))
 
 
-def test_different_base_models(copies, tmp_path, capsys):
+def test_different_base_models(edit_config, copies, tmp_path, capsys):
     edit_config(copies[1], base_model_name_or_path="meta-llama/Other")
     assert_refused(copies, tmp_path / "o", capsys, "code", "base model", "meta-llama/Other")
 
 
-def test_different_target_modules_error_then_common_modules(base, copies, tmp_path, capsys):
+def test_different_target_modules_error_then_common_modules(make_adapter, base, copies, tmp_path, capsys):
     fewer = make_adapter(base, tmp_path / "attn-only", r=4, seed=9, targets=["q_proj", "v_proj"])
     assert_refused([copies[0], fewer], tmp_path / "o", capsys, "target different modules", "--common-modules")
     code, err = run_cli(["merge", copies[0], fewer, "--out", tmp_path / "o", "--common-modules"], capsys)
@@ -62,7 +61,7 @@ def test_different_target_modules_error_then_common_modules(base, copies, tmp_pa
     assert len(manifest["layers"]) == 4 and len(manifest["skipped_modules"]) == 10
 
 
-def test_shape_mismatch(tmp_path, copies, capsys):
+def test_shape_mismatch(edit_config, make_adapter, make_base, tmp_path, copies, capsys):
     other = make_base(tmp_path / "wide", hidden=48)
     wide = make_adapter(other, tmp_path / "wide-adapter", r=4)
     edit_config(wide, base_model_name_or_path=json.loads((copies[0] / "adapter_config.json").read_text())[
@@ -83,7 +82,7 @@ def test_nan_and_inf(copies, tmp_path, capsys, bad):
     ({"bias": "lora_only"}, "trains base biases"),
     ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
 ])
-def test_unmerged_features_are_refused(copies, tmp_path, capsys, change, fragment):
+def test_unmerged_features_are_refused(edit_config, copies, tmp_path, capsys, change, fragment):
     edit_config(copies[1], **change)
     assert_refused(copies, tmp_path / "o", capsys, "code", fragment, "refusing")
 
@@ -117,7 +116,7 @@ def test_missing_directory(copies, tmp_path, capsys):
     assert_refused([copies[0], tmp_path / "nope"], tmp_path / "o", capsys, "nope", "no such adapter directory")
 
 
-def test_config_rank_disagrees_with_tensors(copies, tmp_path, capsys):
+def test_config_rank_disagrees_with_tensors(edit_config, copies, tmp_path, capsys):
     edit_config(copies[0], r=16)
     assert_refused(copies, tmp_path / "o", capsys, "math", "r=16", "rank 4")
 

@@ -9,14 +9,16 @@ from pico.calibrate import calibrate
 from pico.linalg import frob_norm_of_product, thin_svd
 from pico.merge import CalibratedBatch, merge_batch
 
-from test_exactness import random_factors, rel
-
 
 def norms_of(bs, as_):
     return torch.stack([frob_norm_of_product(b, a) for b, a in zip(bs, as_)], dim=-1)
 
 
-def test_alphas_lie_in_one_over_t_to_one():
+def rel(x, y):
+    return float((x - y).norm() / y.norm().clamp_min(1e-30))
+
+
+def test_alphas_lie_in_one_over_t_to_one(random_factors):
     for T in (2, 3, 5):
         bs, as_ = random_factors(T=T, ranks=(3,) * T, seed=T)
         shared = torch.randn(24, 1, dtype=torch.float64)
@@ -27,7 +29,7 @@ def test_alphas_lie_in_one_over_t_to_one():
         assert alpha.min() < 0.6  # the shared direction really is shrunk
 
 
-def test_calibrated_b_is_projection_filter():
+def test_calibrated_b_is_projection_filter(random_factors):
     bs, as_ = random_factors()
     cb, _, diag = calibrate(bs, as_)
     u = thin_svd(torch.cat(bs, dim=-1))[0]
@@ -36,20 +38,20 @@ def test_calibrated_b_is_projection_filter():
         assert rel(c, p @ b) < 1e-12
 
 
-def test_one_adapter_is_a_no_op():
+def test_one_adapter_is_a_no_op(random_factors):
     bs, as_ = random_factors(T=1, ranks=(4,))
     cb, ca, diag = calibrate(bs, as_)
     assert torch.allclose(diag["alpha"], torch.ones_like(diag["alpha"]))
     assert rel(cb[0], bs[0]) < 1e-12 and torch.equal(ca[0], as_[0])
 
 
-def test_kappa_zero_is_a_no_op():
+def test_kappa_zero_is_a_no_op(random_factors):
     bs, as_ = random_factors()
     cb, _, _ = calibrate(bs, as_, kappa=0.0)
     assert all(rel(c, b) < 1e-12 for c, b in zip(cb, bs))
 
 
-def test_for_ta_pre_and_post_merge_calibration_agree():
+def test_for_ta_pre_and_post_merge_calibration_agree(random_factors):
     """Pico + TA == the output filter P applied to the TA result (then the same rescale)."""
     bs, as_ = random_factors()
     cb, ca, diag = calibrate(bs, as_)
@@ -60,7 +62,7 @@ def test_for_ta_pre_and_post_merge_calibration_agree():
     assert rel(pre, post) < 1e-12
 
 
-def test_post_rescale_pins_norm_to_mean_source_norm():
+def test_post_rescale_pins_norm_to_mean_source_norm(random_factors):
     bs, as_ = random_factors()
     norms = norms_of(bs, as_)
     for method, space in (("ta", "core"), ("ties", "core"), ("tsv", "core"), ("ta", "full"), ("ties", "knots")):
@@ -71,20 +73,20 @@ def test_post_rescale_pins_norm_to_mean_source_norm():
             assert abs(float((r.b @ r.a).norm()) / float(norms[i].mean()) - 1) < 1e-9, (method, space)
 
 
-def test_pre_rescale_keeps_each_adapter_norm():
+def test_pre_rescale_keeps_each_adapter_norm(random_factors):
     bs, as_ = random_factors()
     cb, _, _ = calibrate(bs, as_, rescale_pre=True)
     assert torch.allclose(norms_of(cb, as_), norms_of(bs, as_), rtol=1e-12)
 
 
-def test_common_scale_does_not_change_directions_or_alphas():
+def test_common_scale_does_not_change_directions_or_alphas(random_factors):
     bs, as_ = random_factors()
     _, _, d1 = calibrate(bs, as_)
     _, _, d2 = calibrate([3.0 * b for b in bs], as_)
     assert torch.allclose(d1["alpha"], d2["alpha"])
 
 
-def test_controls_keep_their_promises():
+def test_controls_keep_their_promises(random_factors):
     bs, as_ = random_factors()
     _, _, pico_d = calibrate(bs, as_)
     # uniform: one alpha per module equal to the mean Pico alpha

@@ -1,4 +1,4 @@
-"""Reproduce the official Pico code's outputs (../shared/reference/golden, yixuantt/Pico @1f1db1e)."""
+"""Reproduce the official Pico code's outputs (yixuantt/Pico @1f1db1e; the vectors are in tests/pico/data)."""
 
 from pathlib import Path
 
@@ -11,9 +11,7 @@ from pico.merge import merge_batch, CalibratedBatch
 from pico.linalg import frob_norm_of_product
 from pico.recipe import Recipe
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden" / "pico_official.safetensors"
-if not GOLDEN.exists():  # fresh-clone CI puts ../shared beside the repo too
-    GOLDEN = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "golden" / "pico_official.safetensors"
+GOLDEN = Path(__file__).resolve().parent / "data" / "pico_official.safetensors"  # see its README
 
 
 @pytest.fixture(scope="module")
