@@ -116,7 +116,7 @@ class NotifySettings(_Section):
 
     block: str | None = None  # a saved block, e.g. "slack-webhook/team-ml"
     webhook_url: str | None = None  # or a plain URL: POST {"subject", "body"} (CustomWebhookNotificationBlock)
-    on: list[Literal["failure", "promotion"]] = ["failure", "promotion"]
+    events: list[Literal["failure", "promotion"]] = ["failure", "promotion"]  # ("on" is YAML 1.1 for true)
     timeout_s: float = Field(10, gt=0)
 
 

@@ -5,7 +5,7 @@
     notify:
       block: custom-webhook/pico-nightly     # a saved Prefect notification block (any kind: Slack, Teams, ...)
       webhook_url: null                      # or: a plain URL, POSTed as JSON {"subject": ..., "body": ...}
-      on: [failure, promotion]
+      events: [failure, promotion]           # ("on" would be YAML 1.1 for true)
 
 Nothing is configured by default (no block, no URL): the night sends nothing. A notification that cannot be
 delivered is logged as a warning and never fails the night (a promotion has already happened by then; a failure
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 EVENTS = ("failure", "promotion")
-DEFAULTS = {"block": None, "webhook_url": None, "on": list(EVENTS), "timeout_s": 10}
+DEFAULTS = {"block": None, "webhook_url": None, "events": list(EVENTS), "timeout_s": 10}
 
 log = logging.getLogger("pico.notify")
 
@@ -30,9 +30,9 @@ def config(cfg) -> dict:
     unknown = set(out) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"pipeline.notify: unknown keys {', '.join(sorted(unknown))} (known: {', '.join(DEFAULTS)})")
-    bad = [e for e in out["on"] if e not in EVENTS]
+    bad = [e for e in out["events"] if e not in EVENTS]
     if bad:
-        raise ValueError(f"pipeline.notify.on: unknown events {bad} (known: {', '.join(EVENTS)})")
+        raise ValueError(f"pipeline.notify.events: unknown events {bad} (known: {', '.join(EVENTS)})")
     return out
 
 
@@ -58,7 +58,7 @@ def send(cfg, event: str, subject: str, body: str) -> bool:
     cfg = config(cfg)
     if event not in EVENTS:
         raise ValueError(f"unknown notification event {event!r}")
-    if event not in cfg["on"]:
+    if event not in cfg["events"]:
         return False
     try:
         block = block_for(cfg)

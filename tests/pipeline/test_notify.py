@@ -28,11 +28,11 @@ def test_promotion_reaches_the_receiver(receiver):
 
 
 def test_disabled_events_and_no_block_send_nothing(receiver):
-    assert not notify.send({"webhook_url": receiver.url, "on": ["failure"]}, "promotion", "s", "b")
+    assert not notify.send({"webhook_url": receiver.url, "events": ["failure"]}, "promotion", "s", "b")
     assert not notify.send({}, "failure", "s", "b")
     assert receiver.got == []
     with pytest.raises(ValueError, match="unknown events"):
-        notify.send({"on": ["sometimes"]}, "failure", "s", "b")
+        notify.send({"events": ["sometimes"]}, "failure", "s", "b")
 
 
 def test_an_unreachable_receiver_is_a_warning_not_a_failure(caplog):

@@ -81,3 +81,7 @@ def test_the_default_search_of_params_yaml():
     # what the suite report found best (TIES in full space at lambda 2, TSV, TA with lambda on validation) and Pico
     assert "ties/full lam=2 density=0.7" in labels and "tsv/core lam=0.8" in labels and "ta/core lam=0.6" in labels
     assert sum("+pico" in lb for lb in labels) >= 3
+    from tasks.config import load_settings
+
+    settings = load_settings(REPO)  # the committed params.yaml loads (every key typed and known)
+    assert settings.search and settings.pipeline.notify.events == ["failure", "promotion"]
