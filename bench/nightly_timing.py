@@ -5,8 +5,8 @@
     python bench/nightly_timing.py --json out.json
 
 Needs the skills suite built (`dvc repro` or `python -m flows.nightly` builds it). Clearing the caches removes only
-build/pipeline/store and build/pipeline/eval-cache (content-addressed caches); MLflow and DVC keep their history, so a
-cold run of an unchanged recipe registers into the version it already has.
+the content-addressed caches under build/pipeline (store, eval-cache, eval-samples, search-cache, prefect-results);
+MLflow and DVC keep their history, so a cold run of an unchanged recipe registers into the version it already has.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-cache", action="store_true", help="do not clear the merge/eval caches first")
     ap.add_argument("--runs", type=int, default=2, help="runs in this process (the first cold unless --keep-cache)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a pipeline:/merge: key for these runs (as python -m flows.nightly --set)")
+    ap.add_argument("--no-build", action="store_true", help="do not build missing suite outputs with dvc repro")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -44,34 +47,41 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_env()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    settings = load_settings(args.project)
+    from flows.nightly import parse_set
+
+    overrides = parse_set(args.set) or None
+    settings = load_settings(args.project, overrides=overrides)
     from flows.nightly import nightly_merge
     from tasks.runtime import warm_up
     from tasks.suite import ensure_suite
 
     import_s = time.perf_counter() - t0
-    ensure_suite(settings)
+    if not args.no_build:
+        ensure_suite(settings)
     t = time.perf_counter()
     api = warm_up(settings)  # as the main command does: API start, lm-eval import, MLflow store side by side
     if api is not None:
         api.join()
     warm_s = time.perf_counter() - t
     if not args.keep_cache:
-        for sub in ("store", "eval-cache"):
+        for sub in ("store", "eval-cache", "eval-samples", "search-cache", "prefect-results"):
             shutil.rmtree(settings.work / sub, ignore_errors=True)
     runs = []
     for i in range(args.runs):
         load = os.getloadavg()[0]
         cpu0 = _cpu()
         t = time.perf_counter()
-        summary = nightly_merge(project=str(settings.project))
+        summary = nightly_merge(project=str(settings.project), overrides=overrides)
         wall = time.perf_counter() - t
         runs.append({"run": i + 1, "cold": i == 0 and not args.keep_cache, "wall_s": round(wall, 2),
                      "cpu_s": round(_cpu() - cpu0, 2), "load_before": round(load, 2),
                      "load_after": round(os.getloadavg()[0], 2),
                      "flow_steps_s": summary["timings"], "prefect_overhead_s": round(wall - summary["timings"]["total"], 2),
                      "cached_merge": summary["cached_merge"], "eval_cached": summary["eval"]["cached"],
-                     "decision": summary["decision"]["alias"], "version": summary["registered"]["version"]})
+                     "decision": summary["decision"]["alias"], "version": summary["registered"]["version"],
+                     "test_mean": summary["eval"]["mean"], "test_mean_stderr": summary["eval"].get("mean_stderr"),
+                     "search": {k: (summary["search"] or {}).get(k) for k in ("chosen", "why", "candidates", "cached",
+                                                                            "seconds")}})
     out = {"machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()})",
            "python": sys.version.split()[0], "imports_s": round(import_s, 2),
            "prefect_api_start_s": round(warm_s, 2), "load_at_start": round(load0, 2), "runs": runs}
@@ -82,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nrun {r['run']}: {kind}: {r['wall_s']} s wall ({r['cpu_s']} s CPU in this process and its children; "
               f"load average {r['load_before']} -> {r['load_after']} on {os.cpu_count()} CPUs), of which Prefect "
               f"engine {r['prefect_overhead_s']} s -> v{r['version']} {r['decision']}")
+        if r["search"]["chosen"]:
+            print(f"  search: {r['search']['candidates']} candidates ({r['search']['cached']} cached) in "
+                  f"{r['search']['seconds']} s; chosen {r['search']['chosen']} ({r['search']['why']})")
+        se = r["test_mean_stderr"]
+        print(f"  test mean {r['test_mean']:.4f}" + (f" ± {se:.4f}" if se is not None else ""))
         for step, s in r["flow_steps_s"].items():
             print(f"  {step:<20} {s:>7.2f} s")
     if args.json:

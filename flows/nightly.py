@@ -25,9 +25,13 @@ from tasks.config import quiet_env
 quiet_env()
 
 import torch  # noqa: E402
-from prefect import flow, unmapped  # noqa: E402
+from prefect import flow, get_run_logger, unmapped  # noqa: E402
 
-from tasks import benchmark, runlog, runtime, steps  # noqa: E402
+from prefect import runtime as prefect_runtime  # noqa: E402
+
+from flows import artifacts  # noqa: E402
+from flows.search import search_flow  # noqa: E402
+from tasks import benchmark, candidates, notify, promotion, runlog, runtime, search, steps, tracking  # noqa: E402
 from tasks.config import ScheduleSettings, Settings, digest, load_settings  # noqa: E402
 from tasks.records import FetchedSource, MergeResult, NightlyResult  # noqa: E402
 
@@ -50,9 +54,11 @@ def calibrate_and_merge(settings: Settings, aset, groups: list[list[str]], key: 
 
 
 # the default timeout of a night; the deployment (flows/deploy.py) applies pipeline.schedule.flow_timeout_s
-@flow(name="nightly-merge", log_prints=True, timeout_seconds=ScheduleSettings().flow_timeout_s)
+@flow(name="nightly-merge", log_prints=True, timeout_seconds=ScheduleSettings().flow_timeout_s,
+      on_failure=[notify.on_failure_hook], on_crashed=[notify.on_failure_hook])
 def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: dict | None = None) -> dict:
-    """Merge the catalog's adapters with the recipe in params.yaml, benchmark, version, register and promote."""
+    """Choose the recipe on validation (when params.yaml's merge: is a search space), merge the catalog's adapters,
+    benchmark on the test split, version, register and promote through the statistical gate."""
     settings = load_settings(project, params, overrides)
     clock = runlog.Clock()
     benchmark.prewarm(settings)
@@ -65,10 +71,23 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     baseline_fs = [fetch.submit(settings, e) for e in settings.catalog.baselines]
     fetched = [f.result() for f in adapter_fs]
     clock.mark("fetch")
+    base = benchmark.resolve_base(settings, base_f.result(), fetched[0].path)
+
+    found = None
+    if settings.search:  # merge: is a search space: the validation argmax becomes the night's recipe
+        import dataclasses
+
+        from tasks import merging
+
+        space = search.expand(settings.merge)
+        get_run_logger().info("recipe search: %s", space.describe())
+        found = search_flow.with_options(task_runner=runtime.make_task_runner(settings))(
+            settings, [dataclasses.asdict(c) for c in space.candidates], merging.load_set(fetched), fetched, base)
+        settings = settings.with_recipe(found["chosen"]["recipe"])
+        clock.mark("search")
 
     aset, groups, key, merged = steps.validate(settings, fetched)
     clock.mark("validate")
-    base = benchmark.resolve_base(settings, base_f.result(), fetched[0].path)
     bench = benchmark.benchmark_fingerprint(settings)
     fingerprint = digest(bench)
 
@@ -78,8 +97,9 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
         merged = calibrate_and_merge.with_options(task_runner=runner)(settings, aset, groups, key, fetched)
     clock.mark("calibrate_merge")
 
-    run_benchmark = steps.run_benchmark.with_options(timeout_seconds=settings.pipeline.schedule.benchmark_timeout_s)
-    result = run_benchmark(settings, base, merged.store, "merged")
+    run_benchmark = steps.run_test_benchmark.with_options(
+        timeout_seconds=settings.pipeline.schedule.benchmark_timeout_s)
+    result = run_benchmark(settings, base, merged.store, "merged")  # the one test read of a new merge
     clock.mark("benchmark")
     baseline_runs = []  # after the merge, never beside it (evaluation changes torch's thread count)
     if settings.pipeline.eval.baselines:  # cached by content: free after the first night
@@ -88,26 +108,43 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
                           for b in baseline_fs]
     experiment = preflight.result()  # raises RegistryUnavailable: nothing below runs, no alias moves
     champion = steps.champion(settings, base, fingerprint)
+    champ_eval = steps.champion_outcomes(settings, base, champion) if champion is not None else None
     baselines = [f.result() for f in baseline_runs]
     clock.mark("baselines_champion")
+    verdict = steps.statistical_gate(settings, result, champion, champ_eval)
 
     dvc = steps.version_dvc(settings, merged.store, result.scores)
     clock.mark("version")
 
     lineage = runlog.build_lineage(settings, fetched, base, merged, bench, fingerprint, result, dvc)
     registered = steps.register(settings, lineage, merged.store, base, runlog.run_params(settings, merged),
-                                runlog.run_metrics(result, baselines, champion, clock.durations()), result.stderr,
+                                runlog.run_metrics(result, baselines, champion, clock.durations())
+                                | runlog.search_metrics(result, found, verdict), result.stderr,
                                 runlog.run_artifacts(settings, merged, result, baselines, champion, lineage))
+    steps.record_search_and_gate(settings, registered, found, result, champion, champ_eval, verdict)
     clock.mark("register")
 
-    decision = steps.promote(settings, registered.version, result.scores, fingerprint, champion)
+    decision = steps.promote(settings, registered.version, result.scores, fingerprint, champion, verdict)
     clock.mark("promote")
 
-    return NightlyResult(project=str(settings.project), merge_key=key, fingerprint=fingerprint, store=merged.store,
-                         cached_merge=merged.cached, runner=runner and type(runner).__name__, eval=result,
-                         baselines=baselines, champion_before=champion, registered=registered, decision=decision,
-                         dvc=dvc, experiment_id=experiment, timings=clock.durations(),
-                         tracking_uri=settings.tracking_uri, model=settings.model_name).model_dump()
+    summary = NightlyResult(
+        project=str(settings.project), merge_key=key, fingerprint=fingerprint, store=merged.store,
+        cached_merge=merged.cached, runner=runner and type(runner).__name__, eval=result, baselines=baselines,
+        champion_before=champion, registered=registered, decision=decision, dvc=dvc, experiment_id=experiment,
+        timings=clock.durations(), tracking_uri=settings.tracking_uri, model=settings.model_name,
+        recipe_label=search.label(settings.recipe), gate=verdict.to_dict() if verdict is not None else None,
+        mlflow_url=tracking.run_url(settings, registered.experiment_id, registered.run_id),
+        flow_run_id=str(prefect_runtime.flow_run.id), search=None if found is None else {
+            "chosen": found["chosen"]["label"], "why": found["why"], "margin": found["margin"],
+            "runner_up": found["runner_up"]["label"] if found["runner_up"] else None,
+            "candidates": len(found["records"]), "cached": found["cached"], "seconds": found["seconds"],
+            "skipped": search.expand(settings.merge).skipped,
+            "leaderboard": candidates.leaderboard_rows(found["records"], found["chosen"]["key"])}).model_dump()
+    board = promotion.leaderboard(settings, limit=8, fingerprint=fingerprint)
+    summary["artifacts"] = artifacts.publish(summary, board, summary["search"] and summary["search"]["leaderboard"])
+    if decision.promoted and not decision.unchanged:
+        notify.send(settings.pipeline.notify, "promotion", *notify.promotion_message(summary))
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------------------------

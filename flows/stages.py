@@ -18,11 +18,19 @@ from tasks.config import load_settings, quiet_env
 
 
 def stage_merge(settings) -> dict:
-    from tasks import fetch, merging
+    from tasks import benchmark, fetch, merging
 
-    recipe = settings.recipe
     fetched = [fetch.fetch_entry(settings, e) for e in settings.catalog.adapters]
     aset = merging.load_set(fetched)
+    if settings.search:  # the same search as the flow (every candidate's record cached by content: free after it)
+        from tasks import search
+        from tasks.candidates import run_search_plain
+
+        base = benchmark.resolve_base(settings, fetch.fetch_base(settings), fetched[0].path)
+        chosen = run_search_plain(settings, search.expand(settings.merge), aset, fetched, base)["chosen"]
+        print(f"recipe search: chosen on validation: {chosen['label']}")
+        settings = settings.with_recipe(chosen["recipe"])
+    recipe = settings.recipe
     groups = merging.plan_groups(aset, recipe, settings.pipeline.calibrate.layers_per_group)
     device, threads = settings.pipeline.device, settings.pipeline.calibrate.threads
     results = (merging.merge_group(merging.calibrate_group(aset, g, recipe, device, threads), recipe, threads)

@@ -8,6 +8,8 @@ The pipeline (tasks/) never imports skills/: it calls this object with (base_dir
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from pathlib import Path
 
 import yaml
@@ -28,6 +30,55 @@ class SkillsSuite:
                         data_dir=self.data_dir(context), batch_size=int(context.eval.batch_size),
                         tasks_dir=Path(context.work) / "lm_eval_tasks")
 
+    def outcomes(self, base_dir, adapter_dir, split, limit, *, context) -> dict[str, dict[str, float]]:
+        """Per-item 0/1 outcomes ``{skill: {item: 0/1}}``: the test split through lm-eval's ``log_samples`` (the
+        benchmark's own numbers); the validation split (choosing a recipe) through the suite report's fast path, the
+        KV-cached greedy decoder (its outputs equal lm-eval's: tests/test_skills_report.py). Items are named
+        ``<doc_id>:<sha256(prompt=answer)[:12]>`` on both paths, so outcomes compare by content."""
+        data = self.data_dir(context)
+        skills = sorted(p.name for p in data.iterdir() if (p / f"{split}.jsonl").is_file())
+        skills = [s for s in skills if not context.eval.skills or s in context.eval.skills]
+        if split == "validation":
+            return self._fast(base_dir, adapter_dir, data, skills, split, limit, context)
+        from skills.evaluate import evaluate
+        from skills.lmeval import task_name
+
+        acc, res = evaluate(base_dir, adapter_dir, skills=skills, split=split, limit=limit, data_dir=data,
+                            batch_size=int(context.eval.batch_size), tasks_dir=Path(context.work) / "lm_eval_tasks",
+                            return_details=True)
+        out = {}
+        for skill in skills:
+            items = {}
+            for smp in res["samples"][task_name(skill, split)]:
+                doc = smp["doc"]
+                items[_item(smp["doc_id"], doc["prompt"], doc["answer"])] = float(smp["exact_match"])
+            if abs(sum(items.values()) / len(items) - acc[skill]) > 1e-9:
+                raise RuntimeError(f"{skill}: lm-eval's samples disagree with its score {acc[skill]}")
+            out[skill] = items
+        return out
+
+    def _fast(self, base_dir, adapter_dir, data, skills, split, limit, context):
+        from skills.base import load_base
+        from skills.common import greedy
+        from skills.data import read_jsonl
+
+        with _LOAD_LOCK:  # transformers' loading (meta-device init) is not thread-safe: one load at a time
+            model = load_base(Path(base_dir))
+            if adapter_dir is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, str(adapter_dir))
+        model.eval()
+        max_new = int((((yaml.safe_load(Path(context.params_path).read_text()) or {}).get("suite") or {})
+                       .get("eval") or {}).get("max_gen_toks", 10))
+        out = {}
+        for skill in skills:
+            recs = read_jsonl(data / skill / f"{split}.jsonl")[: limit or None]
+            preds = greedy(model, [r["prompt"] for r in recs], max_new=max_new, batch_size=int(context.eval.batch_size))
+            out[skill] = {_item(i, r["prompt"], r["answer"]): float(p.strip() == r["answer"])
+                          for i, (p, r) in enumerate(zip(preds, recs))}
+        return out
+
     def fingerprint(self, context) -> dict:
         """The digest of the split's data files (the same JSON digest as the pipeline's content keys)."""
         from pico.writer import json_digest, sha256_file
@@ -37,7 +88,10 @@ class SkillsSuite:
             raise FileNotFoundError(f"the skills suite data {data} is missing; build the suite first: `dvc repro` "
                                     "(or `python -m flows.nightly`, which builds it)")
         files = {str(p): sha256_file(p) for p in sorted(data.glob(f"*/{context.eval.split}.jsonl"))}
-        return {"data": json_digest(files)}
+        out = {"data": json_digest(files)}
+        if context.eval.split == "validation":  # scored by the fast greedy decoder (see outcomes)
+            out["scorer"] = "fast-greedy"
+        return out
 
     def inputs(self, context) -> list[Path]:
         return [self.data_dir(context)]
@@ -52,5 +106,11 @@ class SkillsSuite:
 
             task_manager(write_tasks(data, Path(context.work) / "lm_eval_tasks"))
 
+
+def _item(i, prompt: str, answer: str) -> str:
+    return f"{i}:{hashlib.sha256(f'{prompt}={answer}'.encode()).hexdigest()[:12]}"
+
+
+_LOAD_LOCK = threading.Lock()
 
 suite = SkillsSuite()

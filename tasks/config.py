@@ -97,12 +97,32 @@ class MlflowSettings(_Section):
 
 class GateSettings(_Section):
     metric: Literal["mean"] = "mean"  # the aggregate compared with the champion (only the mean so far)
-    min_delta: float = 0.0  # promote when mean >= champion mean + min_delta
+    min_delta: float = 0.0  # promote when the mean gain over the champion is >= min_delta ...
+    alpha: float = Field(0.05, gt=0, lt=1)  # ... and significant at this level (paired test, tasks/gate.py)
+    iters: int = Field(20000, ge=100)  # Monte Carlo draws of the paired randomization test (fixed seed)
+    seed: int = 0
     floor: float = 0.0  # ... and no task below this score
     floors: dict[str, float] = {}  # per-task floors, overriding `floor`
 
     def floor_of(self, task: str) -> float:
         return float(self.floors.get(task, self.floor))
+
+
+class SearchSettings(_Section):
+    """Scoring the candidates of a search space (``merge:`` with lists, tasks/search.py) on the validation split."""
+
+    limit: PositiveInt | None = None  # validation items per task (None: all)
+    tasks: list[str] = []  # eval.suite lm-eval: the lm-eval tasks candidates are chosen on (validation, not test)
+    finalists: PositiveInt | None = None  # with limit: the top N of that screening are scored on all items
+
+
+class NotifySettings(_Section):
+    """Notifications through a Prefect notification block (tasks/notify.py)."""
+
+    block: str | None = None  # a saved block, e.g. "slack-webhook/team-ml"
+    webhook_url: str | None = None  # or a plain URL: POST {"subject", "body"} (CustomWebhookNotificationBlock)
+    events: list[Literal["failure", "promotion"]] = ["failure", "promotion"]  # ("on" is YAML 1.1 for true)
+    timeout_s: float = Field(10, gt=0)
 
 
 class ScheduleSettings(_Section):
@@ -137,6 +157,8 @@ class PipelineSettings(_Section):
     eval: EvalSettings = EvalSettings()
     mlflow: MlflowSettings = MlflowSettings()
     gate: GateSettings = GateSettings()
+    search: SearchSettings = SearchSettings()
+    notify: NotifySettings = NotifySettings()
     schedule: ScheduleSettings = ScheduleSettings()
     dvc: DvcSettings = DvcSettings()
 
@@ -199,8 +221,13 @@ class Settings(BaseModel):
     params_path: Path
     pipeline: PipelineSettings
     merge: dict  # the ``merge:`` section as written (plus overrides): what DVC's params and MLflow's params record
-    recipe: pico.Recipe  # the same, validated by pico
+    recipe: pico.Recipe  # the same, validated by pico; for a search space: the chosen candidate (before: the first)
     catalog: Catalog
+    search: bool = False  # merge: is a search space (tasks/search.py): the recipe is chosen on validation
+
+    def with_recipe(self, recipe: dict) -> "Settings":
+        """These settings with the search's chosen recipe (``merge`` keeps the section as written)."""
+        return self.model_copy(update={"recipe": pico.Recipe.from_dict(copy.deepcopy(recipe))})
 
     def path(self, key: Literal["work", "merged", "eval"]) -> Path:
         return self.resolve(getattr(self.pipeline.paths, key))
@@ -320,14 +347,20 @@ def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
     merge = dict(data.get("merge") or DEFAULT_RECIPE)
     if recipe_over:
         merge.update(recipe_over)
-    try:  # validated once: a bad recipe stops the flow before any work
-        recipe = pico.Recipe.from_dict(copy.deepcopy(merge))
+    from .search import SearchError, expand, is_search
+
+    searching = is_search(merge)
+    try:  # validated once: a bad recipe or search space stops the flow before any work
+        recipe = (expand(merge).candidates[0].recipe_obj() if searching
+                  else pico.Recipe.from_dict(copy.deepcopy(merge)))
+    except SearchError as exc:
+        raise ConfigError(f"{params_path.name}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{params_path.name}: merge: {exc}") from None
     catalog = load_catalog((project / pipeline.catalog) if not Path(pipeline.catalog).is_absolute()
                            else Path(pipeline.catalog))
     return Settings(project=project, params_path=params_path, pipeline=pipeline, merge=merge, recipe=recipe,
-                    catalog=catalog)
+                    catalog=catalog, search=searching)
 
 
 def digest(obj) -> str:

@@ -346,12 +346,14 @@ def get_alias(c, name: str, alias: str):
 
 
 def promote(settings: Settings, version: str, scores: dict[str, float], fingerprint: str,
-            champion: ChampionRecord | None) -> Decision:
+            champion: ChampionRecord | None, verdict=None) -> Decision:
     """Move ``champion`` to ``version`` if it passes the gate, else ``candidate``; record why on the version.
 
     ``champion`` is the champion as read earlier, with its scores on this benchmark (None: no champion). Under the
     lock the alias is read again: if a concurrent run moved it meanwhile, the gate compares against the new champion
-    (its recorded scores, when it was scored on this same benchmark; otherwise the step fails and nothing moves)."""
+    (its recorded scores, when it was scored on this same benchmark; otherwise the step fails and nothing moves).
+    ``verdict``: the paired test against ``champion`` (:func:`tasks.gate.judge`), decisive instead of the means; it
+    needs that champion's per-sample outcomes, so if the champion moved meanwhile the step fails and nothing moves."""
     c = client(settings)
     name = settings.model_name
     with registry_guard(settings):
@@ -360,13 +362,16 @@ def promote(settings: Settings, version: str, scores: dict[str, float], fingerpr
             if current is None:
                 champion = None
             elif champion is None or str(current.version) != champion.version:
+                if verdict is not None and str(current.version) != str(version):
+                    raise ChampionMoved(f"the champion of {name} moved to v{current.version} during this run; rerun "
+                                        "to compare against it (no alias moved)")
                 got = version_scores(current)
                 if got is None or got[2] != fingerprint:
                     raise ChampionMoved(f"the champion of {name} moved to v{current.version} during this run and was "
                                         "scored on another benchmark; rerun to compare against it (no alias moved)")
                 champion = ChampionRecord(version=str(current.version), scores=got[0], mean=got[1],
                                           fingerprint=got[2])
-            decision = decide(version, scores, champion, settings.pipeline.gate)
+            decision = decide(version, scores, champion, settings.pipeline.gate, verdict)
             if not decision.unchanged:  # a rerun keeps the original decision's record
                 c.set_registered_model_alias(name, decision.alias, version)
                 c.set_model_version_tag(name, version, "promotion", decision.alias)
@@ -461,6 +466,8 @@ def leaderboard(settings: Settings, limit: int = 10, fingerprint: str | None = N
                   if k.startswith("score.") and k != MEAN_METRIC and not k.endswith(".stderr")}
         rows.append({"version": str(v.version), "mean": metrics[MEAN_METRIC], "scores": scores,
                      "aliases": sorted(by_version.get(str(v.version), [])),
-                     "recipe": json.loads(v.tags.get("recipe", "{}")), "fingerprint": v.tags.get("eval.fingerprint")})
-    rows.sort(key=lambda r: (-r["mean"], int(r["version"])))  # (ties: the older version first)
+                     "recipe": json.loads(v.tags.get("recipe", "{}")), "fingerprint": v.tags.get("eval.fingerprint"),
+                     "mean_stderr": metrics.get(f"{MEAN_METRIC}.stderr", v.tags.get("eval.mean_stderr")),
+                     "label": v.tags.get("search.chosen")})
+    rows.sort(key=lambda r: (-r["mean"], int(r["version"])))
     return rows[:limit]

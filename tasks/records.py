@@ -7,7 +7,7 @@ eval.json, the ``--json`` summary), key for key what the untyped pipeline wrote 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Record(BaseModel):
@@ -36,7 +36,12 @@ class EvalResult(Record):
     seconds: float
     label: str
     cached: bool = False
-    stderr: dict[str, float] = {}  # per task, when the benchmark reports one (lm-eval with bootstrap_iters > 0)
+    stderr: dict[str, float] = {}  # per task: sample std / sqrt(n) (with per-sample outcomes)
+    mean_stderr: float | None = None  # of the mean over tasks
+    n: dict[str, int] = {}  # items per task
+    # per-sample 0/1 outcomes {task: {item: 0/1}} for the paired gate; kept out of dumps (summaries, eval.json):
+    # they go to MLflow as a table
+    outcomes: dict[str, dict[str, float]] | None = Field(None, exclude=True)
 
 
 class ChampionRecord(Record):
@@ -162,3 +167,9 @@ class NightlyResult(Record):
     timings: dict[str, float]
     tracking_uri: str
     model: str
+    recipe_label: str = ""  # the night's recipe (tasks.search.label)
+    search: dict | None = None  # the recipe search: chosen, why, margin, runner-up, candidates' leaderboard
+    gate: dict | None = None  # the paired test's statistics (tasks.gate.Verdict.to_dict)
+    mlflow_url: str | None = None
+    flow_run_id: str | None = None
+    artifacts: list[str] = []  # keys of the Prefect artifacts created

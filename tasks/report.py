@@ -15,10 +15,11 @@ def leaderboard_lines(settings: Settings, summary: NightlyResult) -> list[str]:
             "callable": f"scorer {bench.callable}"}[bench.suite]
     what += f", limit {bench.limit}" if bench.limit else ""
     lines = ["", f"Leaderboard ({what}; registered versions by mean, then baselines)",
-             f"{'':<30}" + "".join(f"{t[:9]:>10}" for t in tasks_) + f"{'mean':>10}"]
+             f"{'':<30}" + "".join(f"{t[:9]:>10}" for t in tasks_) + f"{'mean':>10}{'± se':>8}"]
 
-    def row(label, scores, mean):
-        return f"{label:<30}" + "".join(f"{scores.get(t, float('nan')):>10.3f}" for t in tasks_) + f"{mean:>10.3f}"
+    def row(label, scores, mean, se=None):
+        return (f"{label:<30}" + "".join(f"{scores.get(t, float('nan')):>10.3f}" for t in tasks_) + f"{mean:>10.3f}"
+                + (f"{float(se):>8.3f}" if se not in (None, "", "none") else ""))
 
     board = promotion.leaderboard(settings, limit=8, fingerprint=summary.fingerprint)
     for r in board:
@@ -28,12 +29,12 @@ def leaderboard_lines(settings: Settings, summary: NightlyResult) -> list[str]:
             tag += " [" + ",".join(sorted(r["aliases"])) + "]"
         if r["version"] == summary.registered.version:
             tag += " *"
-        lines.append(row(tag, r["scores"], r["mean"]))
+        lines.append(row(tag, r["scores"], r["mean"], r.get("mean_stderr")))
     champ = summary.champion_before
     if champ and champ.version not in {r["version"] for r in board} and champ.scores:
         lines.append(row(f"v{champ.version} [champion before]", champ.scores, champ.mean))
     for b in summary.baselines:
-        lines.append(row(f"({b.label})", b.scores, b.mean))
+        lines.append(row(f"({b.label})", b.scores, b.mean, b.mean_stderr))
     lines.append("* this run; (..) baselines, not registered")
     return lines
 
@@ -41,6 +42,14 @@ def leaderboard_lines(settings: Settings, summary: NightlyResult) -> list[str]:
 def report(summary: NightlyResult | dict, settings: Settings) -> str:
     summary = NightlyResult.model_validate(summary)
     lines = leaderboard_lines(settings, summary)
+    s = summary.search
+    if s:
+        lines += ["", f"Recipe search ({s['candidates']} candidates, {s['cached']} cached, {s['seconds']} s; chosen on "
+                      "the validation split, the test split read only for the chosen merge):"]
+        for r in s["leaderboard"][:5]:
+            lines.append(f"  {r['rank']:>2}. {r['candidate']:<44} val mean {r['val mean']}"
+                         + ("   <- chosen" if r["chosen"] else ""))
+        lines.append(f"  Chosen: {s['chosen']} ({s['why']})")
     d = summary.decision
     verdict = ("PROMOTED to champion" if d.promoted and not d.unchanged else
                "champion unchanged" if d.unchanged else "NOT promoted: set as candidate")

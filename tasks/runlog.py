@@ -62,6 +62,22 @@ def run_metrics(result: EvalResult, baselines: list[EvalResult], champion: Champ
     return metrics
 
 
+def search_metrics(result: EvalResult, found: dict | None, verdict) -> dict[str, float]:
+    """Each score's stderr, the search's size and margin, the paired test's gain and p-value."""
+    metrics = {f"score.{k}.stderr": v for k, v in result.stderr.items() if v == v}
+    if result.mean_stderr is not None:
+        metrics["score.mean.stderr"] = result.mean_stderr
+    if found is not None:
+        metrics.update({"search.candidates": len(found["records"]), "search.cached": found["cached"],
+                        "search.validation_mean": found["chosen"]["validation"]["mean"]})
+        if found["margin"] is not None:
+            metrics["search.runner_up_margin"] = found["margin"]
+    if verdict is not None and verdict.comparison is not None:
+        c = verdict.comparison
+        metrics.update({"gate.gain": c.gain, "gate.gain_stderr": c.gain_stderr, "gate.p_gain": c.p_gain})
+    return metrics
+
+
 def run_artifacts(settings: Settings, merged: MergeResult, result: EvalResult, baselines: list[EvalResult],
                   champion: ChampionRecord | None, lineage: Lineage) -> dict[str, Path | dict]:
     """The run's artifacts: the manifest, per-layer diagnostics (JSON and a plot), evaluations, lineage, config."""

@@ -146,7 +146,74 @@ def register(settings: Settings, lineage: Lineage, store: str, base: FetchedSour
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote(settings: Settings, version: str, scores: dict[str, float], fingerprint: str,
-            champ: ChampionRecord | None) -> Decision:
-    decision = promotion.promote(settings, version, scores, fingerprint, champ)
+            champ: ChampionRecord | None, verdict=None) -> Decision:
+    decision = promotion.promote(settings, version, scores, fingerprint, champ, verdict)
     get_run_logger().info("promotion: v%s -> %s: %s", version, decision.alias, "; ".join(decision.reasons))
     return decision
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-sample outcomes, the statistical gate, and the search's MLflow records
+
+
+@task(name="benchmark-test", cache_policy=NO_CACHE, task_run_name="benchmark-test-{label}")
+def run_test_benchmark(settings: Settings, base: FetchedSource, adapter_dir: str | None, label: str) -> EvalResult:
+    """The test split with per-sample outcomes (lm-eval ``log_samples``, or the scorer's), cached by content."""
+    from . import scoring
+
+    rec = scoring.score_test(settings, base, adapter_dir, label)
+    get_run_logger().info("%s: test mean %.4f%s %s%s", label, rec.mean,
+                          f" ± {rec.mean_stderr:.4f}" if rec.mean_stderr is not None else "", rec.scores,
+                          " (cached)" if rec.cached else f" ({rec.seconds} s)")
+    return rec
+
+
+@task(name="champion-outcomes", cache_policy=NO_CACHE)
+def champion_outcomes(settings: Settings, base: FetchedSource, champ: ChampionRecord) -> EvalResult:
+    """The champion's per-sample test outcomes: its merged adapter from the local store (same merge key, verified)
+    or from MLflow, scored on this benchmark (a cache hit when it was scored here before)."""
+    from . import scoring
+
+    path = None
+    if champ.merge_key:
+        local = merging.store_dir(settings, champ.merge_key)
+        if merging.verify_dir(local) is not None:
+            path = local
+    if path is None:
+        dest = settings.work / "registry-cache" / f"v{champ.version}-{(champ.merge_key or 'x')[:12]}"
+        path = promotion.download_version(settings, champ.source, dest)
+    return scoring.score_test(settings, base, str(path), f"champion v{champ.version}")
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def statistical_gate(settings: Settings, result: EvalResult, champ: ChampionRecord | None,
+                     champ_eval: EvalResult | None):
+    """The paired test (tasks/gate.py) when per-sample outcomes exist; None: the scorer gives plain scores, and the
+    promotion step compares means."""
+    from . import gate
+
+    if not result.outcomes or (champ is not None and not (champ_eval and champ_eval.outcomes)):
+        get_run_logger().warning("no per-sample outcomes from the scorer: the gate compares means (no test)")
+        return None
+    verdict = gate.judge(result.outcomes, champ_eval.outcomes if champ is not None else None, settings.pipeline.gate,
+                         champion_name=f"the champion v{champ.version}" if champ else "the champion")
+    get_run_logger().info("gate: %s: %s", "promote" if verdict.promote else "refuse", "; ".join(verdict.reasons))
+    return verdict
+
+
+@task(name="record-search-and-gate", cache_policy=NO_CACHE)
+def record_search_and_gate(settings: Settings, registered: Registration, found: dict | None, result: EvalResult,
+                           champ: ChampionRecord | None, champ_eval: EvalResult | None, verdict) -> None:
+    """Child runs per candidate, the outcomes table and gate statistics on the night's run, tags on the version."""
+    from . import scoring, tracking
+
+    if found is not None:
+        tracking.log_candidates(settings, registered.run_id, found)
+    models = {"merged": result}
+    if champ_eval is not None:
+        models[f"champion v{champ.version}"] = champ_eval
+    tracking.log_night(settings, registered.run_id, outcomes_table=scoring.outcomes_table(models), search=found,
+                       gate=verdict.to_dict() if verdict is not None else None)
+    tags = tracking.search_tags(found, result)
+    if tags and not registered.reused:
+        tracking.tag_version(settings, registered.version, tags)

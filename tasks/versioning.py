@@ -82,7 +82,7 @@ def dvc_consistent(settings: Settings) -> str | None:
     on_disk = load_settings(settings.project, settings.params_path)
     if on_disk.merge != settings.merge:
         return "the recipe was overridden (not what params.yaml says)"
-    for key in ("catalog", "dtype", "calibrate", "eval", "paths"):
+    for key in ("catalog", "dtype", "calibrate", "eval", "paths", "search"):
         if getattr(on_disk.pipeline, key) != getattr(settings.pipeline, key):
             return f"pipeline.{key} was overridden (not what params.yaml says)"
     return None

@@ -110,7 +110,12 @@ def test_unchanged_rerun_uploads_nothing(night):
     again = nightly(project)
     assert again["registered"]["reused"] and again["registered"]["version"] == "1"
     assert again["decision"]["unchanged"]
-    assert {p: p.stat().st_size for p in root.rglob("*") if p.is_file()} == before  # not one byte uploaded
+    after = {p: p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    assert {p: after.get(p) for p in before} == before  # nothing replaced
+    # no model, no adapter uploaded again: only this night's own small evidence records (the paired gate's inputs
+    # and verdict), which an audit of the night needs even when the version is reused
+    new = {p: n for p, n in after.items() if p not in before}
+    assert {p.name for p in new} <= {"gate.json", "outcomes.json"} and sum(new.values()) < 64 * 1024, new
     assert len(c.search_logged_models([exp])) == models_before
     assert c.get_run(again["registered"]["run_id"]).data.tags["pico.reused_version"] == "1"
 
