@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import AdapterError
+from .peft_config import check_fields
 from .reader import SafetensorsReader, read_header
 from .writer import sha256_file
 
@@ -162,67 +163,6 @@ def _check_config(name: str, config: dict) -> None:
                            "pico does not merge; refusing rather than silently dropping them")
 
 
-# adapter_config.json is checked against an allow-list of PEFT LoraConfig fields. A field listed here is understood:
-# pico reads it, or it does not change what the saved factors mean (which modules were adapted is read from the
-# weights file itself); a tuple lists the only values accepted. Every other field must be unset (None) or at the
-# default of the installed PEFT's LoraConfig, so a field a newer PEFT adds is refused until it is understood here.
-# PEFT is imported only when such a field has a value (importing it costs ~4 s of CPU, on top of pico's ~1.6 s:
-# measured on the 2-core Intel(R) Xeon(R) Processor box), so a normal adapter never pays for it.
-_UNDERSTOOD: dict[str, tuple | None] = {
-    **dict.fromkeys(("peft_type", "r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "fan_in_fan_out",
-                     "base_model_name_or_path", "revision", "task_type"), None),  # read by pico
-    **dict.fromkeys(("use_dora", "lora_bias", "bias", "modules_to_save"), None),  # refused when set (_check_config)
-    **dict.fromkeys(("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern"), None),
-    **dict.fromkeys(("lora_dropout", "inference_mode", "auto_mapping", "peft_version"), None),  # training/bookkeeping
-    "megatron_core": None,  # read only with megatron_config
-    "qalora_group_size": None,  # read only with use_qalora
-    # initialisations that leave the base model as it was (PiSSA, OLoRA, LoftQ, CorDA change it unless converted)
-    "init_lora_weights": (True, False, "gaussian", "eva"),
-    "megatron_config": (None,),
-    "use_qalora": (False,),
-    "loftq_config": ({}, None),
-    "ensure_weight_tying": (False,),
-}
-
-
-def _peft_defaults() -> tuple[str, dict]:
-    """(PEFT's version, {field: default}) of the installed PEFT's LoraConfig."""
-    import dataclasses
-
-    import peft
-
-    defaults = {}
-    for f in dataclasses.fields(peft.LoraConfig):
-        if f.default is not dataclasses.MISSING:
-            defaults[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            defaults[f.name] = f.default_factory()
-    return peft.__version__, defaults
-
-
-def _check_fields(name: str, config_path: Path, config: dict) -> None:
-    """Refuse, naming the file and the field, any field pico does not understand that is off PEFT's default."""
-    peft_defaults = None
-    for key, value in config.items():
-        if key in _UNDERSTOOD:
-            allowed = _UNDERSTOOD[key]
-            if allowed is not None and not any(value == a and type(value) is type(a) for a in allowed):
-                raise AdapterError(f"{name}: {config_path}: {key}={value!r}; pico merges only adapters with {key} in "
-                                   f"{', '.join(map(repr, allowed))}, and refuses rather than silently dropping what "
-                                   "it means")
-            continue
-        if value is None:
-            continue
-        peft_defaults = peft_defaults or _peft_defaults()
-        version, defaults = peft_defaults
-        if key not in defaults:
-            raise AdapterError(f"{name}: {config_path}: {key}={value!r} is not a field of PEFT {version}'s LoraConfig; "
-                               "pico does not know what it means and refuses rather than silently dropping it")
-        if value != defaults[key]:
-            raise AdapterError(f"{name}: {config_path}: {key}={value!r} (PEFT's default: {defaults[key]!r}) is not "
-                               "understood by pico, which refuses rather than silently dropping what it means")
-
-
 def load_adapter(src: str | Path, *, allow_pickle: bool = False) -> Adapter:
     """Resolve, read the config and the weights header, and index the LoRA pairs. Reads no tensor data."""
     source = resolve_source(src, allow_pickle=allow_pickle)
@@ -237,7 +177,7 @@ def load_adapter(src: str | Path, *, allow_pickle: bool = False) -> Adapter:
     if not isinstance(config, dict):
         raise AdapterError(f"{name}: {CONFIG_NAME} must hold a JSON object")
     _check_config(name, config)
-    _check_fields(name, config_path, config)
+    check_fields(name, config_path, config)
     files = adapter_file_names(source.path)  # [config, weights]
     if len(files) < 2:
         raise AdapterError(f"{name}: no {SAFETENSORS_NAME} in {source.path}")

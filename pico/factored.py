@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .calibrations import CALIBRATIONS, Spectrum, get_calibration
+from .errors import RecipeError
 from .linalg import energy_share, gram, mul64, psd_eig, single_thread
 
 ENABLED = True  # switch for tests and benchmarks that compare against the general path
@@ -248,7 +249,7 @@ def _participation(e: torch.Tensor, v: torch.Tensor, ranks) -> torch.Tensor:
 def _calibrate(stacked, mode, kappa, gamma, rescale_pre, diagnostics):
     cal = get_calibration(mode)
     if not cal.gram:
-        raise ValueError(f"calibration {mode!r} has no Gram form: {cal.no_gram}")
+        raise RecipeError(f"calibration {mode!r} has no Gram form: {cal.no_gram}")
     ranks = stacked.ranks
     T, R = len(ranks), sum(ranks)
     m, n = stacked.b_all.shape[-2], stacked.a_all.shape[-1]
@@ -268,7 +269,7 @@ def _calibrate(stacked, mode, kappa, gamma, rescale_pre, diagnostics):
         share = energy_share(e_a.sqrt()) if cal.side == "A" else c_b
         alpha, rotation = cal.alphas(Spectrum(share, lambda: _participation(e, v, ranks)), kappa, gamma)
         if rotation is not None:
-            raise ValueError(f"calibration {mode!r} rotates its basis, which has no Gram form; register it with "
+            raise RecipeError(f"calibration {mode!r} rotates its basis, which has no Gram form; register it with "
                              "no_gram='<why>'")
         x = (v * alpha.unsqueeze(-2)) @ v.mT  # X'_all = X_all V diag(alpha) V^T
         if cal.side == "A":

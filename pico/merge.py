@@ -21,7 +21,7 @@ import torch
 
 from . import __version__
 from .adapters import AdapterError, AdapterSet
-from .batch import CalibratedBatch, load_batch  # noqa: F401  (CalibratedBatch: part of this module's API)
+from .batch import CalibratedBatch, load_batch  # noqa: F401  (CalibratedBatch, load_batch: part of this module's API)
 from .calibrate import calibrate, overlap_diagnostics
 from .errors import RecipeError
 from .output import MANIFEST_NAME, AdapterWriter, natural_key, round_sig  # noqa: F401 (MANIFEST_NAME: re-exported)

@@ -1,4 +1,5 @@
-"""The three registries: merge methods, spaces and calibrations. Each entry is one file registered by a decorator.
+"""The method registry. Methods, spaces and calibrations are each one file registered by a decorator: methods here,
+spaces in ``pico/spaces/__init__.py``, calibrations in ``pico/calibrations/__init__.py``.
 
 A **method** is one typed function over one batch of modules (``pico/methods/``), modelled on mergekit's
 ``@merge_method``: the function's keyword-only parameters, with their ``Annotated`` constraints and help and their
@@ -32,8 +33,6 @@ import annotated_types as at
 import torch
 
 from .errors import RecipeError
-
-# --------------------------------------------------------------------------------------------------------- methods
 
 _BOUNDS = {at.Gt: ("gt", operator.gt), at.Ge: ("ge", operator.ge), at.Lt: ("lt", operator.lt),
            at.Le: ("le", operator.le)}

@@ -1,14 +1,19 @@
 """The streaming safetensors writer: loadable output, a sha256 computed on the way out that matches the file, the
-same bytes whether or not the tensors arrive as planned, and background flushing that changes nothing."""
+same bytes whether or not the tensors arrive as planned, and background flushing that changes nothing; the adapter
+writer every output goes through: all or nothing."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from pico.adapters import load_adapters
+from pico.output import AdapterWriter
 from pico.writer import SafetensorsStreamWriter
 
 
@@ -62,3 +67,27 @@ def test_background_flush_keeps_bytes_and_hash(tmp_path, monkeypatch):
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     assert plain.sha256 == flushed.sha256 == file_sha256(tmp_path / "b.safetensors")
 
+
+
+def test_adapter_writer_moves_a_complete_directory_into_place_or_leaves_nothing(adapters, tmp_path):
+    aset = load_adapters(adapters)
+    modules = aset.modules[:2]
+    factors = {m: (torch.randn(aset.shape(m)[0], 3), torch.randn(3, aset.shape(m)[1])) for m in modules}
+    plan = [(m, 3, *aset.shape(m)[:2]) for m in modules]
+    with pytest.raises(RuntimeError, match="stop"):
+        with AdapterWriter(tmp_path / "out", aset, plan) as w:
+            w.write(modules[0], *factors[modules[0]])
+            raise RuntimeError("stop")
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary directory
+    with AdapterWriter(tmp_path / "out", aset, plan) as w:
+        for m in modules:
+            w.write(m, *factors[m])
+        config = w.close()
+        w.write_manifest({"output": w.output()})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter_config.json",
+                                                                    "adapter_model.safetensors", "merge_manifest.json"]
+    out = json.loads((tmp_path / "out" / "merge_manifest.json").read_text())["output"]
+    assert out["files"]["adapter_model.safetensors"] == file_sha256(tmp_path / "out" / "adapter_model.safetensors")
+    assert out["modules"] == 2 and out["max_rank"] == 3 == config["r"]
+    tensors = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert torch.equal(tensors[f"base_model.model.{modules[0]}.lora_B.weight"], factors[modules[0]][0])
