@@ -183,13 +183,15 @@ def walk(settings: Settings, model: str | None = None, ref: str = "champion") ->
             checks.append(Check("recipe", "MISMATCH", f"cannot rebuild the recipe: {exc}"))
         # 3. the MLflow copy of the merged adapter
         try:
+            uri = promotion.files_uri(c, v.source)  # a logged model: where its files live
             local = promotion.adapter_dir(Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=v.source, dst_path=str(Path(tmp) / "src"), tracking_uri=settings.tracking_uri)))
+                artifact_uri=uri, dst_path=str(Path(tmp) / "src"), tracking_uri=settings.tracking_uri)))
             bad = [n for n, sha in manifest["output"]["files"].items()
                    if not (local / n).is_file() or sha256_file(local / n) != sha]
+            where = v.source if uri == v.source else f"{v.source} ({uri})"
             checks.append(Check("merged adapter in MLflow", "MISMATCH" if bad else "OK",
-                                f"{v.source}: " + (f"{', '.join(bad)} differ from the manifest" if bad else
-                                                   "sha256 of adapter files recomputed, equal to the manifest")))
+                                f"{where}: " + (f"{', '.join(bad)} differ from the manifest" if bad else
+                                                "sha256 of adapter files recomputed, equal to the manifest")))
         except Exception as exc:
             checks.append(Check("merged adapter in MLflow", "MISSING", f"{v.source}: {exc}"))
     # 4. the DVC copy of the merged adapter

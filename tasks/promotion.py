@@ -203,27 +203,54 @@ def score_metrics(scores: dict[str, float], stderr: dict[str, float] | None = No
     return out
 
 
-def log_model(settings: Settings, store: Path, base: FetchedSource, lineage: Lineage):
-    """The merged adapter as an MLflow model (the pyfunc of tasks/pyfunc_model.py, model code plus the adapter
-    files; the base is named, never copied). Logged into the active run; returns MLflow's ModelInfo."""
+def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lineage: Lineage) -> str:
+    """The merged adapter as an MLflow logged model of the run: the pyfunc of tasks/pyfunc_model.py (model code plus
+    the adapter files; the base is named in its config, never copied). Client calls only: no global tracking URI, so
+    runs against different stores in one process never cross. Returns the model id."""
     import importlib.metadata as md
 
     import mlflow
+    from mlflow.models import Model
 
     # pinned as installed ("2.13.0+cpu" -> "2.13.0": a local label no index serves)
     reqs = [f"{p}=={md.version(p).partition('+')[0]}" for p in
             ("mlflow", "torch", "transformers", "peft", "safetensors")]
     recipe = lineage.recipe
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")), artifacts={"adapter": str(store)},
-        model_config={"base_model": base.path, "base_uri": base.uri, "base_revision": base.revision,
-                      "base_sha256": base.sha256, "max_new_tokens": 16, "dtype": "float32", "device": "auto"},
-        pip_requirements=reqs,
-        params={"method": recipe["method"], "space": recipe["space"], "calibrate": recipe["calibrate"],
-                "recipe_hash": lineage.recipe_hash, "sources": ",".join(s.name for s in lineage.sources)},
+    model = c.create_logged_model(
+        exp_id, name="model", source_run_id=run_id,
         tags={"pico.identity": identity(lineage), "pico.merge_key": lineage.merge_key,
-              "eval.fingerprint": lineage.eval.fingerprint, "output.sha256":
-              lineage.output.files["adapter_model.safetensors"]})
+              "eval.fingerprint": lineage.eval.fingerprint,
+              "output.sha256": lineage.output.files["adapter_model.safetensors"]},
+        params={"method": recipe["method"], "space": recipe["space"], "calibrate": recipe["calibrate"],
+                "recipe_hash": lineage.recipe_hash, "sources": ",".join(s.name for s in lineage.sources)})
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.pyfunc.save_model(
+                Path(tmp) / "model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                artifacts={"adapter": str(store)}, pip_requirements=reqs,
+                mlflow_model=Model(run_id=run_id, model_id=model.model_id, artifact_path=model.artifact_location),
+                model_config={"base_model": base.path, "base_uri": base.uri, "base_revision": base.revision,
+                              "base_sha256": base.sha256, "max_new_tokens": 16, "dtype": "float32", "device": "auto"})
+            c.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
+    except BaseException:
+        c.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    c.finalize_logged_model(model.model_id, "READY")
+    return model.model_id
+
+
+def _registry_sees(settings: Settings):
+    """MLflow's SQL registry store resolves a ``models:/<model_id>`` source through the *global* tracking URI, not the
+    client's (its own TODO in ``SqlAlchemyStore.create_model_version``, MLflow 3.17): with an embedded store, point
+    the global URI at this store for that one call and put it back (MLflow's own helper for exactly this). A tracking
+    server resolves it on its side."""
+    import contextlib
+
+    if not settings.local_tracking:
+        return contextlib.nullcontext()
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    return _use_tracking_uri(settings.tracking_uri)
 
 
 def _upload(c, run_id: str, artifacts: dict[str, Path | dict | str]) -> None:
@@ -246,7 +273,6 @@ def register(settings: Settings, *, lineage: Lineage, store: Path, base: Fetched
     """Log the night as a run (system tags from MLflow's context providers, params, metrics, lineage tags); when no
     version with this identity exists yet, upload the artifacts, log the loadable model with its score metrics and
     register it; otherwise upload nothing and point the run at the existing version."""
-    import mlflow
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException
 
@@ -274,11 +300,8 @@ def register(settings: Settings, *, lineage: Lineage, store: Path, base: Fetched
         if existing is None:
             _upload(c, run_id, artifacts)
             if settings.pipeline.mlflow.log_adapter:
-                mlflow.set_tracking_uri(settings.tracking_uri)
-                with mlflow.start_run(run_id=run_id):  # (a thread-local active run: safe beside other tasks)
-                    info = log_model(settings, store, base, lineage)
-                model_id = info.model_id
-                source = info.model_uri
+                model_id = log_model(c, exp_id, run_id, store, base, lineage)
+                source = f"models:/{model_id}"
             else:
                 source = Path(store).as_uri()
         # the scores: on the run, and on the logged model too (so the registry sorts its versions by them)
@@ -294,10 +317,12 @@ def register(settings: Settings, *, lineage: Lineage, store: Path, base: Fetched
                 version, reused = existing, True
                 c.set_tag(run_id, "pico.reused_version", existing.version)
             else:
-                version = c.create_model_version(name, source=source, run_id=run_id, tags=tags, model_id=model_id,
-                                                 description=f"{recipe['method']} / {recipe['space']} / calibrate="
-                                                             f"{recipe['calibrate']} of "
-                                                             + ", ".join(s.name for s in lineage.sources))
+                with _registry_sees(settings):
+                    version = c.create_model_version(name, source=source, run_id=run_id, tags=tags,
+                                                     model_id=model_id,
+                                                     description=f"{recipe['method']} / {recipe['space']} / "
+                                                                 f"calibrate={recipe['calibrate']} of "
+                                                                 + ", ".join(s.name for s in lineage.sources))
                 reused = False
         c.set_terminated(run_id, "FINISHED")
         artifact_uri = c.get_run(run_id).info.artifact_uri
@@ -410,15 +435,23 @@ def adapter_dir(local: Path) -> Path:
     return local / flavor["artifacts"]["adapter"]["path"]
 
 
+def files_uri(c, source: str) -> str:
+    """Where a version's files are: for a ``models:/<model_id>`` source its logged model's artifact location
+    (resolved through this client, never through MLflow's global registry URI), else the source itself."""
+    if str(source).startswith("models:/m-"):
+        return c.get_logged_model(source[len("models:/"):]).artifact_location
+    return source
+
+
 def download_version(settings: Settings, source: str, dest: Path) -> Path:
-    """The adapter files of a model version (its source: a logged model), downloaded once into ``dest``."""
+    """The adapter files of a model version (its source), downloaded once into ``dest``."""
     import mlflow.artifacts
 
-    configure(settings)
     if not (dest / "adapter_model.safetensors").is_file():
+        uri = files_uri(client(settings), source)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=dest.parent))
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp),
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp),
                                                     tracking_uri=settings.tracking_uri)
         adapter_dir(Path(local)).rename(dest) if not dest.exists() else None
     return dest

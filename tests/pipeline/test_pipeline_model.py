@@ -121,7 +121,7 @@ def test_unchanged_rerun_uploads_nothing(night):
 
 
 @pytest.mark.slow
-def test_served_champion_answers_over_http(night, tmp_path):
+def test_served_champion_answers_over_http(night, tmp_path, monkeypatch):
     import mlflow
 
     project, _, _ = night
@@ -142,5 +142,5 @@ def test_served_champion_answers_over_http(night, tmp_path):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(30)
-    mlflow.set_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert answer["predictions"] == mlflow.pyfunc.load_model("models:/merged-test@champion").predict(PROMPTS)
