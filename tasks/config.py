@@ -48,6 +48,12 @@ DEFAULTS: dict = {
         "include_path": None,  # lm-eval: a folder of task YAMLs
         "metric": "exact_match",  # lm-eval: the metric read from each task's results
         "batch_size": 64,
+        # lm-eval model settings (suite: lm-eval), from params so the same path serves a user's model on a GPU
+        "device": "cpu",
+        "dtype": "float32",
+        "model_args": "",  # extra HF model_args, e.g. "attn_implementation=sdpa"
+        "apply_chat_template": False,  # instruct models: score through their chat template
+        "num_fewshot": 0,
         "baselines": True,  # also evaluate the catalog's baselines and the base model (cached by content hash)
     },
     "mlflow": {

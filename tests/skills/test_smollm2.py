@@ -126,3 +126,54 @@ def test_lmeval_settings_are_checked(mini_smollm2):
     with pytest.raises(ValueError, match="unknown settings"):
         evaluate(mini_smollm2["base"], None, ["math"], data_dir=mini_smollm2["data"],
                  tasks_dir=mini_smollm2["tasks"], settings={"temprature": 0})
+
+
+def test_pipeline_lmeval_path_passes_the_chat_template_and_model_settings(mini_smollm2):
+    """tasks/benchmark.py's generic lm-eval path with settings from params gives the suite evaluator's scores."""
+    from skills.config import REPO_ROOT
+    from skills.smollm2.evaluate import evaluate
+    from skills.smollm2.tiny import tiny_params
+    from tasks import benchmark
+    from tasks.config import load_settings
+
+    adapter = mini_smollm2["adapters"]["json"]
+    ref = evaluate(mini_smollm2["base"], adapter, ["json", "math"], data_dir=mini_smollm2["data"],
+                   tasks_dir=mini_smollm2["tasks"], settings=tiny_params()["eval"])
+    over = {"eval": {"suite": "lm-eval", "tasks": ["smollm2_json", "smollm2_math"],
+                     "include_path": mini_smollm2["tasks"], "apply_chat_template": True, "batch_size": 8,
+                     "model_args": "max_length=512"}}
+    settings = load_settings(REPO_ROOT, overrides=over)
+    got = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)
+    assert got == {"smollm2_json": ref["json"], "smollm2_math": ref["math"]}
+    fp = benchmark.benchmark_fingerprint(settings)
+    assert fp["apply_chat_template"] is True and fp["model_args"] == "max_length=512"
+
+
+def test_report_machinery_and_figure2_run_on_the_miniature(mini_smollm2, tmp_path):
+    """skills/report.py's run_report with this suite's evaluator (TA and TIES, Pico off / post / pre, lambda on
+    validation), and the Figure-2 overlaps with their random baselines."""
+    from skills.report import run_report
+    from skills.smollm2.report import SmolEvaluator, figure2
+    from skills.smollm2.tiny import tiny_params
+
+    singles = ["math", "json", "reverse"]
+    sources = [mini_smollm2["adapters"][n] for n in singles]
+    fig = figure2(sources)
+    assert set(fig) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "all"}
+    for v in fig.values():
+        assert 0.0 <= v["overlap_B"] <= 1.0 and 0.0 <= v["overlap_A"] <= 1.0 and 0.0 < v["random_A"] <= 1.0
+    # ranks 4, 8, 2 -> pairs (4,8), (4,2), (8,2): max / dim; q_proj's A has dim = hidden 32
+    assert fig["q_proj"]["random_A"] == pytest.approx((8 + 4 + 8) / 3 / 32, abs=1e-4)
+
+    p = tiny_params()
+    p["paths"] = {"base": mini_smollm2["base"], "data": mini_smollm2["data"],
+                  "adapters": str(Path(mini_smollm2["adapters"]["math"]).parent)}
+    p["data"]["skills"] = ["math", "json", "reverse"]
+    p["report"] = {"lam_grid": [0.5, 1.0]}
+    ev = SmolEvaluator(p["paths"]["base"], p["paths"]["data"], p["data"]["skills"], fast_only=True,
+                       settings=p["eval"])
+    res = run_report(p, tmp_path, fast_only=True, ablations=False, methods=["ta"], evaluator=ev, log=lambda *_: None)
+    names = [r["name"] for r in res["rows"]]
+    assert names[0] == "base" and "ta/full" in names and "ta/full +pico (post)" in names
+    assert any(n.startswith("multi-task") for n in names)
+    assert (tmp_path / "report.md").exists() and set(res["base"]) == set(p["data"]["skills"])
