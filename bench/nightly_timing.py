@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_env()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     settings = load_settings(args.project)
-    from flows.nightly import ensure_suite, nightly_merge, warm_up
+    from flows.nightly import nightly_merge
+    from tasks.runtime import warm_up
+    from tasks.suite import ensure_suite
 
     import_s = time.perf_counter() - t0
     ensure_suite(settings)

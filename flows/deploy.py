@@ -24,12 +24,12 @@ def build_deployment(project: str = ".", params: str = "params.yaml"):
     from flows.nightly import nightly_merge
 
     settings = load_settings(project, params)
-    sched = settings.pipeline["schedule"]
+    sched = settings.pipeline.schedule
     return nightly_merge.to_deployment(
-        name=sched["deployment"],
-        schedules=[Cron(sched["cron"], timezone=sched["timezone"])],
+        name=sched.deployment,
+        schedules=[Cron(sched.cron, timezone=sched.timezone)],
         parameters={"project": str(settings.project), "params": params},
-        concurrency_limit=sched.get("concurrency_limit"),
+        concurrency_limit=sched.concurrency_limit,
         tags=["pico", "nightly"],
         description=f"Nightly pico merge of {settings.catalog.path.name} with the recipe in {params}",
     )

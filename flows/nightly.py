@@ -8,16 +8,14 @@ decision and where to look)::
     MLFLOW_TRACKING_URI=http://host:5000 python -m flows.nightly
     python -m flows.nightly --set merge.method=ties --set merge.params.density=0.5
 
-The schedule lives in ``flows/deploy.py`` (``python -m flows.deploy``).
+Only composition lives here: the steps are ``tasks.steps`` (Prefect tasks over plain modules), the records they pass
+are ``tasks.records``; the schedule lives in ``flows/deploy.py`` (``python -m flows.deploy``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,203 +25,87 @@ from tasks.config import quiet_env
 quiet_env()
 
 import torch  # noqa: E402
-from prefect import flow, get_run_logger, unmapped  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+from prefect import flow, unmapped  # noqa: E402
 
-from tasks import benchmark, merging, steps  # noqa: E402
+from tasks import benchmark, runlog, runtime, steps  # noqa: E402
 from tasks.config import Settings, digest, load_settings  # noqa: E402
-
-
-def make_task_runner(settings: Settings):
-    """The task runner of the calibrate/merge map: threads (default) or Dask (prefect-dask)."""
-    cfg = settings.pipeline["task_runner"]
-    if cfg["kind"] == "threads":
-        return ThreadPoolTaskRunner(max_workers=int(cfg["max_workers"]))
-    if cfg["kind"] != "dask":
-        raise ValueError(f"pipeline.task_runner.kind must be threads or dask, got {cfg['kind']!r}")
-    from prefect_dask import DaskTaskRunner
-
-    if cfg["address"]:
-        return DaskTaskRunner(address=cfg["address"])
-    kwargs = {"n_workers": int(cfg["n_workers"]), "threads_per_worker": 1, "processes": bool(cfg["processes"]),
-              "dashboard_address": None}
-    if cfg["gpu_resource"]:
-        kwargs["resources"] = {cfg["gpu_resource"]: 1}
-    _share_api_with_workers()
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
-
-
-def _share_api_with_workers() -> None:
-    """Point local Dask worker processes at this process's Prefect API (else each starts its own, ~15-30 s)."""
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    from prefect.settings import get_current_settings
-
-    url = get_current_settings().api.url
-    if url:
-        os.environ["PREFECT_API_URL"] = str(url)
-        return
-    with contextlib.suppress(Exception):
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = SubprocessASGIServer()
-        server.start()
-        os.environ["PREFECT_API_URL"] = server.api_url
+from tasks.records import FetchedSource, MergeResult, NightlyResult  # noqa: E402
 
 
 @flow(name="calibrate-and-merge", log_prints=True)
-def calibrate_and_merge(settings: Settings, aset, groups: list[list[str]], key: str, fetched: list[dict]):
+def calibrate_and_merge(settings: Settings, aset, groups: list[list[str]], key: str,
+                        fetched: list[FetchedSource]) -> MergeResult:
     """Calibrate each group of layers (mapped over the task runner's workers), merge each, write one adapter."""
-    recipe = settings.recipe_obj()
-    cfg = settings.pipeline["task_runner"]
-    annotate = contextlib.nullcontext()
-    if cfg["kind"] == "dask" and cfg["gpu_resource"]:
-        import dask
-
-        annotate = dask.annotate(resources={cfg["gpu_resource"]: 1})  # calibration runs on GPU workers
-    threads = settings.pipeline["calibrate"]["threads"]
+    recipe, threads = settings.recipe, settings.pipeline.calibrate.threads
     before = torch.get_num_threads()
     try:
-        with annotate:
-            cals = steps.calibrate.map(unmapped(aset), groups, unmapped(recipe), unmapped(settings.pipeline["device"]),
+        with runtime.gpu_annotation(settings):  # calibration runs on GPU workers when the runner has them
+            cals = steps.calibrate.map(unmapped(aset), groups, unmapped(recipe), unmapped(settings.pipeline.device),
                                        unmapped(threads))
             merged = steps.merge_group.map(cals, unmapped(recipe), unmapped(threads))
         results = [f.result() for f in merged]
     finally:
         torch.set_num_threads(before)  # (the pool's threads pinned it; the rest of the run gets it back)
-    return steps.write(settings, key, aset, recipe, groups, results, fetched)
-
-
-def git_info(project: Path) -> dict:
-    def git(*args):
-        proc = subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
-        return proc.stdout.strip() if proc.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
-    return {"commit": commit, "dirty": dirty}
+    return steps.write(settings, key, aset, groups, results, fetched)
 
 
 @flow(name="nightly-merge", log_prints=True)
 def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: dict | None = None) -> dict:
     """Merge the catalog's adapters with the recipe in params.yaml, benchmark, version, register and promote."""
-    log = get_run_logger()
-    t = {"start": time.perf_counter()}
-    marks = []
-
-    def mark(step):
-        marks.append((step, time.perf_counter()))
-
     settings = load_settings(project, params, overrides)
-    if settings.pipeline["eval"]["suite"] != "callable" and not benchmark._PREWARM:
-        benchmark.prewarm(settings)
-    preflight = steps.mlflow_preflight.submit(settings)
-    fetch = steps.fetch_adapter.with_options(retries=int(settings.pipeline["fetch"]["retries"]),
-                                             retry_delay_seconds=float(settings.pipeline["fetch"]["retry_delay_s"]))
-    futures = [fetch.submit(settings, e) for e in settings.catalog.adapters]
+    clock = runlog.Clock()
+    benchmark.prewarm(settings)
+    preflight = steps.mlflow_preflight.submit(settings)  # beside fetch: an unreachable MLflow fails in seconds
+
+    fetch = steps.fetch_adapter.with_options(retries=settings.pipeline.fetch.retries,
+                                             retry_delay_seconds=settings.pipeline.fetch.retry_delay_s)
+    adapter_fs = [fetch.submit(settings, e) for e in settings.catalog.adapters]
     base_f = steps.fetch_base.submit(settings)
     baseline_fs = [fetch.submit(settings, e) for e in settings.catalog.baselines]
-    fetched = [f.result() for f in futures]
-    mark("fetch")
+    fetched = [f.result() for f in adapter_fs]
+    clock.mark("fetch")
 
-    aset, groups, key, cached = steps.validate(settings, fetched)
-    mark("validate")
-    base = benchmark.resolve_base(settings, base_f.result(), fetched[0]["path"])
-    fingerprint_obj = benchmark.benchmark_fingerprint(settings)
-    fingerprint = digest(fingerprint_obj)
+    aset, groups, key, merged = steps.validate(settings, fetched)
+    clock.mark("validate")
+    base = benchmark.resolve_base(settings, base_f.result(), fetched[0].path)
+    bench = benchmark.benchmark_fingerprint(settings)
+    fingerprint = digest(bench)
 
-    runner_name = None
-    if cached is not None:
-        store, manifest = str(merging.store_dir(settings, key)), cached
-        merging.check_sources(manifest, fetched)
-        log.info("merge cache hit: %s (same sources, recipe and pico version)", store)
-    else:
-        runner = make_task_runner(settings)
-        runner_name = type(runner).__name__
-        store, manifest = calibrate_and_merge.with_options(task_runner=runner)(settings, aset, groups, key, fetched)
-    mark("calibrate_merge")
+    runner = None
+    if merged is None:
+        runner = runtime.make_task_runner(settings)
+        merged = calibrate_and_merge.with_options(task_runner=runner)(settings, aset, groups, key, fetched)
+    clock.mark("calibrate_merge")
 
-    merged_eval = steps.run_benchmark(settings, base, store, "merged")
-    mark("benchmark")
+    result = steps.run_benchmark(settings, base, merged.store, "merged")
+    clock.mark("benchmark")
     baseline_runs = []  # after the merge, never beside it (evaluation changes torch's thread count)
-    if settings.pipeline["eval"]["baselines"]:  # cached by content: free after the first night
+    if settings.pipeline.eval.baselines:  # cached by content: free after the first night
         baseline_runs.append(steps.run_benchmark.submit(settings, base, None, "base"))
-        baseline_runs += [steps.run_benchmark.submit(settings, base, b.result()["path"], b.result()["name"])
+        baseline_runs += [steps.run_benchmark.submit(settings, base, b.result().path, b.result().name)
                           for b in baseline_fs]
     experiment = preflight.result()  # raises RegistryUnavailable: nothing below runs, no alias moves
-    champ = steps.champion(settings, base, fingerprint)
+    champion = steps.champion(settings, base, fingerprint)
     baselines = [f.result() for f in baseline_runs]
-    mark("baselines_champion")
+    clock.mark("baselines_champion")
 
-    lineage = {
-        "pico_version": manifest["pico_version"], "merge_key": key, "recipe": manifest["recipe"],
-        "recipe_hash": manifest["recipe_hash"],
-        "sources": [{k: f[k] for k in ("name", "uri", "path", "revision", "sha256", "files", "dvc")}
-                    for f in fetched],
-        "base": {k: base[k] for k in ("name", "uri", "revision", "sha256")},
-        "output": {"files": manifest["output"]["files"]},
-        "git": git_info(settings.project),
-        "eval": {"fingerprint": fingerprint, "benchmark": fingerprint_obj, "scores": merged_eval["scores"],
-                 "mean": merged_eval["mean"]},
-        "project": str(settings.project),
-    }
-    dvc = steps.version_dvc(settings, store, merged_eval["scores"], dvc_consistent(settings, project, params))
-    mark("version")
-    if dvc["enabled"]:
-        lineage["output"]["dvc"] = {"path": dvc["path"], "md5": dvc["md5"], "pushed": dvc["pushed"]}
-        lineage["dvc_lock"] = dvc["lock"]
+    dvc = steps.version_dvc(settings, merged.store, result.scores)
+    clock.mark("version")
 
-    timings = _durations(t["start"], marks)
-    params_logged = {"merge": settings.recipe, "recipe_hash": manifest["recipe_hash"],
-                     "catalog": [e.to_dict() for e in settings.catalog.adapters],
-                     "eval": settings.pipeline["eval"], "gate": settings.pipeline["gate"],
-                     "task_runner": settings.pipeline["task_runner"]["kind"], "dtype": settings.pipeline["dtype"],
-                     "merge_key": key}
-    metrics = {f"score.{k}": v for k, v in merged_eval["scores"].items()}
-    metrics["score.mean"] = merged_eval["mean"]
-    for b in baselines:
-        metrics[f"baseline.{b['label']}.mean"] = b["mean"]
-    if champ is not None:
-        metrics["champion.mean"] = champ["mean"]
-    metrics.update({f"time.{k}_s": v for k, v in timings.items()})
-    plot = merging.plot_diagnostics(manifest, settings.work / "plots" / f"{key[:16]}.png")
-    artifacts = {"merge_manifest.json": Path(store) / "merge_manifest.json",
-                 "diagnostics.json": merging.diagnostics(manifest), "plots/diagnostics.png": plot,
-                 "eval.json": {"merged": merged_eval, "baselines": baselines, "champion": champ},
-                 "lineage.json": lineage, "config/params.yaml": settings.params_path,
-                 "config/catalog.yaml": settings.catalog.path}
-    reg = steps.register(settings, lineage, store, params_logged, metrics, artifacts)
-    mark("register")
-    decision = steps.promote(settings, reg["version"], merged_eval["scores"], fingerprint, champ)
-    mark("promote")
-    timings = _durations(t["start"], marks)
-    return {"project": str(settings.project), "merge_key": key, "fingerprint": fingerprint, "store": store, "cached_merge": cached is not None,
-            "runner": runner_name,
-            "eval": merged_eval, "baselines": baselines, "champion_before": champ, "registered": reg,
-            "decision": decision, "dvc": dvc, "experiment_id": experiment, "timings": timings,
-            "tracking_uri": settings.tracking_uri, "model": settings.pipeline["mlflow"]["model_name"]}
+    lineage = runlog.build_lineage(settings, fetched, base, merged, bench, fingerprint, result, dvc)
+    registered = steps.register(settings, lineage, merged.store, runlog.run_params(settings, merged),
+                                runlog.run_metrics(result, baselines, champion, clock.durations()),
+                                runlog.run_artifacts(settings, merged, result, baselines, champion, lineage))
+    clock.mark("register")
 
+    decision = steps.promote(settings, registered.version, result.scores, fingerprint, champion)
+    clock.mark("promote")
 
-def dvc_consistent(settings: Settings, project: str, params: str) -> str | None:
-    """Why dvc.lock must not record this run (None: it may): overrides of what the DVC stages read."""
-    if settings.params_path != settings.project / "params.yaml":
-        return f"the run read {settings.params_path.name}, but the DVC stages read params.yaml"
-    on_disk = load_settings(project, params)
-    if on_disk.recipe != settings.recipe:
-        return "the recipe was overridden (not what params.yaml says)"
-    for key in ("catalog", "dtype", "calibrate", "eval", "paths"):
-        if on_disk.pipeline[key] != settings.pipeline[key]:
-            return f"pipeline.{key} was overridden (not what params.yaml says)"
-    return None
-
-
-def _durations(start: float, marks: list[tuple[str, float]]) -> dict[str, float]:
-    out, prev = {}, start
-    for step, at in marks:
-        out[step] = round(at - prev, 2)
-        prev = at
-    out["total"] = round(prev - start, 2)
-    return out
+    return NightlyResult(project=str(settings.project), merge_key=key, fingerprint=fingerprint, store=merged.store,
+                         cached_merge=merged.cached, runner=runner and type(runner).__name__, eval=result,
+                         baselines=baselines, champion_before=champion, registered=registered, decision=decision,
+                         dvc=dvc, experiment_id=experiment, timings=clock.durations(),
+                         tracking_uri=settings.tracking_uri, model=settings.model_name).model_dump()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,112 +129,10 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def ensure_suite(settings: Settings) -> None:
-    """Build (with `dvc repro`) the DVC stages that produce the catalog's dvc:// sources, when any is missing."""
-    from tasks import dvcio
-
-    wanted = [e.source[len("dvc://"):].partition("@")[0] for e in
-              settings.catalog.adapters + settings.catalog.baselines + ([settings.catalog.base]
-                                                                          if settings.catalog.base else [])
-              if e.source.startswith("dvc://") and "@" not in e.source]
-    need = [p for p in wanted if not (settings.project / p).exists()]
-    if settings.pipeline["eval"]["suite"] == "skills" and not benchmark.suite_data_dir(settings).is_dir():
-        need.append(str(benchmark.suite_data_dir(settings).relative_to(settings.project)))
-    if not need:
-        return
-    listing = dvcio.dvc_cmd(settings.project, "stage", "list")
-    stages = set()
-    for line in listing.splitlines():
-        name, _, rest = line.partition(" ")
-        outs = [o.strip() for o in rest.strip().removeprefix("Outputs").split(",") if o.strip()]
-        for p in need:
-            if any(p == o or p.startswith(o.rstrip("/") + "/") for o in outs):
-                stages.add(name)
-    if not stages:
-        raise SystemExit(f"missing {', '.join(need)} and no DVC stage produces it; build the suite first")
-    print(f"building the skills suite: dvc repro {' '.join(sorted(stages))} (one-off, minutes)", flush=True)
-    subprocess.run([sys.executable, "-m", "dvc", "repro", *sorted(stages)], cwd=settings.project, check=True,
-                   env=dvcio.venv_env())
-
-
-def warm_up(settings: Settings):
-    """Start the run's fixed costs side by side instead of one after the other: Prefect's ephemeral API (a
-    subprocess, ~15 s here), the lm-eval import (~12 s) and opening the MLflow store. Returns the thread starting the
-    API (join it before the flow runs); the others finish on their own (their steps wait for them or redo them)."""
-    import threading
-
-    if settings.pipeline["eval"]["suite"] != "callable" and not benchmark._PREWARM:
-        benchmark.prewarm(settings)
-
-    def _mlflow():
-        with contextlib.suppress(Exception):  # the flow's pre-flight step reports problems
-            from tasks import registry
-
-            registry.preflight(settings)
-
-    threading.Thread(target=_mlflow, name="prewarm-mlflow", daemon=True).start()
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    api = threading.Thread(target=SubprocessASGIServer().start, name="prewarm-prefect-api", daemon=True)
-    api.start()
-    return api
-
-
-def report(summary: dict, settings: Settings) -> str:
-    from tasks import registry
-
-    lines = []
-    ev = summary["eval"]
-    tasks_ = list(ev["scores"])
-    head = f"{'':<30}" + "".join(f"{t[:9]:>10}" for t in tasks_) + f"{'mean':>10}"
-    bench = settings.eval_config()
-    what = {"skills": f"skills suite, {bench['split']} split", "lm-eval": "lm-eval: " + ", ".join(bench["tasks"]),
-            "callable": f"scorer {bench['callable']}"}.get(bench["suite"], bench["suite"])
-    what += f", limit {bench['limit']}" if bench["limit"] else ""
-    lines += ["", f"Leaderboard ({what}; registered versions by mean, then baselines)", head]
-
-    def row(label, scores, mean):
-        return f"{label:<30}" + "".join(f"{scores.get(t, float('nan')):>10.3f}" for t in tasks_) + f"{mean:>10.3f}"
-
-    for r in registry.leaderboard(settings, limit=8, fingerprint=summary["fingerprint"]):
-        recipe = r["recipe"]
-        tag = f"v{r['version']} {recipe.get('method', '?')}/{recipe.get('calibrate', '?')}"
-        if r["aliases"]:
-            tag += " [" + ",".join(sorted(r["aliases"])) + "]"
-        if r["version"] == summary["registered"]["version"]:
-            tag += " *"
-        lines.append(row(tag, r["scores"], r["mean"]))
-    champ = summary.get("champion_before")
-    shown = {r["version"] for r in registry.leaderboard(settings, limit=8, fingerprint=summary["fingerprint"])}
-    if champ and champ["version"] not in shown and champ.get("scores"):
-        lines.append(row(f"v{champ['version']} [champion before]", champ["scores"], champ["mean"]))
-    for b in summary["baselines"]:
-        lines.append(row(f"({b['label']})", b["scores"], b["mean"]))
-    lines.append("* this run; (..) baselines, not registered")
-    d = summary["decision"]
-    verdict = ("PROMOTED to champion" if d["promoted"] and not d["unchanged"] else
-               "champion unchanged" if d["unchanged"] else "NOT promoted: set as candidate")
-    lines += ["", f"Decision: {summary['model']} v{d['version']} {verdict}: " + "; ".join(d["reasons"])]
-    uri = summary["tracking_uri"]
-    ui = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else uri
-    tm = summary["timings"]
-    lines += [
-        f"Timings (s): " + ", ".join(f"{k} {v}" for k, v in tm.items()),
-        "",
-        "Where to look:",
-        f"  MLflow UI:  {ui}   (run {summary['registered']['run_id']})",
-        f"  Lineage:    pico lineage {summary['model']} {d['version']}   (or: champion)",
-        f"  Merged:     {summary['store']}" + (f"  (DVC: {summary['dvc']['path']} md5 {summary['dvc']['md5']}, "
-                                                 "dvc.lock)" if summary["dvc"].get("enabled") else ""),
-    ]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from tasks.report import report
+    from tasks.suite import ensure_suite
+
     ap = argparse.ArgumentParser(prog="python -m flows.nightly", description=__doc__.splitlines()[0])
     ap.add_argument("--project", default=".", help="project directory holding params.yaml (default: .)")
     ap.add_argument("--params", default="params.yaml")
@@ -367,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_build:
             ensure_suite(settings)
         t0 = time.perf_counter()
-        api = warm_up(settings)
+        api = runtime.warm_up(settings)
         if api is not None:
             api.join()
         summary = nightly_merge(project=str(settings.project), params=args.params, overrides=overrides)

@@ -20,11 +20,11 @@ from tasks.config import load_settings, quiet_env
 def stage_merge(settings) -> dict:
     from tasks import fetch, merging
 
-    recipe = settings.recipe_obj()
+    recipe = settings.recipe
     fetched = [fetch.fetch_entry(settings, e) for e in settings.catalog.adapters]
     aset = merging.load_set(fetched)
-    groups = merging.plan_groups(aset, recipe, settings.pipeline["calibrate"]["layers_per_group"])
-    device, threads = settings.pipeline["device"], settings.pipeline["calibrate"]["threads"]
+    groups = merging.plan_groups(aset, recipe, settings.pipeline.calibrate.layers_per_group)
+    device, threads = settings.pipeline.device, settings.pipeline.calibrate.threads
     results = (merging.merge_group(merging.calibrate_group(aset, g, recipe, device, threads), recipe, threads)
                for g in groups)
     out = settings.path("merged")
@@ -34,7 +34,7 @@ def stage_merge(settings) -> dict:
 
     shutil.rmtree(out, ignore_errors=True)
     manifest = write_merged(aset, recipe, groups, results, out, overwrite=True, progress=False,
-                            dtype=getattr(torch, settings.pipeline["dtype"]))
+                            dtype=getattr(torch, settings.pipeline.dtype))
     merging.check_sources(manifest, fetched)
     print(f"merged {len(aset)} adapters -> {out} ({manifest['output']['modules']} modules)")
     return manifest
@@ -46,8 +46,8 @@ def stage_eval(settings) -> dict:
     merged = settings.path("merged")
     base = benchmark.resolve_base(settings, fetch.fetch_base(settings), merged)
     rec = benchmark.evaluate_cached(settings, base, merged, "merged")
-    versioning.write_metrics(settings.path("eval") / "metrics.json", rec["scores"])
-    print(f"eval: mean {rec['mean']:.4f} {rec['scores']}")
+    versioning.write_metrics(settings.path("eval") / "metrics.json", rec.scores)
+    print(f"eval: mean {rec.mean:.4f} {rec.scores}")
     return rec
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .errors import AdapterError
+from .peft_config import check_fields
+from .reader import SafetensorsReader, read_header
 from .writer import sha256_file
 
 CONFIG_NAME = "adapter_config.json"
@@ -30,10 +32,6 @@ PICKLE_NAMES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 # PEFT saves "base_model.model.<module>.lora_A.weight"; some tools keep the adapter-name infix
 # ("...lora_A.default.weight"). Both map to (<module>, "A").
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
-
-
-class AdapterError(ValueError):
-    """A user-facing problem with an adapter: names the adapter, the module (when there is one) and the problem."""
 
 
 @dataclass
@@ -63,22 +61,44 @@ class Source:
                 "files": dict(sorted(self.hash_files().items()))}
 
 
+def adapter_file_names(path: Path) -> list[str]:
+    """The files that identify an adapter directory, i.e. what its sha256 covers (manifests, pins, lineage): the
+    config and the weights, ``adapter_model.safetensors`` or else the first pickle checkpoint present."""
+    path = Path(path)
+    weights = next((n for n in (SAFETENSORS_NAME, *PICKLE_NAMES) if (path / n).is_file()), None)
+    return [n for n in (CONFIG_NAME, weights) if n is not None and (path / n).is_file()]
+
+
+def hub_snapshot(uri: str, allow_patterns: tuple[str, ...] | list[str] | None = None,
+                 error: type[Exception] = AdapterError) -> tuple[Path, str]:
+    """``hf://org/name@revision`` -> (the local snapshot directory, the revision), through the hub cache.
+
+    An unpinned ``uri`` raises ``error``; the hub's own errors (network, missing repo or revision) propagate as they
+    are, so each caller decides which of them are worth a retry.
+    """
+    repo, _, revision = uri[len("hf://"):].partition("@")
+    if not repo or not revision:
+        raise error(f"{uri}: pin a revision, e.g. hf://org/name@<commit sha> (unpinned hub sources are not "
+                    "reproducible)")
+    from huggingface_hub import snapshot_download
+
+    patterns = list(allow_patterns) if allow_patterns is not None else None
+    return Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=patterns)), revision
+
+
 def resolve_source(src: str | Path, *, allow_pickle: bool = False) -> Source:
     """Turn a local path or ``hf://org/name@revision`` into a local directory. Files are hashed later, lazily."""
     text = str(src)
     if text.startswith("hf://"):
-        repo, _, revision = text[len("hf://"):].partition("@")
-        if not repo or not revision:
-            raise AdapterError(f"{text}: pin a revision, e.g. hf://org/name@<commit sha> (unpinned hub sources are "
-                               "not reproducible)")
+        patterns = [CONFIG_NAME, SAFETENSORS_NAME] + (list(PICKLE_NAMES) if allow_pickle else [])
         try:
-            from huggingface_hub import snapshot_download
-
-            patterns = [CONFIG_NAME, SAFETENSORS_NAME] + (list(PICKLE_NAMES) if allow_pickle else [])
-            local = snapshot_download(repo_id=repo, revision=revision, allow_patterns=patterns)
+            local, revision = hub_snapshot(text, patterns)
+        except AdapterError:
+            raise
         except Exception as exc:  # network, auth, missing revision: one clear line, not a hub traceback
             raise AdapterError(f"{text}: could not download from the Hugging Face hub: {exc}") from exc
-        return Source(name=repo.split("/")[-1], uri=text, path=Path(local), revision=revision)
+        repo = text[len("hf://"):].partition("@")[0]
+        return Source(name=repo.split("/")[-1], uri=text, path=local, revision=revision)
     path = Path(text).expanduser()
     if not path.exists():
         raise AdapterError(f"{text}: no such adapter directory")
@@ -114,92 +134,11 @@ class Adapter:
             return self.pickled[key]
         try:
             if self._handle is None:
-                self._handle = _SafetensorsReader(self.weights_path)
+                self._handle = SafetensorsReader(self.weights_path)
             return self._handle.get_tensor(key)
         except Exception as exc:
             raise AdapterError(f"{self.source.name}: {self.weights_path.name}: cannot read tensor {key}: {exc} "
                                "(truncated or corrupt file?)") from exc
-
-
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-
-
-class _SafetensorsReader:
-    """Reads single tensors of a safetensors file with positional reads (pread) into fresh buffers.
-
-    Not safetensors' mmap: pages of a mapped file stay in the process's resident set once touched, so streaming a
-    merge through mmap grows RSS to the whole input size. A pread copies only the tensor asked for; the kernel's
-    page cache still serves repeated reads. Thread-safe (positional reads on one descriptor).
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.file = open(self.path, "rb", buffering=0)
-        n = int.from_bytes(os.pread(self.file.fileno(), 8, 0), "little")
-        header = json.loads(os.pread(self.file.fileno(), n, 8))
-        header.pop("__metadata__", None)
-        self.base = 8 + n
-        self.entries = header
-
-    def get_tensor(self, key: str) -> torch.Tensor:
-        info = self.entries[key]
-        dtype = _ST_DTYPES.get(info["dtype"])
-        if dtype is None:  # exotic dtypes (fp8, ...): let safetensors decode them
-            from safetensors import safe_open
-
-            with safe_open(self.path, framework="pt") as f:
-                return f.get_tensor(key).clone()
-        start, stop = info["data_offsets"]
-        shape = list(info["shape"])
-        nbytes = stop - start
-        if nbytes != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
-            raise ValueError(f"{key}: {nbytes} bytes do not hold a {info['dtype']} tensor of shape {shape}")
-        buf = torch.empty(nbytes, dtype=torch.uint8)
-        view, done = memoryview(buf.numpy()), 0
-        while done < nbytes:
-            got = os.preadv(self.file.fileno(), [view[done:]], self.base + start + done)
-            if got <= 0:
-                raise ValueError(f"{key}: file ends after {done} of {nbytes} bytes")
-            done += got
-        return buf.view(dtype).view(shape)
-
-    def __del__(self):
-        file = getattr(self, "file", None)
-        if file is not None:
-            file.close()
-
-
-def _read_header(adapter_name: str, path: Path) -> dict[str, tuple[str, list[int]]]:
-    """Parse a safetensors header without reading data: key -> (dtype, shape). Validates offsets against file size."""
-    size = path.stat().st_size
-    err = f"{adapter_name}: {path.name}: truncated or corrupt safetensors file"
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise AdapterError(f"{err} (only {size} bytes)")
-        n = int.from_bytes(head, "little")
-        if n <= 0 or 8 + n > size:
-            raise AdapterError(f"{err} (header length {n} does not fit in {size} bytes)")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AdapterError(f"{err} (header is not JSON: {exc})") from exc
-    header.pop("__metadata__", None)
-    end = 8 + n
-    data_len = 0
-    out = {}
-    for key, info in header.items():
-        try:
-            start, stop = info["data_offsets"]
-            out[key] = (info["dtype"], list(info["shape"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise AdapterError(f"{err} (bad header entry for {key})") from exc
-        data_len = max(data_len, stop)
-    if end + data_len > size:
-        raise AdapterError(f"{err} (data needs {end + data_len} bytes, file has {size})")
-    return out
 
 
 _UNMERGED_FEATURES = {
@@ -238,27 +177,28 @@ def load_adapter(src: str | Path, *, allow_pickle: bool = False) -> Adapter:
     if not isinstance(config, dict):
         raise AdapterError(f"{name}: {CONFIG_NAME} must hold a JSON object")
     _check_config(name, config)
-    source.files[CONFIG_NAME] = None  # hashed on first use
-
-    weights_path = source.path / SAFETENSORS_NAME
+    check_fields(name, config_path, config)
+    files = adapter_file_names(source.path)  # [config, weights]
+    if len(files) < 2:
+        raise AdapterError(f"{name}: no {SAFETENSORS_NAME} in {source.path}")
+    source.files = dict.fromkeys(files)  # hashed on first use
+    weights_path = source.path / files[1]
     pickled = None
-    if weights_path.is_file():
-        header = _read_header(name, weights_path)
+    if weights_path.name == SAFETENSORS_NAME:
+        try:
+            header = {k: (i["dtype"], i["shape"]) for k, i in read_header(weights_path)[0].items()}
+        except ValueError as exc:
+            raise AdapterError(f"{name}: {exc}") from exc
     else:
-        pickle_path = next((source.path / p for p in PICKLE_NAMES if (source.path / p).is_file()), None)
-        if pickle_path is None:
-            raise AdapterError(f"{name}: no {SAFETENSORS_NAME} in {source.path}")
         if not allow_pickle:
-            raise AdapterError(f"{name}: only a pickle checkpoint ({pickle_path.name}) was found; loading pickles can "
-                               "run arbitrary code, so it is refused. Convert it to safetensors, or pass "
+            raise AdapterError(f"{name}: only a pickle checkpoint ({weights_path.name}) was found; loading pickles "
+                               "can run arbitrary code, so it is refused. Convert it to safetensors, or pass "
                                "--allow-pickle if you trust it")
         try:
-            pickled = torch.load(pickle_path, map_location="cpu", weights_only=True)
+            pickled = torch.load(weights_path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise AdapterError(f"{name}: cannot read {pickle_path.name}: {exc}") from exc
-        weights_path = pickle_path
+            raise AdapterError(f"{name}: cannot read {weights_path.name}: {exc}") from exc
         header = {k: (str(v.dtype), list(v.shape)) for k, v in pickled.items()}
-    source.files[weights_path.name] = None
 
     pairs: dict[str, dict[str, tuple[str, list[int]]]] = {}
     for key, (dtype, shape) in header.items():

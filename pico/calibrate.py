@@ -9,43 +9,19 @@ Then one of two rescalings: "pre" keeps each adapter's own update norm, B''_t = 
 applied by the merge driver after the merge).
 
 Besides the official rule, the ablation controls of spec section 6 are calibration modes here, so the skills report
-can run them through the same merge path: "pico-random" (same alphas on a random orthonormal basis of col(B_all)),
-"pico-uniform" (every alpha_k = mean(alpha)), "pico-a" (the same rule on the row space of the stacked A's) and
-"pico-sharing" (alpha_k = 1 / e_k, e_k the effective number of tasks using direction k). ``gamma`` raises alpha to
-a power (strength sweep).
+can run them through the same merge path. Each mode is one file in pico/calibrations/ that computes the alphas from
+a :class:`~pico.calibrations.Spectrum`; this module is the general path that applies them to explicit factors (the
+core space's Gram fast path, pico/factored.py, applies the same alphas in Gram form). ``gamma`` raises alpha to a
+power (strength sweep).
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
+from .calibrations import CALIBRATIONS, Spectrum, get_calibration, pico_alphas  # noqa: F401  (pico_alphas: API)
 from .linalg import energy_share, frob_norm_of_product, subspace_overlap, thin_svd
-
-MODES = {
-    "none": "no calibration",
-    "pico": "Pico: shrink shared B directions by 1/(1+kappa c_k) (official rule)",
-    "pico-random": "control: Pico's alphas on a random orthonormal basis of col(B_all)",
-    "pico-uniform": "control: every direction shrunk by the mean Pico alpha",
-    "pico-a": "control: the Pico rule applied to the row space of the stacked A's instead of B",
-    "pico-sharing": "variant: alpha_k = 1/e_k, e_k = effective number of tasks sharing direction k",
-}
-
-
-def module_generator(seed: int, module: str, salt: str) -> torch.Generator:
-    """A CPU generator that depends only on (seed, module, salt): random draws do not depend on batching/device."""
-    digest = hashlib.sha256(f"{seed}:{module}:{salt}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-
-
-def _haar(k: int, gen: torch.Generator) -> torch.Tensor:
-    q, r = torch.linalg.qr(torch.randn(k, k, generator=gen, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(k, dtype=torch.float64))
-
-
-def pico_alphas(c: torch.Tensor, kappa: float, gamma: float = 1.0) -> torch.Tensor:
-    return (1.0 / (1.0 + kappa * c)) ** gamma
+from .rng import module_generator  # noqa: F401  (its old home; pico.rng is the new one)
 
 
 def _shrink(x_all: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -60,6 +36,7 @@ def calibrate(bs: list[torch.Tensor], as_: list[torch.Tensor], *, mode: str = "p
 
     Returns the calibrated (B'_t, A'_t) and per-module diagnostics (tensors with leading dim L).
     """
+    cal = get_calibration(mode)
     T = len(bs)
     kappa = float(T - 1) if kappa is None else float(kappa)
     ranks = [b.shape[-1] for b in bs]
@@ -67,42 +44,31 @@ def calibrate(bs: list[torch.Tensor], as_: list[torch.Tensor], *, mode: str = "p
     u_b, s_b, _ = thin_svd(b_all)
     c_b = energy_share(s_b)
     diag: dict[str, torch.Tensor] = {}
-
-    if mode == "pico-a":
-        a_all_t = torch.cat(as_, dim=-2).mT  # (L, n, R): the rows of the stacked A as columns
-        v_a, s_a, _ = thin_svd(a_all_t)
-        alpha = pico_alphas(energy_share(s_a), kappa, gamma)
-        as_new = _shrink(a_all_t, v_a, alpha).mT.split(ranks, dim=-2)
-        bs_new = list(bs)
-        as_new = list(as_new)
-    else:
-        if mode == "pico":
-            alpha, basis = pico_alphas(c_b, kappa, gamma), u_b
-        elif mode == "pico-uniform":
-            alpha, basis = pico_alphas(c_b, kappa, gamma).mean(-1, keepdim=True).expand_as(c_b), u_b
-        elif mode == "pico-random":
-            alpha = pico_alphas(c_b, kappa, gamma)
-            k = u_b.shape[-1]
-            names = modules or [str(i) for i in range(u_b.shape[0])]
-            rot = torch.stack([_haar(k, module_generator(seed, name, "pico-random")) for name in names])
-            basis = u_b @ rot.to(u_b)
-        elif mode == "pico-sharing":
-            # participation p_{k,t} = ||u_k^T B_t||^2 / sum_t (.), e_k = exp(entropy of p_k)
-            proj = torch.stack([(u_b.mT @ b).square().sum(-1) for b in bs], dim=-1)  # (L, k, T)
-            p = proj / proj.sum(-1, keepdim=True).clamp_min(1e-30)
-            entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
-            alpha, basis = torch.exp(-entropy) ** gamma, u_b
+    bs_new, as_new = list(bs), list(as_)
+    if cal.side is not None:
+        if cal.side == "A":  # the rows of the stacked A as columns: (L, n, R)
+            parts = [a.mT for a in as_]
+            x_all = torch.cat(as_, dim=-2).mT
+            u, s, _ = thin_svd(x_all)
+            share = energy_share(s)
         else:
-            raise ValueError(f"unknown calibration mode {mode!r}; choose from {', '.join(MODES)}")
-        bs_new = list(_shrink(b_all, basis, alpha).split(ranks, dim=-1))
-        as_new = list(as_)
+            parts, x_all, u, share = bs, b_all, u_b, c_b
+        spec = Spectrum(share, lambda: torch.stack([(u.mT @ x).square().sum(-1) for x in parts], dim=-1),
+                        modules=modules, seed=seed)
+        alpha, rotation = cal.alphas(spec, kappa, gamma)
+        basis = u if rotation is None else u @ rotation.to(u)
+        shrunk = _shrink(x_all, basis, alpha)
+        if cal.side == "A":
+            as_new = list(shrunk.mT.split(ranks, dim=-2))
+        else:
+            bs_new = list(shrunk.split(ranks, dim=-1))
+        diag["alpha"] = alpha
     if rescale_pre:  # per-adapter norm preservation: ||B''_t A''_t|| = ||B_t A_t||
         for t in range(T):
             before = frob_norm_of_product(bs[t], as_[t])
             after = frob_norm_of_product(bs_new[t], as_new[t])
             factor = torch.where(after > 0, before / after.clamp_min(1e-30), torch.ones_like(after))
             bs_new[t] = bs_new[t] * factor[..., None, None]
-    diag["alpha"] = alpha
     if diagnostics:
         diag.update(overlap_diagnostics(bs, as_, c_b=c_b))
     return bs_new, as_new, diag

@@ -1,4 +1,5 @@
-"""The `pico` command: merge, inspect, methods."""
+"""The `pico` command: merge, inspect, methods, tara, and the commands other installed packages add (entry-point
+group ``pico.commands``: the pipeline adds `pico lineage`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .adapters import AdapterError, load_adapters
-from .calibrate import MODES
+from .adapters import load_adapters
+from .calibrations import CALIBRATIONS
+from .errors import PicoError, RecipeError
 from .recipe import RESCALES, Recipe
-from .registry import METHODS, SPACES, all_params
-from .lineage import add_lineage_parser, cmd_lineage
-from .tara import add_tara_parser, cmd_tara
+from .registry import METHODS, all_params
+from .spaces import SPACES
+from .tara.cli import add_tara_parser, cmd_tara
 
 EPILOG_MERGE = """examples:
   pico merge ./math ./code ./med --out merged                      # Task Arithmetic (sum) in Core Space
@@ -31,7 +33,27 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS_GROUP = "pico.commands"  # entry points named after the command, each a main(argv: list[str]) -> int
+
+
+def added_commands() -> dict:
+    """The commands installed packages add to `pico` (entry points, not imported until one is run): this keeps pico
+    a library that imports nothing of the pipeline, while `pico lineage` works wherever the pipeline is installed."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+
+
+def run_added(name: str, entry_point, argv: list[str]) -> int:
+    try:
+        return entry_point.load()(argv)
+    except ModuleNotFoundError as exc:  # an optional dependency of that command (MLflow, DVC, ...) is missing
+        print(f"pico {name}: error: needs {exc.name}, which is not installed ({entry_point.value}; for the pipeline's "
+              "commands: pip install -e '.[pipeline]')", file=sys.stderr)
+        return 2
+
+
+def build_parser(added: dict | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pico", description="Exact LoRA merging with Pico calibration.")
     parser.add_argument("--version", action="version", version=f"pico {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--method", default="ta", choices=sorted(METHODS), help="merge method (default: ta)")
     m.add_argument("--space", default="core", choices=list(SPACES),
                    help="core: exact and cheap (default); knots: KnOTS alignment; full: dense baseline")
-    m.add_argument("--calibrate", default="none", choices=list(MODES),
+    m.add_argument("--calibrate", default="none", choices=list(CALIBRATIONS),
                    help="Pico calibration of the B factors before the merge (default: none); pico-* are controls")
     m.add_argument("--rescale", choices=list(RESCALES),
                    help="post: match the merged norm to the mean source norm (default with calibration); pre: keep "
@@ -58,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, users in sorted(all_params().items()):
         p = users[0][1]
         defaults = ", ".join(f"{meth}: {prm.default}" for meth, prm in users)
+        allowed = f"; in {p.allowed()}" if p.allowed() else ""
         m.add_argument(_flag(name), dest=f"param_{name}", type=p.type, default=argparse.SUPPRESS, metavar=name.upper(),
-                       help=f"{p.help} [{defaults}]")
+                       help=f"{p.help}{allowed} [{defaults}]")
     m.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     m.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the written factors (default: float32)")
@@ -84,8 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--allow-pickle", action="store_true")
 
     sub.add_parser("methods", help="list merge methods, spaces, calibrations and their parameters")
-    add_tara_parser(sub)  # `pico tara` lives in pico/tara.py
-    add_lineage_parser(sub)  # `pico lineage` (pico/lineage.py; the walk itself is tasks/lineage.py, imported lazily)
+    add_tara_parser(sub)  # `pico tara` lives in pico/tara/cli.py
+    builtin = set(sub.choices)
+    for name, ep in sorted((added_commands() if added is None else added).items()):
+        if name not in builtin:  # listed in `pico --help`; `pico NAME ...` goes straight to the entry point
+            sub.add_parser(name, help=f"(from {ep.value}; pico {name} --help)", add_help=False)
     return parser
 
 
@@ -100,9 +126,9 @@ def cmd_merge(args) -> int:
         try:
             weights = [float(w) for w in args.weights.split(",")]
         except ValueError:
-            raise ValueError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+            raise RecipeError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
     if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        raise RecipeError(f"--threads must be at least 1, got {args.threads}")
     recipe = Recipe(method=args.method, space=args.space, calibrate=args.calibrate, rescale=args.rescale,
                     kappa=args.kappa, gamma=args.gamma, lam=args.lam, weights=weights, rank=args.rank,
                     seed=args.seed, params=params)
@@ -177,18 +203,23 @@ def plot_diagnostics(diag: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def param_text(p) -> str:
+    """One method parameter as `pico methods` and the README show it: flag, default and allowed range."""
+    return f"{_flag(p.name)} {p.default}" + (f" (in {p.allowed()})" if p.allowed() else "")
+
+
 def cmd_methods(_args) -> int:
     print("methods (--method):")
     for method in sorted(METHODS.values(), key=lambda m: m.name):
-        params = ", ".join(f"{_flag(p.name)} {p.default}" for p in method.params.values())
+        params = ", ".join(param_text(p) for p in method.params.values())
         print(f"  {method.name:<10} {method.summary}")
         print(f"  {'':<10} spaces: {', '.join(method.spaces)}" + (f"; params: {params}" if params else ""))
     print("\nspaces (--space):")
-    for name, text in SPACES.items():
-        print(f"  {name:<10} {text}")
+    for name, sp in SPACES.items():
+        print(f"  {name:<10} {sp.summary}")
     print("\ncalibration (--calibrate):")
-    for name, text in MODES.items():
-        print(f"  {name:<13} {text}")
+    for name, cal in CALIBRATIONS.items():
+        print(f"  {name:<13} {cal.summary}")
     print("\nrescaling with calibration (--rescale):")
     for name, text in RESCALES.items():
         print(f"  {name:<10} {text}")
@@ -196,12 +227,15 @@ def cmd_methods(_args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = {"merge": cmd_merge, "inspect": cmd_inspect, "methods": cmd_methods, "tara": cmd_tara}
+    added = added_commands()
+    if argv and argv[0] in added and argv[0] not in commands:
+        return run_added(argv[0], added[argv[0]], argv[1:])
+    args = build_parser(added).parse_args(argv)
     try:
-        commands = {"merge": cmd_merge, "inspect": cmd_inspect, "methods": cmd_methods, "tara": cmd_tara,
-                    "lineage": cmd_lineage}
         return commands[args.command](args)
-    except (AdapterError, ValueError, FileExistsError) as exc:
+    except (PicoError, ValueError, FileExistsError) as exc:
         print(f"pico: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

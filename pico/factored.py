@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .calibrate import pico_alphas
+from .calibrations import CALIBRATIONS, Spectrum, get_calibration
+from .errors import RecipeError
 from .linalg import energy_share, gram, mul64, psd_eig, single_thread
 
 ENABLED = True  # switch for tests and benchmarks that compare against the general path
 MAX_COND = 1e5  # largest condition number of B_all or A_all (and of the calibrated B'_all) the fast path accepts
-MODES = ("none", "pico", "pico-uniform", "pico-sharing", "pico-a")
 
 
 @dataclass
@@ -225,7 +225,8 @@ def _spectral_eig(e: torch.Tensor, v: torch.Tensor, scale: torch.Tensor) -> tupl
 def calibrate(stacked: Stacked, *, mode: str = "pico", kappa: float | None = None, gamma: float = 1.0,
               rescale_pre: bool = False, diagnostics: bool = True
               ) -> tuple[FactoredCore | None, torch.Tensor, dict[str, torch.Tensor]]:
-    """The Gram-form twin of ``pico.calibrate.calibrate`` for the modes in ``MODES``.
+    """The Gram form of ``pico.calibrate.calibrate``, for every registered calibration with a Gram form (the same
+    function computes the alphas on both paths, from a Spectrum built here from the Gram's eigendecomposition).
 
     Returns (the calibrated batch, or None when the fast path does not apply to it; the uncalibrated update norms
     ||B_t A_t||_F (L, T); per-module diagnostics with the same keys and values as ``calibrate``).
@@ -235,9 +236,20 @@ def calibrate(stacked: Stacked, *, mode: str = "pico", kappa: float | None = Non
         return _calibrate(stacked, mode, kappa, gamma, rescale_pre, diagnostics)
 
 
+def gram_modes() -> tuple[str, ...]:
+    """The calibrations this path applies (every other one states why not: ``Calibration.no_gram``)."""
+    return tuple(name for name, cal in CALIBRATIONS.items() if cal.gram)
+
+
+def _participation(e: torch.Tensor, v: torch.Tensor, ranks) -> torch.Tensor:
+    """||u_k^T X_t||^2 (L, k, T) from X_all^T X_all = V diag(e) V^T: u_k^T X_all = sqrt(e_k) V^T[k, :]."""
+    return torch.stack([(e.unsqueeze(-1) * v.mT[..., :, s].square()).sum(-1) for s in _blocks(ranks)], dim=-1)
+
+
 def _calibrate(stacked, mode, kappa, gamma, rescale_pre, diagnostics):
-    if mode not in MODES:
-        raise ValueError(f"calibration mode {mode!r} has no Gram form")
+    cal = get_calibration(mode)
+    if not cal.gram:
+        raise RecipeError(f"calibration {mode!r} has no Gram form: {cal.no_gram}")
     ranks = stacked.ranks
     T, R = len(ranks), sum(ranks)
     m, n = stacked.b_all.shape[-2], stacked.a_all.shape[-1]
@@ -252,23 +264,18 @@ def _calibrate(stacked, mode, kappa, gamma, rescale_pre, diagnostics):
 
     c = d = None
     core_b, core_a = (e_b, v_b), (e_a, w_a)
-    if mode == "pico-a":
-        alpha = pico_alphas(energy_share(e_a.sqrt()), kappa, gamma)
-        d = (w_a * alpha.unsqueeze(-2)) @ w_a.mT
-        core_a = _spectral_eig(e_a, w_a, alpha)
-    elif mode != "none":
-        if mode == "pico":
-            alpha = pico_alphas(c_b, kappa, gamma)
-        elif mode == "pico-uniform":
-            alpha = pico_alphas(c_b, kappa, gamma).mean(-1, keepdim=True).expand_as(c_b)
-        else:  # pico-sharing: p_{k,t} = ||u_k^T B_t||^2 / sum_t, u_k^T B_all = s_k V^T[k, :]
-            proj = torch.stack([(e_b.unsqueeze(-1) * v_b.mT[..., :, s].square()).sum(-1) for s in _blocks(ranks)],
-                               dim=-1)
-            p = proj / proj.sum(-1, keepdim=True).clamp_min(1e-30)
-            entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)
-            alpha = torch.exp(-entropy) ** gamma
-        c = (v_b * alpha.unsqueeze(-2)) @ v_b.mT
-        core_b = _spectral_eig(e_b, v_b, alpha)
+    if cal.side is not None:
+        e, v = (e_a, w_a) if cal.side == "A" else (e_b, v_b)
+        share = energy_share(e_a.sqrt()) if cal.side == "A" else c_b
+        alpha, rotation = cal.alphas(Spectrum(share, lambda: _participation(e, v, ranks)), kappa, gamma)
+        if rotation is not None:
+            raise RecipeError(f"calibration {mode!r} rotates its basis, which has no Gram form; register it with "
+                             "no_gram='<why>'")
+        x = (v * alpha.unsqueeze(-2)) @ v.mT  # X'_all = X_all V diag(alpha) V^T
+        if cal.side == "A":
+            d, core_a = x, _spectral_eig(e_a, w_a, alpha)
+        else:
+            c, core_b = x, _spectral_eig(e_b, v_b, alpha)
     if rescale_pre:  # ||B''_t A''_t|| = ||B_t A_t||: scale C's column block t
         g_b_cal = g_b if c is None else c.mT @ g_b @ c
         g_a_cal = g_a if d is None else d @ g_a @ d.mT
@@ -279,7 +286,7 @@ def _calibrate(stacked, mode, kappa, gamma, rescale_pre, diagnostics):
         core_b = psd_eig(c.mT @ g_b @ c)
     if not (ok and _cond_ok(core_b[0], R) and _cond_ok(core_a[0], R)):
         return None, norms, diag
-    if mode != "none":
+    if cal.side is not None:
         diag["alpha"] = alpha
     if diagnostics:
         diag.update({"collision_B": c_b, "collision_A": energy_share(e_a.sqrt()),

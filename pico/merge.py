@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import re
 import threading
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +19,17 @@ from typing import Callable, Iterable
 
 import torch
 
-from . import __version__, factored
-from .adapters import SAFETENSORS_NAME, AdapterError, AdapterSet
+from . import __version__
+from .adapters import AdapterError, AdapterSet
+from .batch import CalibratedBatch, load_batch  # noqa: F401  (CalibratedBatch, load_batch: part of this module's API)
 from .calibrate import calibrate, overlap_diagnostics
-from .linalg import frob_norm_of_product, single_thread
+from .errors import RecipeError
+from .output import MANIFEST_NAME, AdapterWriter, natural_key, round_sig  # noqa: F401 (MANIFEST_NAME: re-exported)
+from .output import progress as progress_bar
 from .recipe import Recipe
 from .registry import Context, get_method
-from .spaces import merged_norm, project, reconstruct
-from .writer import AtomicDir, SafetensorsStreamWriter, sha256_file, write_json
+from .spaces import get_space
 
-MANIFEST_NAME = "merge_manifest.json"
 BATCH_BYTES = 128 << 20  # working-set budget of one batch (a merge holds two: one computing, one writing)
 CUDA_BATCH_BYTES = 4 << 30  # on a GPU: room for all 32 layers of a Llama-8B projection at rank 128 in one batch
 
@@ -38,12 +38,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} was asked for but CUDA is not available on this machine")
+        raise RecipeError(f"--device {device} was asked for but CUDA is not available on this machine")
     return torch.device(device)
-
-
-def natural_key(name: str):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def plan_batches(aset: AdapterSet, space: str = "core", budget_bytes: int = BATCH_BYTES) -> list[list[str]]:
@@ -53,43 +49,9 @@ def plan_batches(aset: AdapterSet, space: str = "core", budget_bytes: int = BATC
         groups.setdefault(aset.shape(module), []).append(module)
     batches = []
     for (m, n, ranks), modules in groups.items():
-        R, T = sum(ranks), len(ranks)
-        per_module = 4 * (4 * T * m * n if space == "full" else 8 * (m + n) * R + 4 * T * R * R)
-        size = max(1, budget_bytes // per_module)
+        size = max(1, budget_bytes // get_space(space).bytes_per_module(m, n, ranks))
         batches += [modules[i:i + size] for i in range(0, len(modules), size)]
     return batches
-
-
-class CalibratedBatch:
-    """One calibrated batch: calibrated factors bs[t] (L, m, r_t), as_[t] (L, r_t, n) (scale absorbed), the
-    uncalibrated update norms ||B_t A_t||_F (L, T) and per-module diagnostics.
-
-    On the core-space fast path the batch is held in Gram form (``factored``, pico/factored.py) and ``bs``/``as_``
-    are formed only when something asks for them.
-    """
-
-    def __init__(self, modules: list[str], ranks: tuple[int, ...], bs: list[torch.Tensor] | None,
-                 as_: list[torch.Tensor] | None, source_norms: torch.Tensor, diagnostics: dict[str, torch.Tensor],
-                 factored: factored.FactoredCore | None = None):
-        if bs is None and factored is None:
-            raise ValueError("a CalibratedBatch needs its factors or their Gram form")
-        self.modules, self.ranks = modules, tuple(ranks)
-        self._bs, self._as = bs, as_
-        self.source_norms, self.diagnostics, self.factored = source_norms, diagnostics, factored
-
-    def _materialize(self) -> None:
-        if self._bs is None:
-            self._bs, self._as = self.factored.materialize()
-
-    @property
-    def bs(self) -> list[torch.Tensor]:
-        self._materialize()
-        return self._bs
-
-    @property
-    def as_(self) -> list[torch.Tensor]:
-        self._materialize()
-        return self._as
 
 
 @dataclass
@@ -100,69 +62,36 @@ class ModuleResult:
     info: dict
 
 
-def load_batch(aset: AdapterSet, modules: list[str], device: torch.device) -> tuple[list, list]:
-    pairs = [aset.factors(m) for m in modules]
-    T = len(aset)
-    bs = [torch.stack([p[t][0] for p in pairs]).to(device) for t in range(T)]
-    as_ = [torch.stack([p[t][1] for p in pairs]).to(device) for t in range(T)]
-    return bs, as_
-
-
 def calibrate_batch(aset: AdapterSet, modules: list[str], recipe: Recipe, device: torch.device | str = "cpu",
                     diagnostics: bool = True) -> CalibratedBatch:
     """Read one batch of modules and apply the recipe's calibration (Pico or a control); a no-op for 'none'.
 
-    Core-space recipes take the Gram-form fast path (pico/factored.py) unless a module of the batch is too
-    ill-conditioned for it; then, as for the other spaces, the calibrated factors are formed explicitly.
+    The recipe's space reads and calibrates it: the core space takes the Gram-form fast path (pico/factored.py)
+    unless a module of the batch is too ill-conditioned for it or the calibration has no Gram form; otherwise, as
+    for the other spaces, the calibrated factors are formed explicitly.
     """
-    device = resolve_device(str(device))
-    ranks = aset.shape(modules[0])[2]
-    if recipe.space == "core" and factored.ENABLED and recipe.calibrate in factored.MODES:
-        stacked = factored.load(aset, modules, device)
-        fc, norms, diag = factored.calibrate(stacked, mode=recipe.calibrate, kappa=recipe.kappa, gamma=recipe.gamma,
-                                             rescale_pre=recipe.rescale == "pre",
-                                             diagnostics=diagnostics and recipe.calibrate != "none")
-        if fc is not None:
-            return CalibratedBatch(modules, ranks, None, None, norms, diag, factored=fc)
-        bs, as_ = stacked.split()  # the general path on the same (float32) factors
-        del stacked
-    else:
-        bs, as_ = load_batch(aset, modules, device)
-    norms = torch.stack([frob_norm_of_product(b, a) for b, a in zip(bs, as_)], dim=-1)
-    diag = {}
-    if recipe.calibrate != "none":
-        bs, as_, diag = calibrate(bs, as_, mode=recipe.calibrate, kappa=recipe.kappa, gamma=recipe.gamma,
-                                  rescale_pre=recipe.rescale == "pre", modules=modules, seed=recipe.seed,
-                                  diagnostics=diagnostics)
-    return CalibratedBatch(modules, ranks, bs, as_, norms, diag)
+    return get_space(recipe.space).calibrate(aset, modules, recipe, resolve_device(str(device)), diagnostics)
 
 
 def merge_batch(cal: CalibratedBatch, recipe: Recipe, *, to_cpu: bool = True) -> list[ModuleResult]:
     """Merge one calibrated batch in the recipe's space and return exact-rank factors per module (on the CPU, or
     left on the batch's device with ``to_cpu=False``)."""
     method = get_method(recipe.method)
+    space = get_space(recipe.space)
     T = len(cal.ranks)
     weights = torch.tensor(recipe.weights if recipe.weights is not None else [1.0] * T)
-    fast = cal.factored is not None and recipe.space == "core"
-    if fast:
-        taus, state = cal.factored.project(), {}
-    else:
-        taus, state = project(recipe.space, cal.bs, cal.as_)
+    taus, state = space.project(cal)
     ctx = Context(modules=cal.modules, ranks=cal.ranks, space=recipe.space, seed=recipe.seed)
-    with single_thread(fast and not taus.is_cuda):  # R x R cores: many small operations
+    with space.compute(state, taus):
         merged = method.fn(taus, weights, ctx, **recipe.method_params()) * recipe.lam
     target = cal.source_norms.mean(-1)
-    norm = merged_norm(recipe.space, merged)
+    norm = torch.linalg.matrix_norm(merged)  # = ||dW_merged||_F: the bases of Core and KnOTS space are orthonormal
     ratio = norm / target.clamp_min(1e-30)
     if recipe.rescale == "post":  # pin ||dW_merged|| to mean_t ||dW_t|| of the uncalibrated updates
         factor = torch.where(norm > 0, target / norm.clamp_min(1e-30), torch.ones_like(norm))
         merged = merged * factor[:, None, None]
     rank = recipe.rank if recipe.rank is not None else sum(cal.ranks)
-    if fast:
-        b, a = cal.factored.reconstruct(merged)
-        out_rank, kept = torch.full((len(cal.modules),), a.shape[-2]), torch.ones(len(cal.modules))
-    else:
-        b, a, out_rank, kept = reconstruct(recipe.space, merged, state, rank)
+    b, a, out_rank, kept = space.reconstruct(merged, state, rank)
     if to_cpu:
         b, a = b.cpu(), a.cpu()
     ratio, target = ratio.cpu(), target.cpu()
@@ -170,49 +99,13 @@ def merge_batch(cal: CalibratedBatch, recipe: Recipe, *, to_cpu: bool = True) ->
     results = []
     for i, module in enumerate(cal.modules):
         k = int(out_rank[i])
-        info = {"rank": k, "norm_ratio": _r(ratio[i]), "source_norm": _r(target[i])}
-        if recipe.space == "full":
-            info["kept_energy"] = _r(kept[i])
+        info = {"rank": k, "norm_ratio": round_sig(ratio[i]), "source_norm": round_sig(target[i])}
+        if kept is not None:  # a truncating space (full)
+            info["kept_energy"] = round_sig(kept[i])
         for key, value in diag.items():
-            info[key] = _r(value[i])
+            info[key] = round_sig(value[i])
         results.append(ModuleResult(module, b[i, :, :k].contiguous(), a[i, :k, :].contiguous(), info))
     return results
-
-
-def _r(x: torch.Tensor):
-    """Diagnostics as plain, rounded floats: small manifests that read well and stay byte-stable."""
-    x = x.detach().cpu().double()
-    if x.dim() == 0:
-        return float(f"{x.item():.6g}")
-    return [float(f"{v:.6g}") for v in x.tolist()]
-
-
-def peft_key(module: str, which: str) -> str:
-    return f"base_model.model.{module}.lora_{which}.weight"
-
-
-def adapter_config(aset: AdapterSet, ranks: dict[str, int]) -> dict:
-    """A LoRA config with scale 1 everywhere (lora_alpha = r), exact per-module ranks through rank_pattern."""
-    common = Counter(ranks.values()).most_common(1)[0][0]
-    pattern = {re.escape(m): r for m, r in sorted(ranks.items()) if r != common}
-    src = aset.config
-    return {
-        "peft_type": "LORA",
-        "task_type": src.get("task_type"),
-        "base_model_name_or_path": src.get("base_model_name_or_path"),
-        "revision": src.get("revision"),
-        "r": common,
-        "lora_alpha": common,
-        "rank_pattern": pattern,
-        "alpha_pattern": dict(pattern),
-        "target_modules": sorted(ranks, key=natural_key),
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "fan_in_fan_out": bool(src.get("fan_in_fan_out", False)),
-        "use_rslora": False,
-        "use_dora": False,
-        "inference_mode": True,
-    }
 
 
 def merge(aset: AdapterSet, recipe: Recipe, out: str | Path, *, device: str = "auto", overwrite: bool = False,
@@ -274,45 +167,31 @@ def write_merged(aset: AdapterSet, recipe: Recipe, batches: list[list[str]], res
     plan = []
     for module in (m for batch in batches for m in batch):
         out_dim, in_dim, ranks = aset.shape(module)
-        k = {"core": min(sum(ranks), in_dim), "knots": min(sum(ranks), out_dim),
-             "full": min(recipe.rank or sum(ranks), out_dim, in_dim)}[recipe.space]  # upper bound of the output rank
-        plan += [(peft_key(module, "A"), (k, in_dim)), (peft_key(module, "B"), (out_dim, k))]
-    layers, ranks = {}, {}
-    bar = _progress(len(aset.modules), progress, f"{recipe.method}/{recipe.space}")
-    with AtomicDir(Path(out), overwrite=overwrite) as tmp:
-        writer = SafetensorsStreamWriter(tmp / SAFETENSORS_NAME, plan, dtype)
-        try:
+        k = get_space(recipe.space).rank_bound(out_dim, in_dim, ranks, recipe.rank)  # upper bound of the output rank
+        plan.append((module, k, out_dim, in_dim))
+    layers = {}
+    with AdapterWriter(out, aset, plan, dtype=dtype, overwrite=overwrite) as w:
+        with progress_bar(len(aset.modules), progress, f"{recipe.method}/{recipe.space}") as bar:
             for batch, batch_results in zip(batches, results, strict=True):
                 if [res.module for res in batch_results] != list(batch):
                     raise ValueError("merge results do not match the planned batch "
                                      f"{batch[0]}..{batch[-1]} (out of order?)")
                 for res in batch_results:
-                    writer.write(peft_key(res.module, "A"), res.a)
-                    writer.write(peft_key(res.module, "B"), res.b)
-                    layers[res.module], ranks[res.module] = res.info, res.info["rank"]
+                    w.write(res.module, res.b, res.a)
+                    layers[res.module] = res.info
                 bar.update(len(batch))
-            writer.close()
-        finally:
-            writer.abort()
-            bar.close()
-        config = adapter_config(aset, ranks)
-        write_json(tmp / "adapter_config.json", config)
+        config = w.close()
         hasher.join()
-        manifest = {
+        return w.write_manifest({
             "pico_version": __version__,
             "base_model": {"name_or_path": config["base_model_name_or_path"], "revision": config["revision"]},
             "sources": [s.to_dict() for s in aset.sources],
             "recipe": recipe.to_dict(),
             "recipe_hash": recipe.hash(),
             "skipped_modules": aset.skipped,
-            "output": {"files": {SAFETENSORS_NAME: writer.sha256 or sha256_file(tmp / SAFETENSORS_NAME),
-                                 "adapter_config.json": sha256_file(tmp / "adapter_config.json")},
-                       "dtype": str(dtype).removeprefix("torch."), "modules": len(layers),
-                       "max_rank": max(ranks.values())},
+            "output": w.output(),
             "layers": {m: layers[m] for m in sorted(layers, key=natural_key)},
-        }
-        write_json(tmp / MANIFEST_NAME, manifest)
-    return manifest
+        })
 
 
 def inspect_adapters(aset: AdapterSet, device: str = "auto", kappa: float | None = None,
@@ -320,19 +199,13 @@ def inspect_adapters(aset: AdapterSet, device: str = "auto", kappa: float | None
     """Pico's per-module diagnostics without merging: collision spectra, alphas, B versus A overlap."""
     dev = resolve_device(device)
     out = {}
-    bar = _progress(len(aset.modules), progress, "inspect")
+    bar = progress_bar(len(aset.modules), progress, "inspect")
     for batch in plan_batches(aset, "core"):
         bs, as_ = load_batch(aset, batch, dev)
         _, _, diag = calibrate(bs, as_, mode="pico", kappa=kappa, modules=batch, diagnostics=False)
         diag.update(overlap_diagnostics(bs, as_))
         for i, module in enumerate(batch):
-            out[module] = {k: _r(v[i]) for k, v in diag.items()}
+            out[module] = {k: round_sig(v[i]) for k, v in diag.items()}
         bar.update(len(batch))
     bar.close()
     return {m: out[m] for m in sorted(out, key=natural_key)}
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="module", disable=None if enabled else True, leave=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .calibrate import module_generator
+from .rng import module_generator
 
 
 def trim(x: torch.Tensor, density: float) -> torch.Tensor:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 
 from . import methods as _methods  # noqa: F401  (registers every method)
-from .calibrate import MODES
-from .registry import SPACES, get_method
+from .calibrations import get_calibration
+from .errors import RecipeError
+from .registry import get_method
+from .spaces import get_space
+from .writer import json_digest
 
 RESCALES = {
     "post": "after the merge, scale the merged update to the mean norm of the source updates (official API mode)",
@@ -33,34 +34,24 @@ class Recipe:
 
     def __post_init__(self):
         method = get_method(self.method)
-        if self.space not in SPACES:
-            raise ValueError(f"unknown space {self.space!r}; choose from {', '.join(SPACES)}")
+        get_space(self.space)
         if self.space not in method.spaces:
-            raise ValueError(f"method {self.method!r} does not run in {self.space} space; it supports "
-                             f"{', '.join(method.spaces)}")
-        if self.calibrate not in MODES:
-            raise ValueError(f"unknown calibration {self.calibrate!r}; choose from {', '.join(MODES)}")
+            raise RecipeError(f"method {self.method!r} does not run in {self.space} space; it supports "
+                              f"{', '.join(method.spaces)}")
+        calibration = get_calibration(self.calibrate)
         if self.rescale is None:
-            self.rescale = "none" if self.calibrate == "none" else "post"
+            self.rescale = "none" if calibration.side is None else "post"
         if self.rescale not in RESCALES:
-            raise ValueError(f"unknown rescale {self.rescale!r}; choose from {', '.join(RESCALES)}")
+            raise RecipeError(f"unknown rescale {self.rescale!r}; choose from {', '.join(RESCALES)}")
         for key, value in self.params.items():
             if key not in method.params:
                 known = ", ".join(method.params) or "none"
-                raise ValueError(f"method {self.method!r} has no parameter {key!r} (its parameters: {known})")
-            try:
-                self.params[key] = method.params[key].type(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{key}={value!r} is not a {method.params[key].type.__name__}") from None
-        for key in ("density",):
-            if key in self.params and not 0 < self.params[key] <= 1:
-                raise ValueError(f"density must be in (0, 1] (the fraction of entries kept), got {self.params[key]}")
-        if "drop_rate" in self.params and not 0 <= self.params["drop_rate"] < 1:
-            raise ValueError(f"drop_rate must be in [0, 1), got {self.params['drop_rate']}")
+                raise RecipeError(f"method {self.method!r} has no parameter {key!r} (its parameters: {known})")
+            self.params[key] = method.params[key].check(value, f"method {self.method!r}")
         if self.kappa is not None and self.kappa < 0:
-            raise ValueError(f"kappa must be >= 0, got {self.kappa}")
+            raise RecipeError(f"kappa must be >= 0, got {self.kappa}")
         if self.rank is not None and self.rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {self.rank}")
+            raise RecipeError(f"rank must be a positive integer, got {self.rank}")
         if self.weights is not None:
             self.weights = [float(w) for w in self.weights]
 
@@ -79,8 +70,8 @@ class Recipe:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown recipe keys: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+            raise RecipeError(f"unknown recipe keys: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
         return cls(**{**d, "params": dict(d.get("params") or {})})
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        return json_digest(self.to_dict())

@@ -1,31 +1,41 @@
-"""The method registry: a merge method is one typed function over one batch of modules, registered by name.
+"""The method registry. Methods, spaces and calibrations are each one file registered by a decorator: methods here,
+spaces in ``pico/spaces/__init__.py``, calibrations in ``pico/calibrations/__init__.py``.
 
-Modelled on mergekit's ``@merge_method``: the function's keyword-only parameters, with ``Annotated`` help and their
-defaults, *are* the method's config keys and CLI flags, so nothing is declared twice::
+A **method** is one typed function over one batch of modules (``pico/methods/``), modelled on mergekit's
+``@merge_method``: the function's keyword-only parameters, with their ``Annotated`` constraints and help and their
+defaults, *are* the method's config keys, CLI flags, validation and documentation, so nothing is declared twice::
 
     @merge_method("ties", spaces=("full", "core", "knots"))
-    def ties(taus, weights, ctx, *, density: Annotated[float, "fraction of entries kept per task"] = 0.7):
+    def ties(taus, weights, ctx, *,
+             density: Annotated[float, Interval(gt=0, le=1), "fraction of entries kept per task"] = 0.7):
         \"\"\"TIES: trim, elect sign by mass, disjoint mean.\"\"\"
 
 ``taus`` is (L, T, p, q): L modules of equal shape, T task matrices each in the chosen space (full deltas, Core
 Space cores, or KnOTS coordinates); ``weights`` is (T,); the function returns the merged (L, p, q). The driver applies
 lambda, reconstructs factors and rescales, so methods hold only their own math.
+
+A **space** (``pico/spaces/``) is a :class:`Space` subclass registered with ``@space(name)``: how a batch of factor
+pairs becomes task matrices and back. A **calibration** (``pico/calibrations/``) is one function registered with
+``@calibration(name, side=...)`` that turns the spectrum of the stacked B (or A) factors into per-direction shrink
+factors; the merge driver applies them on the general path (explicit factors) and on the core-space Gram fast path
+alike, so the two are the same code (see ``pico/calibrations/__init__.py``).
 """
 
 from __future__ import annotations
 
 import inspect
+import operator
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Callable
 
+import annotated_types as at
 import torch
 
-SPACES = {
-    "full": "dense m x n deltas B_t A_t (baseline; result truncated by SVD to --rank)",
-    "core": "Core Space: R x R cores in the SVD bases of the stacked B and A (exact, rank <= sum of ranks)",
-    "knots": "KnOTS: shared left singular basis of [dW_1 ... dW_T], per-task coordinates (exact, rank <= R)",
-}
+from .errors import RecipeError
+
+_BOUNDS = {at.Gt: ("gt", operator.gt), at.Ge: ("ge", operator.ge), at.Lt: ("lt", operator.lt),
+           at.Le: ("le", operator.le)}
 
 
 @dataclass
@@ -34,6 +44,29 @@ class Param:
     type: type
     default: object
     help: str
+    constraints: tuple = ()  # annotated_types Gt, Ge, Lt, Le (an Interval is expanded into them)
+
+    def allowed(self) -> str:
+        """The allowed range in interval notation, e.g. "(0, 1]"; "" when unconstrained."""
+        b = {_BOUNDS[type(c)][0]: getattr(c, _BOUNDS[type(c)][0]) for c in self.constraints}
+        if not b:
+            return ""
+        low = f"({b['gt']}" if "gt" in b else f"[{b['ge']}" if "ge" in b else "(-inf"
+        high = f"{b['lt']})" if "lt" in b else f"{b['le']}]" if "le" in b else "inf)"
+        return f"{low}, {high}"
+
+    def check(self, value, owner: str):
+        """``value`` coerced to the parameter's type and checked against its constraints; a RecipeError naming the
+        parameter, the value and the allowed range otherwise."""
+        try:
+            value = self.type(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"{owner}: {self.name}={value!r} is not a {self.type.__name__}") from None
+        for c in self.constraints:
+            key, op = _BOUNDS[type(c)]
+            if not op(value, getattr(c, key)):
+                raise RecipeError(f"{owner}: {self.name} must be in {self.allowed()}, got {value!r} ({self.help})")
+        return value
 
 
 @dataclass
@@ -43,7 +76,6 @@ class Method:
     spaces: tuple[str, ...]
     params: dict[str, Param]
     summary: str
-    randomized: bool = False
 
 
 @dataclass
@@ -54,31 +86,43 @@ class Context:
     ranks: tuple[int, ...]
     space: str
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 METHODS: dict[str, Method] = {}
 
 
-def merge_method(name: str, *, spaces: tuple[str, ...] = ("full", "core"), randomized: bool = False):
+def _param(p: inspect.Parameter, hint) -> Param:
+    help_text, constraints = "", []
+    if typing.get_origin(hint) is Annotated:
+        hint, *meta = typing.get_args(hint)
+        for m in meta:
+            if isinstance(m, str):
+                help_text = help_text or m
+            elif isinstance(m, at.GroupedMetadata):  # Interval(gt=0, le=1) -> Gt(0), Le(1)
+                constraints += [c for c in m if c is not None]
+            elif type(m) in _BOUNDS:
+                constraints.append(m)
+            else:
+                raise TypeError(f"parameter {p.name}: unsupported annotation {m!r} (use annotated_types Gt/Ge/Lt/Le "
+                                "or Interval, and a help string)")
+    return Param(p.name, hint, p.default, help_text, tuple(constraints))
+
+
+def merge_method(name: str, *, spaces: tuple[str, ...] = ("full", "core")):
     """Register ``fn`` under ``name``; its keyword-only parameters become config keys and CLI flags."""
 
     def register(fn: Callable) -> Callable:
         hints = typing.get_type_hints(fn, include_extras=True)
-        params = {}
-        for p in inspect.signature(fn).parameters.values():
-            if p.kind is not inspect.Parameter.KEYWORD_ONLY:
-                continue
-            hint = hints.get(p.name, float)
-            help_text = ""
-            if typing.get_origin(hint) is Annotated:
-                hint, *meta = typing.get_args(hint)
-                help_text = next((m for m in meta if isinstance(m, str)), "")
-            params[p.name] = Param(p.name, hint, p.default, help_text)
+        params = {p.name: _param(p, hints.get(p.name, float)) for p in inspect.signature(fn).parameters.values()
+                  if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        for p in params.values():
+            if p.default is inspect.Parameter.empty:
+                raise TypeError(f"merge method {name!r}: parameter {p.name} needs a default")
+            p.check(p.default, f"merge method {name!r} (its default)")
         summary = (inspect.getdoc(fn) or name).splitlines()[0]
         if name in METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
-        METHODS[name] = Method(name, fn, tuple(spaces), params, summary, randomized)
+        METHODS[name] = Method(name, fn, tuple(spaces), params, summary)
         return fn
 
     return register
@@ -86,8 +130,8 @@ def merge_method(name: str, *, spaces: tuple[str, ...] = ("full", "core"), rando
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown merge method {name!r}; choose from {', '.join(sorted(METHODS))} "
-                         "(`pico methods` lists them)")
+        raise RecipeError(f"unknown merge method {name!r}; choose from {', '.join(sorted(METHODS))} "
+                          "(`pico methods` lists them)")
     return METHODS[name]
 
 

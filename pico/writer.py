@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import OutputExistsError
+
 DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
 _BIG = 10**20 - 1  # no offset needs more digits than this
 
@@ -98,6 +100,20 @@ class SafetensorsStreamWriter:
         self.file.close()
         self.sha256 = self._hash.hexdigest() if self._hash is not None else None
 
+    def __enter__(self) -> SafetensorsStreamWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """Close the finished file; on an error (or when close itself fails), just release it."""
+        if exc_type is None and not self.file.closed:
+            try:
+                self.close()
+            finally:
+                self.abort()
+        else:
+            self.abort()
+        return False
+
     def abort(self) -> None:
         self._join_flusher()
         if not self.file.closed:
@@ -127,7 +143,7 @@ class AtomicDir:
 
     def __enter__(self) -> Path:
         if self.target.exists() and not self.overwrite:
-            raise FileExistsError(f"{self.target} already exists; pass --force to replace it")
+            raise OutputExistsError(f"{self.target} already exists; pass --force to replace it")
         self.target.parent.mkdir(parents=True, exist_ok=True)
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
@@ -154,3 +170,8 @@ class AtomicDir:
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def json_digest(obj) -> str:
+    """sha256 of a JSON-able object with sorted keys (non-JSON values as str): recipe hashes and content keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

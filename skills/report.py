@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import skills  # noqa: F401  (thread wait policy before torch loads)
+from pico import METHODS as _METHOD_REGISTRY  # noqa: E402  (importing pico registers every method)
 
-# methods in the order of the spec; spaces where the library has both full and core
-METHODS = ("ta", "ties", "dare", "dare_ties", "tsv", "iso", "cart")
+# every registered method (pico/methods/); rows are sorted by score, so this is only the run order
+METHODS = tuple(_METHOD_REGISTRY)
 DEFAULT_LAM_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0)
 
 

@@ -1,6 +1,6 @@
 """TARA rows for the skills report: learn TARA on the suite's validation prompts, score the result on the test split.
 
-TARA (pico/tara.py, spec section 5) is not data-free: for every skill adapter it reads that skill's *validation*
+TARA (pico/tara/, spec section 5) is not data-free: for every skill adapter it reads that skill's *validation*
 prompts (unlabeled: only the "prompt" field is used, the answers are never read) and trains one coefficient per
 direction, with one forward/backward pass over a batch of every task per step. It learns the merge scale itself, so
 unlike the data-free rows there is no lambda search. Outputs go to ``<work>/tara-a``, ``<work>/tara-a+pico``, ...;

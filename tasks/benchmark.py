@@ -1,68 +1,130 @@
-"""Benchmark: lm-eval on the skills suite (default) or on any lm-eval task list, cached by content hash.
+"""Benchmark: lm-eval on any task list, or a scorer plugged in through ``pipeline.eval.callable``; cached by content.
+
+Suites (``pipeline.eval.suite``):
+- ``callable``: ``callable: "module:name"`` names a scorer, called as ``scorer(base_dir, adapter_dir, split, limit)``
+  and returning ``{task: score}``. A scorer that declares a keyword ``context`` also gets a :class:`SuiteContext`
+  (project, params file, work folder, the eval settings), and it may offer three optional methods the pipeline uses
+  when present: ``fingerprint(context) -> dict`` (what else its scores depend on, e.g. its data files' digest),
+  ``inputs(context) -> list[Path]`` (what it reads; the main command builds missing ones with ``dvc repro``) and
+  ``prewarm(context)`` (run in a background thread while fetch and merge run).
+- ``skills``: the embedded skills suite, an alias of ``callable: skills.scorer:suite`` (this package imports
+  nothing from skills/).
+- ``lm-eval``: ``tasks`` (+ ``include_path``, ``metric``) through ``lm_eval.simple_evaluate``.
 
 The cache key hashes the base model's files, the adapter's files (None for the bare base), the evaluation settings
-and the benchmark data (the suite's data files, or the include path's task files), so an unchanged model on an
+and the benchmark's data (the scorer's fingerprint, or the include path's task files), so an unchanged model on an
 unchanged benchmark is never evaluated twice: reruns and the leaderboard's baselines cost nothing.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pico.writer import sha256_file
 
-from .config import Settings, digest
+from .config import EvalSettings, Settings, digest
+from .errors import PipelineError
+from .records import EvalResult, FetchedSource
+
+SKILLS_SCORER = "skills.scorer:suite"  # what `suite: skills` means
 
 
-class BenchmarkError(RuntimeError):
-    pass
+class BenchmarkError(PipelineError):
+    permanent = True
 
 
-def _files_digest(paths) -> str:
+@dataclass(frozen=True)
+class SuiteContext:
+    """What a plugged-in scorer may read besides its arguments."""
+
+    project: Path
+    params_path: Path
+    work: Path
+    eval: EvalSettings
+
+
+def context(settings: Settings) -> SuiteContext:
+    return SuiteContext(settings.project, settings.params_path, settings.work, settings.pipeline.eval)
+
+
+def scorer_name(cfg: EvalSettings) -> str | None:
+    """The "module:name" of the plugged-in scorer (None for suite: lm-eval)."""
+    return SKILLS_SCORER if cfg.suite == "skills" else cfg.callable if cfg.suite == "callable" else None
+
+
+_SCORERS: dict = {}
+
+
+def load_scorer(settings: Settings):
+    """The scorer object named by the settings (imported once per process; the project is importable)."""
+    name = scorer_name(settings.pipeline.eval)
+    if name not in _SCORERS:
+        if str(settings.project) not in sys.path:  # a scorer module may live in the project
+            sys.path.append(str(settings.project))
+        module, _, attr = name.partition(":")
+        try:
+            _SCORERS[name] = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise BenchmarkError(f"pipeline.eval.callable {name!r} cannot be loaded: {exc}") from exc
+    return _SCORERS[name]
+
+
+def _wants_context(fn) -> bool:
+    try:
+        return "context" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def files_digest(paths) -> str:
     return digest({str(p): sha256_file(p) for p in sorted(paths)})
 
 
 def benchmark_fingerprint(settings: Settings) -> dict:
     """What the scores depend on besides the model: the eval settings and the benchmark's data."""
-    cfg = settings.eval_config()
-    keep = {k: cfg[k] for k in ("suite", "skills", "split", "limit", "tasks", "metric", "batch_size")}
-    if cfg["suite"] == "lm-eval":  # the model settings change lm-eval's scores too
-        keep.update({k: cfg[k] for k in ("dtype", "model_args", "apply_chat_template", "num_fewshot")})
-    if cfg["suite"] == "skills":
-        data = suite_data_dir(settings)
-        if not data.is_dir():
-            raise BenchmarkError(f"the skills suite data {data} is missing; build the suite first: `dvc repro` "
-                                 "(or `python -m flows.nightly`, which builds it)")
-        keep["data"] = _files_digest(p for p in data.glob(f"*/{cfg['split']}.jsonl"))
-    elif cfg["suite"] == "callable":
-        keep["callable"] = cfg["callable"]
-    elif cfg["suite"] == "lm-eval":
-        if not cfg["tasks"]:
+    cfg = settings.pipeline.eval
+    keep = cfg.model_dump(include={"suite", "skills", "split", "limit", "tasks", "metric", "batch_size"})
+    if cfg.suite == "lm-eval":
+        if not cfg.tasks:
             raise BenchmarkError("pipeline.eval.tasks is empty: name the lm-eval tasks to run (or suite: skills)")
-        if cfg["include_path"]:
-            inc = settings.resolve(cfg["include_path"])
-            keep["include"] = _files_digest(p for p in inc.rglob("*") if p.is_file())
-    else:
-        raise BenchmarkError(f"pipeline.eval.suite must be skills, lm-eval or callable, got {cfg['suite']!r}")
+        # the model settings change lm-eval's scores too
+        keep.update(cfg.model_dump(include={"dtype", "model_args", "apply_chat_template", "num_fewshot"}))
+        if cfg.include_path:
+            inc = settings.resolve(cfg.include_path)
+            keep["include"] = files_digest(p for p in inc.rglob("*") if p.is_file())
+        return keep
+    if cfg.suite == "callable":
+        keep["callable"] = cfg.callable
+    scorer = load_scorer(settings)
+    if hasattr(scorer, "fingerprint"):
+        try:
+            keep.update(scorer.fingerprint(context(settings)))
+        except FileNotFoundError as exc:
+            raise BenchmarkError(str(exc)) from exc
     return keep
 
 
-def suite_data_dir(settings: Settings) -> Path:
-    import yaml
-
-    suite = (yaml.safe_load(settings.params_path.read_text()) or {}).get("suite") or {}
-    return settings.resolve(((suite.get("paths") or {}).get("data")) or "build/suite/data")
+def scorer_inputs(settings: Settings) -> list[Path]:
+    """The files the plugged-in scorer reads (for the main command's suite build); none for lm-eval."""
+    if scorer_name(settings.pipeline.eval) is None:
+        return []
+    scorer = load_scorer(settings)
+    return list(scorer.inputs(context(settings))) if hasattr(scorer, "inputs") else []
 
 
 def model_digest(path: str | Path | None) -> str | None:
     if path is None:
         return None
     path = Path(path)
-    return _files_digest(f for f in path.iterdir() if f.is_file() and f.name != "merge_manifest.json")
+    return files_digest(f for f in path.iterdir() if f.is_file() and f.name != "merge_manifest.json")
 
 
 def eval_key(settings: Settings, base_sha: str, adapter: str | Path | None, fingerprint: dict) -> str:
@@ -82,26 +144,32 @@ def _task_manager(include: str | None):
     return _TASK_MANAGERS[include]
 
 
-def prewarm(settings: Settings | None = None) -> threading.Thread:
-    """Import lm-eval (about 12 s here) and index its tasks in the background while fetch and merge run."""
-    def _imp():
-        try:
-            import lm_eval  # noqa: F401
+def prewarm(settings: Settings) -> threading.Thread | None:
+    """Once per process, in the background while fetch and merge run: import lm-eval (about 12 s here) and index its
+    tasks, or let the plugged-in scorer prepare (its ``prewarm``). None when there is nothing to do or it started."""
+    cfg = settings.pipeline.eval
+    if _PREWARM:
+        return None
+    if cfg.suite == "lm-eval":
+        def work():
             import lm_eval.models.huggingface  # noqa: F401
 
-            if settings is None:
-                return
-            cfg = settings.eval_config()
-            if cfg["suite"] == "skills" and suite_data_dir(settings).is_dir():
-                from skills.lmeval import task_manager, write_tasks
+            _task_manager(str(settings.resolve(cfg.include_path)) if cfg.include_path else None)
+    else:
+        scorer = load_scorer(settings)
+        if not hasattr(scorer, "prewarm"):
+            return None
 
-                task_manager(write_tasks(suite_data_dir(settings), settings.work / "lm_eval_tasks"))
-            elif cfg["suite"] == "lm-eval":
-                _task_manager(str(settings.resolve(cfg["include_path"])) if cfg["include_path"] else None)
+        def work():
+            scorer.prewarm(context(settings))
+
+    def guarded():
+        try:
+            work()
         except Exception:  # the benchmark step reports problems itself
             pass
 
-    t = threading.Thread(target=_imp, name="prewarm-lm-eval", daemon=True)
+    t = threading.Thread(target=guarded, name="prewarm-benchmark", daemon=True)
     t.start()
     _PREWARM.append(t)
     return t
@@ -111,8 +179,8 @@ _EVAL_LOCK = threading.Lock()  # lm-eval and torch threads: one evaluation at a 
 
 
 def run_benchmark(settings: Settings, base_dir: str | Path, adapter_dir: str | Path | None) -> dict[str, float]:
-    """Scores per task (skill) in [0, 1]. The one place that calls lm-eval."""
-    cfg = settings.eval_config()
+    """Scores per task in [0, 1]: the plugged-in scorer, or lm-eval's task list."""
+    cfg = settings.pipeline.eval
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     for t in list(_PREWARM):  # let the background import/indexing finish rather than race it
@@ -125,60 +193,47 @@ def run_benchmark(settings: Settings, base_dir: str | Path, adapter_dir: str | P
                 hf_logging.disable_progress_bar()
             except Exception:
                 pass
-        if cfg["suite"] == "skills":
-            from skills.evaluate import evaluate
-
-            # task YAMLs under this project's work dir: never shared with another checkout or run
-            return evaluate(base_dir, adapter_dir, skills=cfg["skills"], split=cfg["split"], limit=cfg["limit"],
-                            data_dir=suite_data_dir(settings), batch_size=int(cfg["batch_size"]),
-                            tasks_dir=settings.work / "lm_eval_tasks")
-        if cfg["suite"] == "callable":  # "module:function"(base_dir, adapter_dir, split, limit) -> {task: score}
-            import importlib
-            import sys
-
-            if str(settings.project) not in sys.path:  # a scorer module may live in the project
-                sys.path.append(str(settings.project))
-            module, _, fn = cfg["callable"].partition(":")
-            scores = getattr(importlib.import_module(module), fn)(str(base_dir), adapter_dir and str(adapter_dir),
-                                                                  cfg["split"], cfg["limit"])
+        if cfg.suite != "lm-eval":
+            scorer = load_scorer(settings)
+            extra = {"context": context(settings)} if _wants_context(scorer) else {}
+            scores = scorer(str(base_dir), adapter_dir and str(adapter_dir), cfg.split, cfg.limit, **extra)
             return {str(k): float(v) for k, v in scores.items()}
         import lm_eval
 
-        model_args = f"pretrained={base_dir},tokenizer={base_dir},dtype={cfg['dtype']}"
+        model_args = f"pretrained={base_dir},tokenizer={base_dir},dtype={cfg.dtype}"
         if adapter_dir is not None:
             model_args += f",peft={adapter_dir}"
-        if cfg["model_args"]:
-            model_args += f",{cfg['model_args']}"
-        include = str(settings.resolve(cfg["include_path"])) if cfg["include_path"] else None
-        res = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(cfg["tasks"]),
-                                      num_fewshot=int(cfg["num_fewshot"]),
-                                      apply_chat_template=bool(cfg["apply_chat_template"]),
-                                      batch_size=int(cfg["batch_size"]), device=cfg["device"], limit=cfg["limit"],
+        if cfg.model_args:
+            model_args += f",{cfg.model_args}"
+        include = str(settings.resolve(cfg.include_path)) if cfg.include_path else None
+        res = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(cfg.tasks),
+                                      num_fewshot=cfg.num_fewshot, apply_chat_template=cfg.apply_chat_template,
+                                      batch_size=int(cfg.batch_size), device=cfg.device, limit=cfg.limit,
                                       task_manager=_task_manager(include), bootstrap_iters=0,
                                       random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                                       fewshot_random_seed=0)
         scores = {}
-        for task in cfg["tasks"]:
+        for task in cfg.tasks:
             metrics = res["results"].get(task)
             if metrics is None:
                 raise BenchmarkError(f"lm-eval returned no results for task {task!r}")
-            value = next((v for k, v in metrics.items() if k.split(",")[0] == cfg["metric"]), None)
+            value = next((v for k, v in metrics.items() if k.split(",")[0] == cfg.metric), None)
             if value is None:
-                raise BenchmarkError(f"task {task!r} has no metric {cfg['metric']!r} (has: {', '.join(metrics)})")
+                raise BenchmarkError(f"task {task!r} has no metric {cfg.metric!r} (has: {', '.join(metrics)})")
             scores[task] = float(value)
         return scores
 
 
-def evaluate_cached(settings: Settings, base: dict, adapter_dir: str | Path | None, label: str) -> dict:
+def evaluate_cached(settings: Settings, base: FetchedSource, adapter_dir: str | Path | None,
+                    label: str) -> EvalResult:
     """Scores of base (+ adapter), from the cache when this exact model was evaluated on this exact benchmark."""
     fingerprint = benchmark_fingerprint(settings)
-    key = eval_key(settings, base["sha256"], adapter_dir, fingerprint)
+    key = eval_key(settings, base.sha256, adapter_dir, fingerprint)
     path = settings.work / "eval-cache" / f"{key[:32]}.json"
     if path.is_file():
-        record = json.loads(path.read_text())
-        return {**record, "label": label, "cached": True}
+        return EvalResult(**json.loads(path.read_text()), label=label, cached=True)
     t0 = time.time()
-    scores = run_benchmark(settings, base["path"], adapter_dir)
+    scores = run_benchmark(settings, base.path, adapter_dir)
     if not scores:
         raise BenchmarkError(f"{label}: the benchmark returned no scores")
     record = {"key": key, "scores": dict(sorted(scores.items())), "mean": sum(scores.values()) / len(scores),
@@ -187,10 +242,10 @@ def evaluate_cached(settings: Settings, base: dict, adapter_dir: str | Path | No
     tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
     tmp.replace(path)
-    return {**record, "label": label, "cached": False}
+    return EvalResult(**record, label=label, cached=False)
 
 
-def resolve_base(settings: Settings, fetched_base: dict | None, adapter_path: str | Path) -> dict:
+def resolve_base(settings: Settings, fetched_base: FetchedSource | None, adapter_path: str | Path) -> FetchedSource:
     """The base model to evaluate on: the catalog's ``base:``, else the adapters' base_model_name_or_path."""
     if fetched_base is not None:
         return fetched_base
@@ -202,5 +257,4 @@ def resolve_base(settings: Settings, fetched_base: dict | None, adapter_path: st
     if not path.is_dir():
         raise BenchmarkError(f"base model {name!r} (from adapter_config.json) is not a local directory; add `base:` "
                              "to the catalog")
-    return {"name": "base", "uri": name, "path": str(path), "revision": None, "sha256": model_digest(path),
-            "dvc": None}
+    return FetchedSource(name="base", uri=name, path=str(path), revision=None, sha256=model_digest(path))

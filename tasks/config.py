@@ -1,81 +1,227 @@
 """The pipeline's settings: ``pipeline:`` and ``merge:`` in params.yaml, and the adapter catalog they name.
 
-Plain Python (no Prefect, MLflow or DVC imports): the DVC stages, the flow and ``pico lineage`` all read settings
-through here, so every entry point resolves paths and defaults the same way.  Relative paths are relative to the
-project directory (the one holding params.yaml).
+Typed (pydantic) and validated once, in :func:`load_settings`: an unknown key anywhere, a wrong type or a bad value
+stops the run before any work with one error naming the file and the key. Plain Python otherwise (no Prefect, MLflow
+or DVC imports): the DVC stages, the flow and ``pico lineage`` all read settings through here, so every entry point
+resolves paths and defaults the same way. Relative paths are relative to the project directory (the one holding
+params.yaml).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
-from dataclasses import dataclass, field
+import typing
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-# Defaults of every ``pipeline:`` key; params.yaml overrides them key by key (nested dicts merge).
-DEFAULTS: dict = {
-    "catalog": "adapters.yaml",
-    "paths": {
-        "work": "build/pipeline",  # content-addressed merge store, eval cache, locks, fetched sources
-        "merged": "build/pipeline/merged",  # DVC 'merge' stage output: the latest merged adapter
-        "eval": "build/pipeline/eval",  # DVC 'eval' stage output: metrics.json of the latest merge
-    },
-    "dtype": "float32",
-    "device": "auto",  # where calibration runs: auto (CUDA when the worker has one), cpu, cuda
-    # layers_per_group: None: the library's shape batches; N: split them N layers a task.
-    # threads: torch intra-op threads of each calibrate/merge task, the same on every runner (same bytes).
-    "calibrate": {"layers_per_group": None, "threads": 1},
-    "task_runner": {
-        "kind": "threads",  # threads | dask
-        "max_workers": 2,  # threads
-        "address": None,  # dask: scheduler address of an existing cluster; None: a LocalCluster
-        "n_workers": 2,  # dask LocalCluster
-        "processes": True,  # dask LocalCluster
-        "gpu_resource": None,  # dask: e.g. "GPU": calibration tasks ask workers for one unit of it
-    },
-    "fetch": {"retries": 3, "retry_delay_s": 2.0},
-    "eval": {
-        "suite": "skills",  # skills: the embedded skills suite; lm-eval: the tasks below; callable: a function
-        "callable": None,  # suite: callable: "module:function"(base_dir, adapter_dir, split, limit) -> {task: score}
-        "skills": None,  # skills suite: which skills (None: all)
-        "split": "test",
-        "limit": None,  # items per task (None: all)
-        "tasks": [],  # lm-eval task names, for suite: lm-eval
-        "include_path": None,  # lm-eval: a folder of task YAMLs
-        "metric": "exact_match",  # lm-eval: the metric read from each task's results
-        "batch_size": 64,
-        # lm-eval model settings (suite: lm-eval), from params so the same path serves a user's model on a GPU
-        "device": "cpu",
-        "dtype": "float32",
-        "model_args": "",  # extra HF model_args, e.g. "attn_implementation=sdpa"
-        "apply_chat_template": False,  # instruct models: score through their chat template
-        "num_fewshot": 0,
-        "baselines": True,  # also evaluate the catalog's baselines and the base model (cached by content hash)
-    },
-    "mlflow": {
-        "tracking_uri": "sqlite:///build/mlflow/mlflow.db",  # MLFLOW_TRACKING_URI overrides
-        "artifact_root": "build/mlflow/artifacts",  # for a file/sqlite store; a server manages its own
-        "experiment": "pico-nightly",
-        "model_name": "pico-merged",
-        "http_retries": 2,  # MLFLOW_HTTP_REQUEST_MAX_RETRIES unless set: fail in seconds, not minutes
-        "http_timeout_s": 20,
-        "log_adapter": True,  # the merged adapter as run artifacts (the model version's source)
-    },
-    "gate": {
-        "metric": "mean",  # the aggregate compared with the champion
-        "min_delta": 0.0,  # promote when mean >= champion mean + min_delta
-        "floor": 0.0,  # ... and no skill below this accuracy
-        "floors": {},  # per-skill floors, overriding `floor`
-    },
-    "schedule": {"cron": "0 2 * * *", "timezone": "UTC", "deployment": "nightly", "concurrency_limit": 1},
-    "dvc": {"enabled": True, "push": True, "stages": ["merge", "eval"]},
-}
+from .errors import PipelineError
+
+import pico
+from pico.writer import json_digest
+
+
+class ConfigError(PipelineError, ValueError):
+    """A problem in params.yaml or the catalog, named by file and key."""
+
+    permanent = True
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathSettings(_Section):
+    work: str = "build/pipeline"  # content-addressed merge store, eval cache, locks, fetched sources
+    merged: str = "build/pipeline/merged"  # DVC 'merge' stage output: the latest merged adapter
+    eval: str = "build/pipeline/eval"  # DVC 'eval' stage output: metrics.json of the latest merge
+
+
+class CalibrateSettings(_Section):
+    # None: the library's shape batches; N: split them N layers a task.
+    layers_per_group: PositiveInt | None = None
+    # torch intra-op threads of each calibrate/merge task, the same on every runner (same bytes).
+    threads: PositiveInt | None = 1
+
+
+class TaskRunnerSettings(_Section):
+    kind: Literal["threads", "dask"] = "threads"
+    max_workers: PositiveInt = 2  # threads
+    address: str | None = None  # dask: scheduler address of an existing cluster; None: a LocalCluster
+    n_workers: PositiveInt = 2  # dask LocalCluster
+    processes: bool = True  # dask LocalCluster
+    gpu_resource: str | None = None  # dask: e.g. "GPU": calibration tasks ask workers for one unit of it
+
+
+class FetchSettings(_Section):
+    retries: int = Field(3, ge=0)
+    retry_delay_s: float = Field(2.0, ge=0)
+
+
+class EvalSettings(_Section):
+    suite: Literal["skills", "lm-eval", "callable"] = "skills"  # skills: an alias of the callable below
+    callable: str | None = None  # "module:function"(base_dir, adapter_dir, split, limit) -> {task: score}
+    skills: list[str] | None = None  # skills suite: which skills (None: all)
+    split: str = "test"
+    limit: int | float | None = None  # items per task (None: all)
+    tasks: list[str] = []  # lm-eval task names, for suite: lm-eval
+    include_path: str | None = None  # lm-eval: a folder of task YAMLs
+    metric: str = "exact_match"  # lm-eval: the metric read from each task's results
+    batch_size: PositiveInt = 64
+    # lm-eval model settings (suite: lm-eval), from params so the same path serves a user's model on a GPU
+    device: str = "cpu"
+    dtype: str = "float32"
+    model_args: str = ""  # extra HF model_args, e.g. "attn_implementation=sdpa"
+    apply_chat_template: bool = False  # instruct models: score through their chat template
+    num_fewshot: int = Field(0, ge=0)
+    baselines: bool = True  # also evaluate the catalog's baselines and the base model (cached by content hash)
+
+    @model_validator(mode="after")
+    def _callable_named(self):
+        if self.suite == "callable" and (not self.callable or ":" not in self.callable):
+            raise ValueError(f"suite: callable needs callable: 'module:function', got {self.callable!r}")
+        return self
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str = "sqlite:///build/mlflow/mlflow.db"  # MLFLOW_TRACKING_URI overrides
+    artifact_root: str = "build/mlflow/artifacts"  # for a file/sqlite store; a server manages its own
+    experiment: str = "pico-nightly"
+    model_name: str = "pico-merged"
+    http_retries: int = Field(2, ge=0)  # MLFLOW_HTTP_REQUEST_MAX_RETRIES unless set: fail in seconds, not minutes
+    http_timeout_s: float = Field(20, gt=0)
+    log_adapter: bool = True  # the merged adapter as run artifacts (the model version's source)
+
+
+class GateSettings(_Section):
+    metric: Literal["mean"] = "mean"  # the aggregate compared with the champion (only the mean so far)
+    min_delta: float = 0.0  # promote when mean >= champion mean + min_delta
+    floor: float = 0.0  # ... and no task below this score
+    floors: dict[str, float] = {}  # per-task floors, overriding `floor`
+
+    def floor_of(self, task: str) -> float:
+        return float(self.floors.get(task, self.floor))
+
+
+class ScheduleSettings(_Section):
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    deployment: str = "nightly"
+    concurrency_limit: PositiveInt | None = 1
+
+
+class DvcSettings(_Section):
+    enabled: bool = True
+    push: bool = True
+    stages: list[str] = ["merge", "eval"]
+
+
+class PipelineSettings(_Section):
+    """Everything under ``pipeline:``; params.yaml overrides the defaults key by key."""
+
+    catalog: str = "adapters.yaml"
+    paths: PathSettings = PathSettings()
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"  # where calibration runs: auto (CUDA when the worker has one), cpu, cuda
+    calibrate: CalibrateSettings = CalibrateSettings()
+    task_runner: TaskRunnerSettings = TaskRunnerSettings()
+    fetch: FetchSettings = FetchSettings()
+    eval: EvalSettings = EvalSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    gate: GateSettings = GateSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    dvc: DvcSettings = DvcSettings()
+
 
 DEFAULT_RECIPE: dict = {"method": "ta", "space": "core", "calibrate": "none"}
+
+
+class CatalogEntry(_Section):
+    name: str
+    source: str  # local path, hf://org/name@rev, dvc://path[@rev]
+    sha256: str | None = None  # optional pin: pico's per-adapter digest (Source.sha256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill(cls, item: Any):
+        if isinstance(item, str):
+            item = {"source": item}
+        if not isinstance(item, dict) or "source" not in item:
+            raise ValueError("each entry needs a 'source' (a path, hf://org/name@rev or dvc://path)")
+        item = dict(item)
+        item["source"] = str(item["source"])
+        item["name"] = str(item.get("name") or item["source"].rstrip("/").split("/")[-1].split("@")[0])
+        return item
+
+    @model_validator(mode="after")
+    def _pin(self):
+        if self.sha256 is not None:
+            pin = str(self.sha256).lower().removeprefix("sha256:")
+            if len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin):
+                raise ValueError(f"{self.name}: sha256 pin must be 64 hex digits, got {self.sha256!r}")
+            if pin != self.sha256:
+                self.sha256 = pin
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+
+class Catalog(_Section):
+    path: Path = Path(".")
+    adapters: list[CatalogEntry] = Field(min_length=1)
+    base: CatalogEntry | None = None  # the base model the adapters were trained on (for evaluation)
+    baselines: list[CatalogEntry] = []  # evaluated for the leaderboard, never merged
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [a.name for a in self.adapters]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"adapter names must be unique; repeated: {', '.join(sorted(dup))}")
+        return self
+
+
+class Settings(BaseModel):
+    """Everything one pipeline run needs to know, resolved against ``project`` and validated once."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    project: Path
+    params_path: Path
+    pipeline: PipelineSettings
+    merge: dict  # the ``merge:`` section as written (plus overrides): what DVC's params and MLflow's params record
+    recipe: pico.Recipe  # the same, validated by pico
+    catalog: Catalog
+
+    def path(self, key: Literal["work", "merged", "eval"]) -> Path:
+        return self.resolve(getattr(self.pipeline.paths, key))
+
+    def resolve(self, p: str | Path) -> Path:
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else self.project / p
+
+    @property
+    def work(self) -> Path:
+        return self.path("work")
+
+    @property
+    def tracking_uri(self) -> str:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or self.pipeline.mlflow.tracking_uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(self.resolve(uri[len("sqlite:///"):]))  # relative to the project
+        return uri
+
+    @property
+    def local_tracking(self) -> bool:
+        return not self.tracking_uri.startswith(("http://", "https://", "databricks"))
+
+    @property
+    def model_name(self) -> str:
+        return self.pipeline.mlflow.model_name
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -88,44 +234,52 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-@dataclass
-class CatalogEntry:
-    name: str
-    source: str  # local path, hf://org/name@rev, dvc://path[@rev]
-    sha256: str | None = None  # optional pin: pico's per-adapter digest (Source.sha256)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "source": self.source, "sha256": self.sha256}
-
-
-@dataclass
-class Catalog:
-    path: Path
-    adapters: list[CatalogEntry]
-    base: CatalogEntry | None = None  # the base model the adapters were trained on (for evaluation)
-    baselines: list[CatalogEntry] = field(default_factory=list)  # evaluated for the leaderboard, never merged
-
-
-class ConfigError(ValueError):
-    """A problem in params.yaml or the catalog, named by file and key."""
+def _model_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class found at ``loc`` inside ``cls`` (list indices skipped), for naming known keys."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part)
+        if field is None:
+            return None
+        found = None
+        for t in [field.annotation, *typing.get_args(field.annotation)]:
+            for u in [t, *typing.get_args(t)]:
+                if isinstance(u, type) and issubclass(u, BaseModel):
+                    found = u
+        if found is None:
+            return None
+        cls = found
+    return cls
 
 
-def _entry(item, where: str) -> CatalogEntry:
-    if isinstance(item, str):
-        item = {"source": item}
-    if not isinstance(item, dict) or "source" not in item:
-        raise ConfigError(f"{where}: each entry needs a 'source' (a path, hf://org/name@rev or dvc://path)")
-    unknown = set(item) - {"name", "source", "sha256"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))} (known: name, source, sha256)")
-    source = str(item["source"])
-    name = item.get("name") or source.rstrip("/").split("/")[-1].split("@")[0]
-    pin = item.get("sha256")
-    if pin is not None:
-        pin = str(pin).lower().removeprefix("sha256:")
-        if len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin):
-            raise ConfigError(f"{where}: {name}: sha256 pin must be 64 hex digits, got {item['sha256']!r}")
-    return CatalogEntry(name=str(name), source=source, sha256=pin)
+def _where(prefix: str, loc: tuple) -> str:
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def config_error(file: str, prefix: str, model: type[BaseModel], exc: ValidationError) -> ConfigError:
+    """One readable error from pydantic's: ``file: key.path: problem`` per problem, unknown keys named with the
+    known ones."""
+    unknown: dict[tuple, list[str]] = {}
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "literal_error":
+            msg = f"{msg}, got {err['input']!r}"
+        where = _where(prefix, loc)
+        lines.append(f"{file}: {where}: {msg}" if where else f"{file}: {msg}")
+    for loc, keys in unknown.items():
+        sub = _model_at(model, loc)
+        known = f" (known: {', '.join(sub.model_fields)})" if sub is not None else ""
+        lines.append(f"{file}: {_where(prefix, loc) or 'top level'}: unknown keys {', '.join(sorted(keys))}{known}")
+    return ConfigError("; ".join(lines))
 
 
 def load_catalog(path: Path) -> Catalog:
@@ -134,64 +288,16 @@ def load_catalog(path: Path) -> Catalog:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict) or not data.get("adapters"):
         raise ConfigError(f"{path}: needs a non-empty 'adapters:' list")
-    adapters = [_entry(x, f"{path.name}: adapters[{i}]") for i, x in enumerate(data["adapters"])]
-    names = [a.name for a in adapters]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise ConfigError(f"{path.name}: adapter names must be unique; repeated: {', '.join(sorted(dup))}")
-    base = _entry(data["base"], f"{path.name}: base") if data.get("base") else None
-    baselines = [_entry(x, f"{path.name}: baselines[{i}]") for i, x in enumerate(data.get("baselines") or [])]
-    return Catalog(path=path, adapters=adapters, base=base, baselines=baselines)
-
-
-@dataclass
-class Settings:
-    """Everything one pipeline run needs to know, resolved against ``project``."""
-
-    project: Path
-    params_path: Path
-    pipeline: dict
-    recipe: dict
-    catalog: Catalog
-
-    def path(self, key: str) -> Path:
-        return self.resolve(self.pipeline["paths"][key])
-
-    def resolve(self, p: str | Path) -> Path:
-        p = Path(p).expanduser()
-        return p if p.is_absolute() else self.project / p
-
-    @property
-    def work(self) -> Path:
-        return self.path("work")
-
-    @property
-    def tracking_uri(self) -> str:
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or self.pipeline["mlflow"]["tracking_uri"]
-        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            uri = "sqlite:///" + str(self.resolve(uri[len("sqlite:///"):]))  # relative to the project
-        return uri
-
-    @property
-    def local_tracking(self) -> bool:
-        return not self.tracking_uri.startswith(("http://", "https://", "databricks"))
-
-    def recipe_obj(self):
-        from pico import Recipe
-
-        try:
-            return Recipe.from_dict(self.recipe)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{self.params_path.name}: merge: {exc}") from exc
-
-    def eval_config(self) -> dict:
-        return dict(self.pipeline["eval"])
+    try:
+        return Catalog.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        raise config_error(path.name, "", Catalog, exc) from None
 
 
 def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
                   overrides: dict | None = None) -> Settings:
-    """Read params.yaml (``pipeline:`` and ``merge:``) and the catalog it names. ``overrides`` merge into
-    ``pipeline:`` (and ``merge`` into the recipe), for flow parameters and tests."""
+    """Read params.yaml (``pipeline:`` and ``merge:``) and the catalog it names, and validate them. ``overrides``
+    merge into ``pipeline:`` (and ``merge`` into the recipe), for ``--set``, flow parameters and tests."""
     project = Path(project).resolve()
     params_path = Path(params)
     if not params_path.is_absolute():
@@ -201,24 +307,27 @@ def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
     data = yaml.safe_load(params_path.read_text()) or {}
     overrides = copy.deepcopy(overrides or {})
     recipe_over = overrides.pop("merge", None)
-    pipeline = deep_merge(DEFAULTS, data.get("pipeline") or {})
-    pipeline = deep_merge(pipeline, overrides)
-    unknown = set(pipeline) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"{params_path.name}: pipeline: unknown keys {', '.join(sorted(unknown))}")
-    recipe = dict(data.get("merge") or DEFAULT_RECIPE)
+    raw = deep_merge(data.get("pipeline") or {}, overrides)
+    try:
+        pipeline = PipelineSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise config_error(params_path.name, "pipeline", PipelineSettings, exc) from None
+    merge = dict(data.get("merge") or DEFAULT_RECIPE)
     if recipe_over:
-        recipe.update(recipe_over)
-    settings = Settings(project=project, params_path=params_path, pipeline=pipeline, recipe=recipe,
-                        catalog=Catalog(path=project, adapters=[]))
-    settings.catalog = load_catalog(settings.resolve(pipeline["catalog"]))
-    settings.recipe_obj()  # validate early: a bad recipe stops the flow before any work
-    return settings
+        merge.update(recipe_over)
+    try:  # validated once: a bad recipe stops the flow before any work
+        recipe = pico.Recipe.from_dict(copy.deepcopy(merge))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{params_path.name}: merge: {exc}") from None
+    catalog = load_catalog((project / pipeline.catalog) if not Path(pipeline.catalog).is_absolute()
+                           else Path(pipeline.catalog))
+    return Settings(project=project, params_path=params_path, pipeline=pipeline, merge=merge, recipe=recipe,
+                    catalog=catalog)
 
 
 def digest(obj) -> str:
     """sha256 of a JSON-able object (sorted keys): the content keys of caches and lineage."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(obj)
 
 
 def quiet_env() -> None:

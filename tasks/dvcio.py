@@ -19,8 +19,10 @@ from pathlib import Path
 
 import yaml
 
+from .errors import PipelineError
 
-class DvcError(RuntimeError):
+
+class DvcError(PipelineError):
     pass
 
 

@@ -16,36 +16,31 @@ import re
 import shutil
 from pathlib import Path
 
-from pico.adapters import CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, AdapterError, Source
+from pico.adapters import (CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, AdapterError, Source, adapter_file_names,
+                           hub_snapshot)
 from pico.writer import sha256_file
 
 from . import dvcio
 from .config import CatalogEntry, Settings
+from .errors import PipelineError
+from .records import FetchedSource
 
 
-class PinMismatch(RuntimeError):
+class PinMismatch(PipelineError):
     """A pinned sha256 does not match what was fetched: never retried, stops the flow before any merge."""
 
+    permanent = True
 
-class SourceError(RuntimeError):
+
+class SourceError(PipelineError):
     """A source that cannot be resolved for a reason a retry will not fix."""
 
-
-PERMANENT = (PinMismatch, SourceError, AdapterError)  # retried: everything else (network, DVC remote hiccups)
+    permanent = True
 
 
 def adapter_files(path: Path) -> dict[str, str]:
     """sha256 of the files pico hashes for an adapter (config + weights), as in the merge manifest."""
-    files = {}
-    for name in (CONFIG_NAME, SAFETENSORS_NAME):
-        if (path / name).is_file():
-            files[name] = sha256_file(path / name)
-    if SAFETENSORS_NAME not in files:
-        for name in PICKLE_NAMES:
-            if (path / name).is_file():
-                files[name] = sha256_file(path / name)
-                break
-    return files
+    return {name: sha256_file(path / name) for name in adapter_file_names(path)}
 
 
 def _resolve_dvc(settings: Settings, spec: str) -> tuple[Path, str | None, dict | None]:
@@ -81,26 +76,19 @@ def _resolve_dvc(settings: Settings, spec: str) -> tuple[Path, str | None, dict 
     return local, None, recorded
 
 
-def _resolve_hub(src: str) -> tuple[Path, str]:
-    """hf://org/name@revision -> the local snapshot. A missing repo/revision is permanent; network errors are not
-    (they propagate as they are, and the fetch task retries them)."""
-    repo, _, revision = src[len("hf://"):].partition("@")
-    if not repo or not revision:
-        raise SourceError(f"{src}: pin a revision, e.g. hf://org/name@<commit sha> (unpinned hub sources are not "
-                          "reproducible)")
-    from huggingface_hub import snapshot_download
+def _resolve_hub(src: str, patterns: tuple[str, ...] | None = (CONFIG_NAME, SAFETENSORS_NAME, *PICKLE_NAMES)):
+    """hf://org/name@revision -> (the local snapshot, revision). A missing repo/revision is permanent; network errors
+    are not (they propagate as they are, and the fetch task retries them)."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        local = snapshot_download(repo_id=repo, revision=revision,
-                                  allow_patterns=[CONFIG_NAME, SAFETENSORS_NAME, *PICKLE_NAMES])
+        return hub_snapshot(src, patterns, error=SourceError)
     except (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
         raise SourceError(f"{src}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
-    return Path(local), revision
 
 
-def fetch_entry(settings: Settings, entry: CatalogEntry) -> dict:
-    """Resolve one catalog entry to a local directory; hash it; enforce the pin. Returns a JSON-able record."""
+def fetch_entry(settings: Settings, entry: CatalogEntry) -> FetchedSource:
+    """Resolve one catalog entry to a local directory; hash it; enforce the pin."""
     src = entry.source
     dvc = None
     if src.startswith("dvc://"):
@@ -125,11 +113,11 @@ def fetch_entry(settings: Settings, entry: CatalogEntry) -> dict:
         raise PinMismatch(f"{entry.name}: sha256 pin mismatch for {src}: the catalog pins {entry.sha256} but the "
                           f"fetched adapter hashes to {sha}; refusing to merge (update the pin only if the new "
                           "adapter is intended)")
-    return {"name": entry.name, "uri": src, "path": str(path), "revision": revision, "sha256": sha,
-            "pinned": entry.sha256 is not None, "files": files, "dvc": dvc}
+    return FetchedSource(name=entry.name, uri=src, path=str(path), revision=revision, sha256=sha,
+                         pinned=entry.sha256 is not None, files=files, dvc=dvc)
 
 
-def fetch_base(settings: Settings) -> dict | None:
+def fetch_base(settings: Settings) -> FetchedSource | None:
     """The catalog's base model (for evaluation): resolved like an adapter, hashed over its weight/config files."""
     entry = settings.catalog.base
     if entry is None:
@@ -138,12 +126,7 @@ def fetch_base(settings: Settings) -> dict | None:
     if src.startswith("dvc://"):
         path, revision, dvc = _resolve_dvc(settings, src[len("dvc://"):])
     elif src.startswith("hf://"):
-        repo, _, revision = src[len("hf://"):].partition("@")
-        if not revision:
-            raise SourceError(f"base: {src}: pin a revision (hf://org/name@<commit>)")
-        from huggingface_hub import snapshot_download
-
-        path, dvc = Path(snapshot_download(repo_id=repo, revision=revision)), None
+        (path, revision), dvc = _resolve_hub(src, None), None  # every file of the model
     else:
         path, revision, dvc = settings.resolve(src), None, None
         if not path.is_dir():
@@ -152,4 +135,4 @@ def fetch_base(settings: Settings) -> dict | None:
     sha = Source(name="base", uri=src, path=Path(path), revision=revision, files=files).sha256
     if entry.sha256 and entry.sha256 != sha:
         raise PinMismatch(f"base: sha256 pin mismatch for {src}: pinned {entry.sha256}, fetched {sha}")
-    return {"name": entry.name, "uri": src, "path": str(path), "revision": revision, "sha256": sha, "dvc": dvc}
+    return FetchedSource(name=entry.name, uri=src, path=str(path), revision=revision, sha256=sha, dvc=dvc)

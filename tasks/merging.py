@@ -20,15 +20,17 @@ from pico.merge import MANIFEST_NAME, natural_key, plan_batches, write_merged
 from pico.writer import sha256_file
 
 from . import dvcio
+from .errors import PipelineError
 from .config import Settings, digest
+from .records import FetchedSource
 
 
-def load_set(fetched: list[dict]) -> pico.AdapterSet:
+def load_set(fetched: list[FetchedSource]) -> pico.AdapterSet:
     """Validate the fetched adapters together (pico's checks); sources carry their catalog names and URIs."""
-    uris = [f["uri"] if f["uri"].startswith("hf://") else f["path"] for f in fetched]
+    uris = [f.uri if f.uri.startswith("hf://") else f.path for f in fetched]
     aset = pico.load_adapters(uris)
     for adapter, f in zip(aset.adapters, fetched):
-        adapter.source.name, adapter.source.uri, adapter.source.revision = f["name"], f["uri"], f["revision"]
+        adapter.source.name, adapter.source.uri, adapter.source.revision = f.name, f.uri, f.revision
     return aset
 
 
@@ -47,20 +49,20 @@ def pico_code_digest() -> str:
 def device_class(settings: Settings) -> str:
     """Where the merge math will run: "cpu" or "cuda". CPU and GPU kernels round differently, so the class is part
     of the merge key (bytes are identical across runners and thread counts within a class, not across classes)."""
-    device, runner = str(settings.pipeline["device"]), settings.pipeline["task_runner"]
+    device, runner = settings.pipeline.device, settings.pipeline.task_runner
     if device != "auto":
         return "cuda" if device.startswith("cuda") else "cpu"
-    if runner["kind"] == "dask" and runner["gpu_resource"]:
+    if runner.kind == "dask" and runner.gpu_resource:
         return "cuda"
-    if runner["kind"] == "dask" and runner["address"]:
+    if runner.kind == "dask" and runner.address:
         return "dask-auto"  # the remote workers decide
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def merge_key(fetched: list[dict], recipe: pico.Recipe, dtype: str, device: str = "cpu") -> str:
+def merge_key(fetched: list[FetchedSource], recipe: pico.Recipe, dtype: str, device: str = "cpu") -> str:
     """Everything that decides the merged bytes: the sources' bytes in order, the recipe, pico's code, the dtype,
     the device class."""
-    return digest({"sources": [f["sha256"] for f in fetched], "recipe": recipe.hash(), "pico": pico.__version__,
+    return digest({"sources": [f.sha256 for f in fetched], "recipe": recipe.hash(), "pico": pico.__version__,
                    "pico_code": pico_code_digest(), "dtype": dtype, "device": device})
 
 
@@ -160,12 +162,18 @@ def write_store(settings: Settings, key: str, aset: pico.AdapterSet, recipe: pic
     return out, manifest, False
 
 
-def check_sources(manifest: dict, fetched: list[dict]) -> None:
+class SourceChanged(PipelineError):
+    """A source's bytes changed between fetch and merge (retrying the merge would not make the run consistent)."""
+
+    permanent = True
+
+
+def check_sources(manifest: dict, fetched: list[FetchedSource]) -> None:
     """The merge read exactly the bytes fetch hashed (and the pins approved)."""
     for src, f in zip(manifest["sources"], fetched):
-        if src["sha256"] != f["sha256"]:
-            raise RuntimeError(f"{f['name']}: {f['uri']} changed during the run (fetched {f['sha256'][:12]}, merged "
-                               f"{src['sha256'][:12]}); nothing was registered")
+        if src["sha256"] != f.sha256:
+            raise SourceChanged(f"{f.name}: {f.uri} changed during the run (fetched {f.sha256[:12]}, merged "
+                                f"{src['sha256'][:12]}); nothing was registered")
 
 
 def diagnostics(manifest: dict) -> dict:

@@ -7,132 +7,146 @@ servers and the DVC stages.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from . import benchmark, fetch, merging, registry, versioning
+import pico
+
+from . import benchmark, fetch, merging, promotion, versioning
 from .config import CatalogEntry, Settings
+from .errors import is_permanent
+from .records import (ChampionRecord, Decision, DvcRecord, EvalResult, FetchedSource, Lineage, MergeResult,
+                      Registration)
 
 
 def transient(task_, task_run, state) -> bool:
-    """Retry condition: retry anything but the permanent errors (pin mismatch, invalid adapter, bad source)."""
+    """Retry condition: retry anything but a permanent error (``PipelineError.permanent``, pico's AdapterError)."""
     exc = state.data if isinstance(state.data, BaseException) else None
     if exc is None:
         try:
             state.result()
         except BaseException as e:  # noqa: BLE001
             exc = e
-    return not isinstance(exc, fetch.PERMANENT)
+    return not is_permanent(exc)
 
 
 @task(name="mlflow-preflight", cache_policy=NO_CACHE)
 def mlflow_preflight(settings: Settings) -> str:
-    exp = registry.preflight(settings)
+    exp = promotion.preflight(settings)
     get_run_logger().info("MLflow %s reachable (experiment %s)", settings.tracking_uri, exp)
     return exp
 
 
 @task(name="fetch", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2, retry_condition_fn=transient,
       task_run_name="fetch-{entry.name}")
-def fetch_adapter(settings: Settings, entry: CatalogEntry) -> dict:
+def fetch_adapter(settings: Settings, entry: CatalogEntry) -> FetchedSource:
     rec = fetch.fetch_entry(settings, entry)
-    get_run_logger().info("%s: %s -> %s sha256 %s%s", entry.name, entry.source, rec["path"], rec["sha256"][:16],
-                          " (pin ok)" if rec["pinned"] else "")
+    get_run_logger().info("%s: %s -> %s sha256 %s%s", entry.name, entry.source, rec.path, rec.sha256[:16],
+                          " (pin ok)" if rec.pinned else "")
     return rec
 
 
 @task(name="fetch-base", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2, retry_condition_fn=transient)
-def fetch_base(settings: Settings) -> dict | None:
+def fetch_base(settings: Settings) -> FetchedSource | None:
     return fetch.fetch_base(settings)
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(settings: Settings, fetched: list[dict]):
+def validate(settings: Settings, fetched: list[FetchedSource]) -> tuple[pico.AdapterSet, list[list[str]], str,
+                                                                       MergeResult | None]:
     """pico's checks on the set; the merge plan; the content key; a verified cached merge if there is one."""
-    recipe = settings.recipe_obj()
+    recipe = settings.recipe
     aset = merging.load_set(fetched)
     if recipe.weights is not None and len(recipe.weights) != len(aset):
         raise ValueError(f"merge.weights has {len(recipe.weights)} entries for {len(aset)} adapters")
-    groups = merging.plan_groups(aset, recipe, settings.pipeline["calibrate"]["layers_per_group"])
-    key = merging.merge_key(fetched, recipe, settings.pipeline["dtype"], merging.device_class(settings))
+    groups = merging.plan_groups(aset, recipe, settings.pipeline.calibrate.layers_per_group)
+    key = merging.merge_key(fetched, recipe, settings.pipeline.dtype, merging.device_class(settings))
     store = merging.store_dir(settings, key)
-    cached = merging.verify_dir(store)
-    get_run_logger().info("%d adapters valid: %d modules in %d groups; merge key %s%s", len(aset), len(aset.modules),
-                          len(groups), key[:16], " (cached)" if cached else "")
-    return aset, groups, key, cached
+    manifest = merging.verify_dir(store)
+    log = get_run_logger()
+    log.info("%d adapters valid: %d modules in %d groups; merge key %s%s", len(aset), len(aset.modules), len(groups),
+             key[:16], " (cached)" if manifest else "")
+    if manifest is None:
+        return aset, groups, key, None
+    merging.check_sources(manifest, fetched)
+    log.info("merge cache hit: %s (same sources, recipe and pico version)", store)
+    return aset, groups, key, MergeResult(key=key, store=str(store), manifest=manifest, cached=True)
 
 
 @task(name="calibrate", cache_policy=NO_CACHE, task_run_name="calibrate-{modules[0]}")
-def calibrate(aset, modules: list[str], recipe, device: str = "auto", threads: int | None = 1):
+def calibrate(aset: pico.AdapterSet, modules: list[str], recipe: pico.Recipe, device: str = "auto",
+              threads: int | None = 1):
     return merging.calibrate_group(aset, modules, recipe, device, threads)
 
 
 @task(name="merge-group", cache_policy=NO_CACHE)
-def merge_group(cal, recipe, threads: int | None = 1):
+def merge_group(cal, recipe: pico.Recipe, threads: int | None = 1):
     return merging.merge_group(cal, recipe, threads)
 
 
 @task(name="write", cache_policy=NO_CACHE)
-def write(settings: Settings, key: str, aset, recipe, groups, results, fetched: list[dict]):
-    store, manifest, reused = merging.write_store(settings, key, aset, recipe, groups, results,
-                                                  settings.pipeline["dtype"])
+def write(settings: Settings, key: str, aset: pico.AdapterSet, groups: list[list[str]], results,
+          fetched: list[FetchedSource]) -> MergeResult:
+    store, manifest, reused = merging.write_store(settings, key, aset, settings.recipe, groups, results,
+                                                  settings.pipeline.dtype)
     merging.check_sources(manifest, fetched)
     get_run_logger().info("merged adapter %s (%d modules, rank <= %d)%s", store, manifest["output"]["modules"],
                           manifest["output"]["max_rank"], " (written by a concurrent run)" if reused else "")
-    return str(store), manifest
+    return MergeResult(key=key, store=str(store), manifest=manifest, cached=False)
 
 
 @task(name="benchmark", cache_policy=NO_CACHE, task_run_name="benchmark-{label}")
-def run_benchmark(settings: Settings, base: dict, adapter_dir: str | None, label: str) -> dict:
+def run_benchmark(settings: Settings, base: FetchedSource, adapter_dir: str | None, label: str) -> EvalResult:
     rec = benchmark.evaluate_cached(settings, base, adapter_dir, label)
-    get_run_logger().info("%s: mean %.4f %s%s", label, rec["mean"], rec["scores"],
-                          " (cached)" if rec["cached"] else f" ({rec['seconds']} s)")
+    get_run_logger().info("%s: mean %.4f %s%s", label, rec.mean, rec.scores,
+                          " (cached)" if rec.cached else f" ({rec.seconds} s)")
     return rec
 
 
 @task(name="champion", cache_policy=NO_CACHE)
-def champion(settings: Settings, base: dict, fingerprint: str) -> dict | None:
+def champion(settings: Settings, base: FetchedSource, fingerprint: str) -> ChampionRecord | None:
     """The current champion with its scores on *this* benchmark (re-evaluated from its artifacts if it was scored on
     another one)."""
-    rec = registry.champion_record(settings)
-    if rec is None or rec["fingerprint"] == fingerprint:
+    rec = promotion.champion_record(settings)
+    if rec is None or rec.fingerprint == fingerprint:
         return rec
-    dest = settings.work / "registry-cache" / f"v{rec['version']}-{(rec['merge_key'] or 'x')[:12]}"
-    path = registry.download_version(settings, rec["source"], dest)
-    ev = benchmark.evaluate_cached(settings, base, path, f"champion v{rec['version']}")
-    get_run_logger().info("champion v%s re-scored on this benchmark: mean %.4f", rec["version"], ev["mean"])
-    return {**rec, "scores": ev["scores"], "mean": ev["mean"], "fingerprint": fingerprint}
+    dest = settings.work / "registry-cache" / f"v{rec.version}-{(rec.merge_key or 'x')[:12]}"
+    path = promotion.download_version(settings, rec.source, dest)
+    ev = benchmark.evaluate_cached(settings, base, path, f"champion v{rec.version}")
+    get_run_logger().info("champion v%s re-scored on this benchmark: mean %.4f", rec.version, ev.mean)
+    return rec.model_copy(update={"scores": ev.scores, "mean": ev.mean, "fingerprint": fingerprint})
 
 
-@task(name="version-dvc", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3)
-def version_dvc(settings: Settings, store: str, scores: dict, skip_reason: str | None = None) -> dict:
-    from pathlib import Path
-
+@task(name="version-dvc", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3, retry_condition_fn=transient)
+def version_dvc(settings: Settings, store: str, scores: dict[str, float]) -> DvcRecord:
+    skip_reason = versioning.dvc_consistent(settings)
     if skip_reason:  # dvc.lock would claim params.yaml produced an output it did not
-        rec = {"enabled": False, "reason": f"{skip_reason}; dvc.lock left as is"}
+        rec = DvcRecord(enabled=False, reason=f"{skip_reason}; dvc.lock left as is")
     else:
         rec = versioning.version_outputs(settings, Path(store), scores)
     log = get_run_logger()
-    if rec["enabled"]:
-        log.info("DVC: %s md5 %s committed to dvc.lock%s", rec["path"], rec["md5"], ", pushed" if rec["pushed"] else "")
+    if rec.enabled:
+        log.info("DVC: %s md5 %s committed to dvc.lock%s", rec.path, rec.md5, ", pushed" if rec.pushed else "")
     else:
-        log.warning("DVC versioning skipped: %s", rec["reason"])
+        log.warning("DVC versioning skipped: %s", rec.reason)
     return rec
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register(settings: Settings, lineage: dict, store: str, params: dict, metrics: dict, artifacts: dict) -> dict:
-    from pathlib import Path
-
-    rec = registry.register(settings, lineage=lineage, store=Path(store), params=params, metrics=metrics,
-                            artifacts=artifacts)
-    get_run_logger().info("MLflow run %s; %s version %s%s", rec["run_id"], rec["model"], rec["version"],
-                          " (existing version: same bytes, same benchmark)" if rec["reused"] else "")
+def register(settings: Settings, lineage: Lineage, store: str, params: dict, metrics: dict,
+             artifacts: dict) -> Registration:
+    rec = promotion.register(settings, lineage=lineage, store=Path(store), params=params, metrics=metrics,
+                             artifacts=artifacts)
+    get_run_logger().info("MLflow run %s; %s version %s%s", rec.run_id, rec.model, rec.version,
+                          " (existing version: same bytes, same benchmark)" if rec.reused else "")
     return rec
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote(settings: Settings, version: str, scores: dict, fingerprint: str, champ: dict | None) -> dict:
-    decision = registry.promote(settings, version, scores, fingerprint, champ)
-    get_run_logger().info("promotion: v%s -> %s: %s", version, decision["alias"], "; ".join(decision["reasons"]))
+def promote(settings: Settings, version: str, scores: dict[str, float], fingerprint: str,
+            champ: ChampionRecord | None) -> Decision:
+    decision = promotion.promote(settings, version, scores, fingerprint, champ)
+    get_run_logger().info("promotion: v%s -> %s: %s", version, decision.alias, "; ".join(decision.reasons))
     return decision

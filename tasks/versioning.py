@@ -14,8 +14,9 @@ from pathlib import Path
 import yaml
 
 from . import dvcio
-from .config import Settings
+from .config import Settings, load_settings
 from .merging import materialize
+from .records import DvcRecord
 
 
 def metrics_json(scores: dict[str, float]) -> str:
@@ -54,17 +55,17 @@ def dvc_stages(project: Path) -> set[str]:
     return set(((yaml.safe_load(path.read_text()) or {}).get("stages") or {}))
 
 
-def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -> dict:
+def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -> DvcRecord:
     """Materialise the merge into the DVC stage outputs, ``dvc commit`` and ``dvc push``; return the md5s."""
-    cfg = settings.pipeline["dvc"]
+    cfg = settings.pipeline.dvc
     project = settings.project
     merged, metrics = settings.path("merged"), settings.path("eval") / "metrics.json"
-    if not cfg["enabled"]:
-        return {"enabled": False, "reason": "pipeline.dvc.enabled is false"}
+    if not cfg.enabled:
+        return DvcRecord(enabled=False, reason="pipeline.dvc.enabled is false")
     if not dvcio.is_dvc_repo(project):
-        return {"enabled": False, "reason": f"{project} is not a DVC repository"}
-    stages = [s for s in cfg["stages"] if s in dvc_stages(project)]
-    missing = sorted(set(cfg["stages"]) - set(stages))
+        return DvcRecord(enabled=False, reason=f"{project} is not a DVC repository")
+    stages = [s for s in cfg.stages if s in dvc_stages(project)]
+    missing = sorted(set(cfg.stages) - set(stages))
     if missing:
         raise dvcio.DvcError(f"dvc.yaml has no stage(s) {', '.join(missing)} (pipeline.dvc.stages)")
     with dvcio.project_lock(settings.work, "dvc"):
@@ -72,10 +73,23 @@ def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -
         write_metrics(metrics, scores)
         dvcio.dvc_cmd(project, "commit", "--force", *stages)
         pushed = False
-        if cfg["push"] and dvcio.has_remote(project):
+        if cfg.push and dvcio.has_remote(project):
             dvcio.dvc_cmd(project, "push", *stages)
             pushed = True
         entries = lock_entries(project, stages)
     rel = merged.relative_to(project).as_posix()
     md5 = next((e[rel] for e in entries.values() if rel in e), None)
-    return {"enabled": True, "path": rel, "md5": md5, "pushed": pushed, "lock": entries}
+    return DvcRecord(enabled=True, path=rel, md5=md5, pushed=pushed, lock=entries)
+
+
+def dvc_consistent(settings: Settings) -> str | None:
+    """Why dvc.lock must not record this run (None: it may): overrides of what the DVC stages read."""
+    if settings.params_path != settings.project / "params.yaml":
+        return f"the run read {settings.params_path.name}, but the DVC stages read params.yaml"
+    on_disk = load_settings(settings.project, settings.params_path)
+    if on_disk.merge != settings.merge:
+        return "the recipe was overridden (not what params.yaml says)"
+    for key in ("catalog", "dtype", "calibrate", "eval", "paths"):
+        if getattr(on_disk.pipeline, key) != getattr(settings.pipeline, key):
+            return f"pipeline.{key} was overridden (not what params.yaml says)"
+    return None

@@ -1,4 +1,8 @@
-"""Tiny randomly initialised Llama models and real PEFT adapters, built in the tests (no downloads)."""
+"""Tiny randomly initialised Llama models and real PEFT adapters, built in the tests (no downloads).
+
+Shared by every test folder: the ``base`` and ``adapters`` fixtures, and the builders ``make_base``,
+``make_adapter``, ``edit_config``, ``random_prompts`` as fixtures (tests request them; no test imports this file).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def make_base(path: Path, seed: int = 0, hidden: int = 32) -> Path:
+def _make_base(path: Path, seed: int = 0, hidden: int = 32) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -23,7 +27,7 @@ def make_base(path: Path, seed: int = 0, hidden: int = 32) -> Path:
     return path
 
 
-def make_adapter(base: Path, path: Path, *, r: int = 4, alpha: int = 8, seed: int = 1, rslora: bool = False,
+def _make_adapter(base: Path, path: Path, *, r: int = 4, alpha: int = 8, seed: int = 1, rslora: bool = False,
                  targets=TARGETS, shared: torch.Tensor | None = None, **extra) -> Path:
     """A real PEFT LoRA adapter with random A and B (B optionally pulled towards shared output directions)."""
     from peft import LoraConfig, get_peft_model
@@ -44,7 +48,7 @@ def make_adapter(base: Path, path: Path, *, r: int = 4, alpha: int = 8, seed: in
 
 @pytest.fixture(scope="session")
 def base(tmp_path_factory) -> Path:
-    return make_base(tmp_path_factory.mktemp("base") / "tiny-llama")
+    return _make_base(tmp_path_factory.mktemp("base") / "tiny-llama")
 
 
 @pytest.fixture(scope="session")
@@ -54,14 +58,56 @@ def adapters(base, tmp_path_factory) -> list[Path]:
     torch.manual_seed(123)
     shared = torch.randn(32, 8)
     return [
-        make_adapter(base, root / "math", r=4, alpha=8, seed=1, shared=shared),
-        make_adapter(base, root / "code", r=8, alpha=8, seed=2, shared=shared),
-        make_adapter(base, root / "med", r=2, alpha=4, seed=3, rslora=True, shared=shared),
+        _make_adapter(base, root / "math", r=4, alpha=8, seed=1, shared=shared),
+        _make_adapter(base, root / "code", r=8, alpha=8, seed=2, shared=shared),
+        _make_adapter(base, root / "med", r=2, alpha=4, seed=3, rslora=True, shared=shared),
     ]
 
 
-def edit_config(path: Path, **changes) -> None:
+def _edit_config(path: Path, **changes) -> None:
     cfg_path = path / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg.update(changes)
     cfg_path.write_text(json.dumps(cfg))
+
+
+def _random_prompts(T: int, n: int = 24, vocab: int = 64, seed: int = 0) -> list[list[list[int]]]:
+    """T tasks of n random token-id prompts (lengths 3-11) for TARA."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(T):
+        lengths = torch.randint(3, 12, (n,), generator=g)
+        out.append([torch.randint(4, vocab, (int(k),), generator=g).tolist() for k in lengths])
+    return out
+
+
+@pytest.fixture(scope="session")
+def prompt_files(adapters, tmp_path_factory) -> list[Path]:
+    """One JSONL of token-id prompts per adapter of ``adapters``."""
+    root = tmp_path_factory.mktemp("prompts")
+    out = []
+    for p, rows in zip(adapters, _random_prompts(len(adapters))):
+        path = root / f"{p.name}.jsonl"
+        path.write_text("".join(json.dumps({"input_ids": ids}) + "\n" for ids in rows))
+        out.append(path)
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_base():
+    return _make_base
+
+
+@pytest.fixture(scope="session")
+def make_adapter():
+    return _make_adapter
+
+
+@pytest.fixture(scope="session")
+def edit_config():
+    return _edit_config
+
+
+@pytest.fixture(scope="session")
+def random_prompts():
+    return _random_prompts

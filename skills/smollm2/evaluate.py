@@ -7,8 +7,8 @@
 apply_chat_template=..., num_fewshot=..., batch_size=...)`` with the suite's YAML tasks; every one of those settings
 comes from params.yaml ``smollm2.eval`` (or the ``settings`` argument), so the same path serves an 8B model on a GPU.
 
-The nightly pipeline calls :func:`pipeline_eval` (``pipeline.eval.suite: callable``,
-``callable: skills.smollm2.evaluate:pipeline_eval``).
+The nightly pipeline calls it through :mod:`skills.smollm2.scorer` (``pipeline.eval.suite: callable``,
+``callable: skills.smollm2.scorer:suite``).
 """
 from __future__ import annotations
 
@@ -70,15 +70,6 @@ def evaluate(base_dir, adapter_dir=None, skills=None, split: str = "test", limit
         fewshot_random_seed=0)
     acc = {s: float(res["results"][t]["exact_match,extract"]) for t, s in names.items()}
     return (acc, res) if return_details else acc
-
-
-def pipeline_eval(base_dir: str, adapter_dir: str | None, split: str, limit: int | None) -> dict[str, float]:
-    """The nightly pipeline's scorer for this suite (params.yaml ``pipeline.eval.callable``)."""
-    from skills.smollm2.config import load_params
-
-    p = load_params()
-    return evaluate(base_dir, adapter_dir, None, split, limit, data_dir=p["paths"]["data"],
-                    tasks_dir=p["paths"]["tasks"], settings={k: v for k, v in p["eval"].items() if k != "split"})
 
 
 def main(argv: list[str] | None = None) -> None:

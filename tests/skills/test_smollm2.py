@@ -177,3 +177,34 @@ def test_report_machinery_and_figure2_run_on_the_miniature(mini_smollm2, tmp_pat
     assert names[0] == "base" and "ta/full" in names and "ta/full +pico (post)" in names
     assert any(n.startswith("multi-task") for n in names)
     assert (tmp_path / "report.md").exists() and set(res["base"]) == set(p["data"]["skills"])
+
+
+def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2, tmp_path):
+    """params.yaml's switch (catalog adapters-smollm2.yaml + the suite's scorer) through tasks/benchmark.py."""
+    import shutil
+
+    import yaml
+
+    from skills.config import REPO_ROOT
+    from skills.smollm2.evaluate import evaluate
+    from skills.smollm2.tiny import tiny_params
+    from tasks import benchmark
+    from tasks.config import load_settings
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["smollm2"]["paths"].update(data=mini_smollm2["data"], base=mini_smollm2["base"])
+    params["smollm2"]["eval"] = tiny_params()["eval"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO_ROOT / "adapters-smollm2.yaml", tmp_path)
+    settings = load_settings(tmp_path, overrides={
+        "catalog": "adapters-smollm2.yaml",
+        "eval": {"suite": "callable", "callable": "skills.smollm2.scorer:suite", "skills": ["math", "json"]}})
+    assert [a.name for a in settings.catalog.adapters] == ["math", "code", "finance", "dosage", "json", "reverse"]
+    adapter = mini_smollm2["adapters"]["math"]
+    got = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)
+    ref = evaluate(mini_smollm2["base"], adapter, ["math", "json"], data_dir=mini_smollm2["data"],
+                   tasks_dir=tmp_path / "ref_tasks", settings=tiny_params()["eval"])
+    assert got == ref
+    fp = benchmark.benchmark_fingerprint(settings)
+    assert fp["callable"] == "skills.smollm2.scorer:suite" and len(fp["data"]) == 64
+    assert benchmark.scorer_inputs(settings) == [Path(mini_smollm2["data"])]

@@ -1,0 +1,127 @@
+"""One PEFT adapter directory out, for every producer (a merge, TARA): plan -> atomic directory -> streamed
+safetensors -> adapter_config.json -> merge_manifest.json, and the small helpers the manifests share."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from .adapters import CONFIG_NAME, SAFETENSORS_NAME, AdapterSet
+from .writer import AtomicDir, SafetensorsStreamWriter, sha256_file, write_json
+
+MANIFEST_NAME = "merge_manifest.json"
+
+
+def natural_key(name: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def peft_key(module: str, which: str) -> str:
+    return f"base_model.model.{module}.lora_{which}.weight"
+
+
+def round_sig(x: torch.Tensor):
+    """Diagnostics as plain floats rounded to 6 significant digits: small manifests that read well and stay
+    byte-stable."""
+    x = x.detach().cpu().double()
+    if x.dim() == 0:
+        return float(f"{x.item():.6g}")
+    return [float(f"{v:.6g}") for v in x.tolist()]
+
+
+def progress(total: int, enabled: bool, desc: str, unit: str = "module"):
+    """A tqdm bar (hidden when disabled or when stderr is not a terminal)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=None if enabled else True, leave=False)
+
+
+def adapter_config(aset: AdapterSet, ranks: dict[str, int]) -> dict:
+    """A LoRA config with scale 1 everywhere (lora_alpha = r), exact per-module ranks through rank_pattern."""
+    common = Counter(ranks.values()).most_common(1)[0][0]
+    pattern = {re.escape(m): r for m, r in sorted(ranks.items()) if r != common}
+    src = aset.config
+    return {
+        "peft_type": "LORA",
+        "task_type": src.get("task_type"),
+        "base_model_name_or_path": src.get("base_model_name_or_path"),
+        "revision": src.get("revision"),
+        "r": common,
+        "lora_alpha": common,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "target_modules": sorted(ranks, key=natural_key),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": bool(src.get("fan_in_fan_out", False)),
+        "use_rslora": False,
+        "use_dora": False,
+        "inference_mode": True,
+    }
+
+
+class AdapterWriter:
+    """Write one PEFT adapter directory atomically, module by module::
+
+        with AdapterWriter(out, aset, plan, dtype=dtype) as w:
+            for module, b, a in results:
+                w.write(module, b, a)
+            config = w.close()              # the safetensors file is complete; adapter_config.json written
+            ...                             # extra files into w.dir
+            w.write_manifest({..., "output": w.output(extra)})
+
+    ``plan`` lists (module, rank bound, out, in) in writing order: the safetensors header is reserved from it (an exact
+    plan also lets the file's sha256 be computed as it is written). Leaving the block by an exception aborts: nothing
+    appears at ``out``; leaving it normally moves the finished directory into place in one rename.
+    """
+
+    def __init__(self, out: str | Path, aset: AdapterSet, plan: list[tuple[str, int, int, int]], *,
+                 dtype: torch.dtype = torch.float32, overwrite: bool = False):
+        self.aset, self.dtype = aset, dtype
+        self._plan = [item for module, k, m, n in plan
+                      for item in ((peft_key(module, "A"), (k, n)), (peft_key(module, "B"), (m, k)))]
+        self._atomic = AtomicDir(Path(out), overwrite=overwrite)
+        self.ranks: dict[str, int] = {}
+        self.dir: Path | None = None
+        self._stream: SafetensorsStreamWriter | None = None
+
+    def __enter__(self) -> AdapterWriter:
+        self.dir = self._atomic.__enter__()
+        try:
+            self._stream = SafetensorsStreamWriter(self.dir / SAFETENSORS_NAME, self._plan, self.dtype)
+        except BaseException as exc:
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def write(self, module: str, b: torch.Tensor, a: torch.Tensor) -> None:
+        """One module's merged factors, B (out, k) and A (k, n)."""
+        self._stream.write(peft_key(module, "A"), a)
+        self._stream.write(peft_key(module, "B"), b)
+        self.ranks[module] = a.shape[0]
+
+    def close(self) -> dict:
+        """Finish the safetensors file and write adapter_config.json; returns that config."""
+        self._stream.close()
+        self.config = adapter_config(self.aset, self.ranks)
+        write_json(self.dir / CONFIG_NAME, self.config)
+        return self.config
+
+    def output(self, extra_files: tuple[str, ...] = ()) -> dict:
+        """The manifest's "output" entry: sha256 of every written file, dtype, module count, largest rank."""
+        files = {SAFETENSORS_NAME: self._stream.sha256 or sha256_file(self.dir / SAFETENSORS_NAME)}
+        files.update({name: sha256_file(self.dir / name) for name in (CONFIG_NAME, *extra_files)})
+        return {"files": files, "dtype": str(self.dtype).removeprefix("torch."), "modules": len(self.ranks),
+                "max_rank": max(self.ranks.values())}
+
+    def write_manifest(self, manifest: dict) -> dict:
+        write_json(self.dir / MANIFEST_NAME, manifest)
+        return manifest
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._stream is not None:
+            self._stream.abort()  # no-op after close; on an error, closes the half-written file
+        return self._atomic.__exit__(exc_type, exc, tb)

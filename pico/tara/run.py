@@ -1,0 +1,144 @@
+"""TARA end to end: train, then write the merged adapter, its manifest and the loss-curve plot."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .. import __version__
+from ..adapters import AdapterSet, load_adapters
+from ..errors import OutputExistsError
+from ..output import AdapterWriter, natural_key, round_sig
+from ..writer import json_digest, sha256_file
+from .config import TaraConfig
+from .objective import aggregate
+from .train import TaraResult, TaraTrainer, prepare, train
+
+PLOT_NAME = "loss_curve.png"
+
+
+def _hash_dir_files(path: Path, out: dict) -> None:
+    path = Path(path)
+    if path.is_dir():
+        for f in sorted(path.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                out[f.name] = sha256_file(f)
+
+
+def plot_loss_curve(result: TaraResult, names: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p["step"] for p in result.curve]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    ax1.plot(steps, [p["loss"] for p in result.curve], color="black", lw=1)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("pseudo-loss (batch)")
+    ax1.set_title(title)
+    for t, name in enumerate(names):
+        ax2.plot(steps, [p["scores"][t] for p in result.curve], lw=1, label=name)
+    ax2.axhline(0, color="grey", lw=0.5)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("entropy - own adapter's entropy (nats)")
+    ax2.set_title("per-task score")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_tara(trainer: TaraTrainer, result: TaraResult, aset: AdapterSet, base: str | Path, out: str | Path, *,
+               overwrite: bool = False, dtype: torch.dtype = torch.float32, plot: bool = True,
+               base_files: dict | None = None) -> dict:
+    """Write the merged PEFT adapter, merge_manifest.json and loss_curve.png atomically; return the manifest."""
+    cfg = trainer.config
+    modules = sorted(result.layers, key=natural_key)
+    factors = {m: result.layers[m].merged_factors() for m in modules}
+    plan = [(m, a.shape[0], b.shape[0], a.shape[1]) for m, (b, a) in factors.items()]
+    aset.hash_sources()
+    if base_files is None:
+        base_files = {}
+        _hash_dir_files(Path(base), base_files)
+    with AdapterWriter(out, aset, plan, dtype=dtype, overwrite=overwrite) as w:
+        for m, (b, a) in factors.items():
+            w.write(m, b, a)
+        config = w.close()
+        extra, plot_error = (), None
+        if plot and result.curve:
+            try:
+                plot_loss_curve(result, aset.names, w.dir / PLOT_NAME, f"{cfg.variant}, calibrate={cfg.calibrate}")
+                extra = (PLOT_NAME,)
+            except ImportError as exc:  # matplotlib is optional (pico-merge[plot])
+                plot_error = f"no plot: {exc}"
+        recipe = {"method": cfg.variant, **cfg.to_dict()}
+        scores = {"init": torch.tensor(result.full_scores_init), "final": torch.tensor(result.full_scores_final)}
+        pref = trainer.preference.cpu()
+        return w.write_manifest({
+            "pico_version": __version__,
+            "method": cfg.variant,
+            "base_model": {"name_or_path": config["base_model_name_or_path"], "revision": config["revision"],
+                           "path": str(base), "files": base_files},
+            "sources": [s.to_dict() for s in aset.sources],
+            "inputs": [{"adapter": name, "origin": x.origin, "sha256": x.sha256, "n": len(x.ids)}
+                       for name, x in zip(aset.names, trainer.inputs)],
+            "recipe": recipe,
+            "recipe_hash": json_digest(recipe),
+            "skipped_modules": aset.skipped,
+            "baselines": {"entropy": dict(zip(aset.names, round_sig(torch.tensor(result.baselines)))),
+                          "positions": cfg.positions},
+            "training": {
+                "steps": len(result.curve),
+                "steps_per_epoch": trainer.steps_per_epoch(),
+                "coefficients": sum(layer.coeff.numel() for layer in result.layers.values()),
+                **{f"scores_all_inputs_{k}": dict(zip(aset.names, round_sig(v))) for k, v in scores.items()},
+                **{f"loss_all_inputs_{k}": round_sig(aggregate(v, pref, cfg.loss, cfg.mu)) for k, v in scores.items()},
+                "loss": [round_sig(torch.tensor(p["loss"])) for p in result.curve],
+                "scores": {name: [round_sig(torch.tensor(p["scores"][t])) for p in result.curve]
+                           for t, name in enumerate(aset.names)},
+            },
+            "output": {**w.output(extra), "plot": plot_error},
+            "layers": {m: {"rank": w.ranks[m], "coefficients": _round(result.layers[m].coefficients())}
+                       for m in modules},
+        })
+
+
+def _round(x):
+    """Nested lists of coefficients rounded like :func:`pico.output.round_sig` (6 significant digits)."""
+    if isinstance(x, list):
+        return [_round(v) for v in x]
+    return float(f"{x:.6g}")
+
+
+def tara_merge(base: str | Path, sources: AdapterSet | Sequence[str | Path], inputs: Sequence, out: str | Path,
+               config: TaraConfig | None = None, *, tokenizer=None, device: str = "auto",
+               model_dtype: str = "float32", dtype: torch.dtype = torch.float32, overwrite: bool = False,
+               progress: bool = True, plot: bool = True, common_modules_only: bool = False) -> dict:
+    """TARA end to end: learn the coefficients and write one PEFT adapter + manifest + loss-curve plot to ``out``.
+
+    ``inputs`` has one item per adapter (a JSONL path with "prompt"/"text"/"input_ids" rows, or a list of prompts or
+    token id lists). Deterministic with ``config.seed`` on one machine; atomic. Returns the manifest.
+    """
+    aset = sources if isinstance(sources, AdapterSet) else load_adapters(list(sources),
+                                                                          common_modules_only=common_modules_only)
+    out = Path(out)
+    if out.exists() and not overwrite:  # fail before the training, not after
+        raise OutputExistsError(f"{out} already exists; pass --force to replace it")
+    base_files: dict = {}
+    hasher = threading.Thread(target=lambda: (aset.hash_sources(), _hash_dir_files(Path(base), base_files)),
+                              daemon=True)  # hashes the inputs while TARA trains
+    hasher.start()
+    t0 = time.perf_counter()
+    trainer = prepare(base, aset, inputs, config, tokenizer=tokenizer, device=device, model_dtype=model_dtype)
+    result = train(trainer, progress=progress)
+    seconds = time.perf_counter() - t0
+    hasher.join()
+    manifest = write_tara(trainer, result, aset, base, out, overwrite=overwrite, dtype=dtype, plot=plot,
+                          base_files=base_files)
+    manifest["seconds"] = seconds  # returned only: the written manifest stays byte-deterministic
+    return manifest

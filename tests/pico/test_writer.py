@@ -1,0 +1,93 @@
+"""The streaming safetensors writer: loadable output, a sha256 computed on the way out that matches the file, the
+same bytes whether or not the tensors arrive as planned, and background flushing that changes nothing; the adapter
+writer every output goes through: all or nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pico.adapters import load_adapters
+from pico.output import AdapterWriter
+from pico.writer import SafetensorsStreamWriter
+
+
+def tensors():
+    g = torch.Generator().manual_seed(0)
+    return {"m.0.lora_A.weight": torch.randn(3, 7, generator=g), "m.0.lora_B.weight": torch.randn(5, 3, generator=g),
+            "m.1.lora_A.weight": torch.randn(2, 7, generator=g), "m.1.lora_B.weight": torch.randn(5, 2, generator=g)}
+
+
+def write(path: Path, plan, data) -> SafetensorsStreamWriter:
+    with SafetensorsStreamWriter(path, plan, torch.float32) as writer:
+        for key, t in data.items():
+            writer.write(key, t)
+    return writer
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_exact_plan_hashes_on_the_way_out(tmp_path):
+    data = tensors()
+    writer = write(tmp_path / "a.safetensors", [(k, tuple(t.shape)) for k, t in data.items()], data)
+    assert writer.sha256 == file_sha256(tmp_path / "a.safetensors")
+    loaded = load_file(tmp_path / "a.safetensors")
+    assert list(loaded) == sorted(data) and all(torch.equal(loaded[k], v) for k, v in data.items())
+
+
+def test_off_plan_rewrites_the_header_and_leaves_hashing_to_the_caller(tmp_path):
+    data = tensors()
+    planned = [(k, tuple(t.shape)) for k, t in data.items()]
+    bound = list(planned)
+    bound[2] = ("m.1.lora_A.weight", (3, 7))  # an upper bound: the tensor written has 2 rows
+    bound[3] = ("m.1.lora_B.weight", (5, 3))
+    writer = write(tmp_path / "b.safetensors", bound, data)
+    assert writer.sha256 is None
+    loaded = load_file(tmp_path / "b.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in data.items())
+    # the reserved header is as long in both cases (same key count and digits): same tensors, same layout
+    exact = write(tmp_path / "a.safetensors", planned, data)
+    assert exact.header_len == writer.header_len
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+def test_background_flush_keeps_bytes_and_hash(tmp_path, monkeypatch):
+    data = tensors()
+    plan = [(k, tuple(t.shape)) for k, t in data.items()]
+    plain = write(tmp_path / "a.safetensors", plan, data)
+    monkeypatch.setattr(SafetensorsStreamWriter, "FLUSH_BYTES", 1)  # an fdatasync after every tensor
+    flushed = write(tmp_path / "b.safetensors", plan, data)
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    assert plain.sha256 == flushed.sha256 == file_sha256(tmp_path / "b.safetensors")
+
+
+
+def test_adapter_writer_moves_a_complete_directory_into_place_or_leaves_nothing(adapters, tmp_path):
+    aset = load_adapters(adapters)
+    modules = aset.modules[:2]
+    factors = {m: (torch.randn(aset.shape(m)[0], 3), torch.randn(3, aset.shape(m)[1])) for m in modules}
+    plan = [(m, 3, *aset.shape(m)[:2]) for m in modules]
+    with pytest.raises(RuntimeError, match="stop"):
+        with AdapterWriter(tmp_path / "out", aset, plan) as w:
+            w.write(modules[0], *factors[modules[0]])
+            raise RuntimeError("stop")
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary directory
+    with AdapterWriter(tmp_path / "out", aset, plan) as w:
+        for m in modules:
+            w.write(m, *factors[m])
+        config = w.close()
+        w.write_manifest({"output": w.output()})
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter_config.json",
+                                                                    "adapter_model.safetensors", "merge_manifest.json"]
+    out = json.loads((tmp_path / "out" / "merge_manifest.json").read_text())["output"]
+    assert out["files"]["adapter_model.safetensors"] == file_sha256(tmp_path / "out" / "adapter_model.safetensors")
+    assert out["modules"] == 2 and out["max_rank"] == 3 == config["r"]
+    tensors = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    assert torch.equal(tensors[f"base_model.model.{modules[0]}.lora_B.weight"], factors[modules[0]][0])

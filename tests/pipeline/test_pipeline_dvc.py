@@ -1,0 +1,70 @@
+"""DVC: the flow's results are the merge/eval stage outputs; `dvc repro` reproduces them without Prefect; push and
+pull really move them through the local remote; dvc:// sources are pulled when absent."""
+
+from __future__ import annotations
+
+import shutil
+
+import yaml
+
+from pipeline_helpers import dvc, file_hashes, nightly
+
+
+def lock_md5(project, stage="merge"):
+    return yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]["outs"][0]["md5"]
+
+
+def test_flow_commits_stages_and_dvc_repro_reproduces_without_prefect(project):
+    out = nightly(project)
+    merged = project / "build" / "pipeline" / "merged"
+    assert out["dvc"]["enabled"] and out["dvc"]["pushed"] and out["dvc"]["md5"] == lock_md5(project)
+    assert file_hashes(merged) == file_hashes(out["store"])
+    metrics = (project / "build" / "pipeline" / "eval" / "metrics.json").read_text()
+    assert '"mean": 0.6' in metrics
+    # dvc.lock records what produced it: nothing to reproduce after a nightly run
+    assert "up to date" in dvc(project, "status", "merge", "eval").stdout
+
+    # `dvc repro` alone (no Prefect) recomputes the merge and the scores: same bytes, same md5
+    shutil.rmtree(merged)
+    proc = dvc(project, "repro", "--force", "merge", "eval")
+    assert "prefect" not in proc.stdout.lower()
+    assert lock_md5(project) == out["dvc"]["md5"]
+    assert file_hashes(merged) == file_hashes(out["store"])
+    assert (project / "build" / "pipeline" / "eval" / "metrics.json").read_text() == metrics
+
+    # push/pull through the local remote: a clean cache + workspace is restored from the remote
+    shutil.rmtree(project / ".dvc" / "cache")
+    shutil.rmtree(merged)
+    dvc(project, "pull", "merge")
+    assert file_hashes(merged) == file_hashes(out["store"])
+
+
+def test_dvc_source_is_pulled_from_the_remote_when_absent(project):
+    from tasks.config import load_settings
+    from tasks.fetch import SourceError, fetch_entry
+
+    settings = load_settings(project)
+    entry = settings.catalog.adapters[0]
+    expected = fetch_entry(settings, entry)
+    shutil.rmtree(project / "adapters")
+    shutil.rmtree(project / ".dvc" / "cache")
+    got = fetch_entry(settings, entry)  # runs `dvc pull adapters` from the local remote
+    assert got.sha256 == expected.sha256 and (project / "adapters" / entry.name).is_dir()
+    assert got.dvc["out"] == "adapters" and got.dvc["out_md5"].endswith(".dir")
+
+    # a workspace copy that drifted from what DVC recorded is refused, not silently merged
+    cfg = project / "adapters" / entry.name / "adapter_config.json"
+    cfg.chmod(0o644)
+    cfg.write_text(cfg.read_text().replace("}", ', "note": "edited"}', 1))
+    try:
+        fetch_entry(settings, entry)
+    except SourceError as exc:
+        assert "differs from what DVC recorded" in str(exc)
+    else:
+        raise AssertionError("a modified DVC-tracked source was accepted")
+
+    # dvc://path@rev: that path as of a git revision (here HEAD, before the edit)
+    from tasks.config import CatalogEntry
+
+    at_rev = fetch_entry(settings, CatalogEntry(name=entry.name, source=f"dvc://adapters/{entry.name}@HEAD"))
+    assert at_rev.sha256 == expected.sha256 and "fetch/dvc/HEAD" in at_rev.path
