@@ -108,16 +108,23 @@ def test_lmeval_tasks_score_the_miniature_and_equal_the_fast_scorer(mini_smollm2
     group = Path(mini_smollm2["tasks"], "smollm2.yaml").read_text()
     assert "smollm2_math" in group and "smollm2_reverse" in group
     tok = AutoTokenizer.from_pretrained(mini_smollm2["base"])
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(mini_smollm2["base"]), adapter).eval()
-    for skill in ("math", "json"):
-        samples = res["samples"][task_name(skill)]
-        prompts = [s["doc"]["prompt"] for s in samples]
-        ours = greedy(model, tok, prompts, max_new=settings["max_gen_toks"], batch_size=3)
-        theirs = [s["resps"][0][0].strip() for s in samples]
-        assert ours == theirs and any(theirs)  # non-empty replies: a real comparison
-        # the filter ran: filtered replies are the extracted form
-        assert [s["filtered_resps"][0] for s in samples] == [extract("number" if skill == "math" else "json", t)
-                                                            for t in theirs]
+    base = AutoModelForCausalLM.from_pretrained(mini_smollm2["base"]).eval()
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(mini_smollm2["base"]), adapter).eval()
+    _, res_base = evaluate(mini_smollm2["base"], None, ["math", "json"], "test", data_dir=mini_smollm2["data"],
+                           tasks_dir=mini_smollm2["tasks"], settings=settings, return_details=True)
+    replies = []
+    for model, results in ((peft_model, res), (base, res_base)):
+        for skill in ("math", "json"):
+            samples = results["samples"][task_name(skill)]
+            prompts = [s["doc"]["prompt"] for s in samples]
+            ours = greedy(model, tok, prompts, max_new=settings["max_gen_toks"], batch_size=3)
+            theirs = [s["resps"][0][0].strip() for s in samples]
+            assert ours == theirs
+            replies += theirs
+            # the filter ran: filtered replies are the extracted form
+            kind = "number" if skill == "math" else "json"
+            assert [s["filtered_resps"][0] for s in samples] == [extract(kind, t) for t in theirs]
+    assert any(replies)  # the random base writes characters: the comparison is not between empty strings
 
 
 def test_lmeval_settings_are_checked(mini_smollm2):
