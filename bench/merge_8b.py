@@ -3,7 +3,8 @@
 
     .venv/bin/python bench/merge_8b.py                  # full run on this machine's CPU, writes bench/RESULTS.md
     .venv/bin/python bench/merge_8b.py --device cuda    # GPU figures -> bench/results-gpu.json (folded into RESULTS.md)
-    .venv/bin/python bench/merge_8b.py --smoke          # tiny shapes, seconds (tests/bench/test_bench_smoke.py)
+    .venv/bin/python bench/merge_8b.py --smoke          # tiny shapes, seconds (tests/bench/test_bench_smoke.py);
+                                                        # writes build/bench-smoke/RESULTS.md, never bench/RESULTS.md
 
 One run, same files: the workload (bench/workload.py) is generated once and cached under build/bench/. Every timed
 configuration runs in its own child process (this script with --child), so each has its own peak resident memory
@@ -112,7 +113,11 @@ def main(argv=None):
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     cuda = args.device.startswith("cuda")
-    results_md = Path(args.results) if args.results else (None if cuda else BENCH / "RESULTS.md")
+    # a smoke run never overwrites the committed full-run results: it writes under build/ unless told otherwise
+    default_md = (ROOT / "build" / "bench-smoke" / "RESULTS.md") if smoke else BENCH / "RESULTS.md"
+    results_md = Path(args.results) if args.results else (None if cuda else default_md)
+    if results_md is not None:
+        results_md.parent.mkdir(parents=True, exist_ok=True)
     json_path = Path(args.json) if args.json else (BENCH / "results-gpu.json" if cuda else
                                                    results_md.with_suffix(".json"))
     log = print

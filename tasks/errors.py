@@ -19,12 +19,13 @@ class PipelineError(RuntimeError):
 
 
 def is_permanent(exc: BaseException | None) -> bool:
-    """Whether retrying ``exc`` is pointless: a PipelineError says so itself; pico's input validation
-    (``AdapterError``, a ValueError about the files) is permanent; anything else (network, OS) is transient."""
+    """Whether retrying ``exc`` is pointless: a PipelineError says so itself; every pico error (``PicoError``: a bad
+    adapter, recipe or option; the bytes will not change on a retry) is permanent; anything else (network, OS) is
+    transient."""
     if exc is None:
         return False
     if isinstance(exc, PipelineError):
         return exc.permanent
-    from pico.adapters import AdapterError
+    from pico.errors import PicoError
 
-    return isinstance(exc, AdapterError)
+    return isinstance(exc, PicoError)

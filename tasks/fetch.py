@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from pico.adapters import (CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, AdapterError, Source, adapter_file_names,
+from pico.adapters import (CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, Source, adapter_file_names,
                            hub_snapshot)
 from pico.writer import sha256_file
 
