@@ -207,7 +207,9 @@ def diagnostics(sources: list[str]) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 
 def run_report(p: dict, out_dir: str | Path, *, fast_only: bool = False, ablations: bool = True,
-               methods=METHODS, log=print, tara: bool = False) -> dict:
+               methods=METHODS, log=print, tara: bool = False, evaluator: "Evaluator | None" = None) -> dict:
+    """The report for a suite's params ``p`` (``paths``, ``data.skills``, ``adapters.runs``, ``eval``, ``report``).
+    ``evaluator`` scores models for another suite (an :class:`Evaluator` subclass; default: this suite's)."""
     from pico.registry import get_method
 
     t_start = time.time()
@@ -224,10 +226,10 @@ def run_report(p: dict, out_dir: str | Path, *, fast_only: bool = False, ablatio
     skill_of = {n: runs[n]["skills"][0] for n in singles}
     adir = Path(paths["adapters"])
     sources = [str(adir / n) for n in singles]
-    ev = Evaluator(Path(paths["base"]), Path(paths["data"]), skills, fast_only=fast_only,
-                   batch_size=int(p.get("eval", {}).get("batch_size", 256)),
-                   max_gen_toks=int(p.get("eval", {}).get("max_gen_toks", 10)),
-                   tasks_dir=out / "lm_eval_tasks")
+    ev = evaluator or Evaluator(Path(paths["base"]), Path(paths["data"]), skills, fast_only=fast_only,
+                                batch_size=int(p.get("eval", {}).get("batch_size", 256)),
+                                max_gen_toks=int(p.get("eval", {}).get("max_gen_toks", 10)),
+                                tasks_dir=out / "lm_eval_tasks")
 
     rows: list[Row] = []
     log("references")
@@ -291,7 +293,7 @@ def _train_info(d: Path) -> dict:
     if not f.exists():
         return {}
     info = json.loads(f.read_text())
-    keep = ("r", "lora_alpha", "use_rslora", "steps", "train_sec", "rel_update", "rel_update_max", "acc",
+    keep = ("seed", "r", "lora_alpha", "use_rslora", "steps", "train_sec", "rel_update", "rel_update_max", "acc",
             "acc_half_scale")
     return {k: info[k] for k in keep if k in info}
 

@@ -95,6 +95,8 @@ def benchmark_fingerprint(settings: Settings) -> dict:
     if cfg.suite == "lm-eval":
         if not cfg.tasks:
             raise BenchmarkError("pipeline.eval.tasks is empty: name the lm-eval tasks to run (or suite: skills)")
+        # the model settings change lm-eval's scores too
+        keep.update(cfg.model_dump(include={"dtype", "model_args", "apply_chat_template", "num_fewshot"}))
         if cfg.include_path:
             inc = settings.resolve(cfg.include_path)
             keep["include"] = files_digest(p for p in inc.rglob("*") if p.is_file())
@@ -200,12 +202,15 @@ def run_benchmark(settings: Settings, base_dir: str | Path,
             return {str(k): float(v) for k, v in scores.items()}, {}
         import lm_eval
 
-        model_args = f"pretrained={base_dir},tokenizer={base_dir},dtype=float32"
+        model_args = f"pretrained={base_dir},tokenizer={base_dir},dtype={cfg.dtype}"
         if adapter_dir is not None:
             model_args += f",peft={adapter_dir}"
+        if cfg.model_args:
+            model_args += f",{cfg.model_args}"
         include = str(settings.resolve(cfg.include_path)) if cfg.include_path else None
-        res = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(cfg.tasks), num_fewshot=0,
-                                      batch_size=int(cfg.batch_size), device="cpu", limit=cfg.limit,
+        res = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(cfg.tasks),
+                                      num_fewshot=cfg.num_fewshot, apply_chat_template=cfg.apply_chat_template,
+                                      batch_size=int(cfg.batch_size), device=cfg.device, limit=cfg.limit,
                                       task_manager=_task_manager(include), bootstrap_iters=0,
                                       random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                                       fewshot_random_seed=0)

@@ -71,6 +71,12 @@ class EvalSettings(_Section):
     include_path: str | None = None  # lm-eval: a folder of task YAMLs
     metric: str = "exact_match"  # lm-eval: the metric read from each task's results
     batch_size: PositiveInt = 64
+    # lm-eval model settings (suite: lm-eval), from params so the same path serves a user's model on a GPU
+    device: str = "cpu"
+    dtype: str = "float32"
+    model_args: str = ""  # extra HF model_args, e.g. "attn_implementation=sdpa"
+    apply_chat_template: bool = False  # instruct models: score through their chat template
+    num_fewshot: int = Field(0, ge=0)
     baselines: bool = True  # also evaluate the catalog's baselines and the base model (cached by content hash)
 
     @model_validator(mode="after")

@@ -1,0 +1,124 @@
+"""Train the SmolLM2 suite's team adapters: one PEFT LoRA per skill plus a multi-task LoRA on the union.
+
+Every adapter targets all attention and MLP projections (q, k, v, o, gate, up, down); ranks, alphas and rsLoRA vary
+per adapter (params.yaml ``smollm2.adapters.runs``), and each adapter has ITS OWN seed, as independent teams would:
+with one shared seed, LoRA's random A initialisation is identical between adapters of equal rank and the tasks'
+A row spaces overlap because of that shared start, not because of the tasks.
+
+Loss on the answer tokens only (the reply in its bare form + end of turn). Training runs under bf16 autocast when
+``autocast: bf16`` (AMX on this box's Intel Xeon; see docs/skills-smollm2.md for the measurement); the saved adapter
+is float32. ``train_info.json`` records ||dW||/||W|| and the skill's accuracy at full and half LoRA scale.
+
+Usage: ``python -m skills.smollm2.adapters --name math [--params params.yaml]`` (``--name all`` trains every run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import skills  # noqa: F401
+
+import torch
+
+from skills.adapters import lora_config, save_adapter, set_lora_scale, update_stats
+from skills.common import lr_at
+from skills.smollm2.common import lm_loss, make_batch, score, seed_all
+from skills.smollm2.data import read_jsonl
+
+
+def load_base(base_dir: str | Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from skills.smollm2.common import DEVICE
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(DEVICE).eval()
+    return model, tok
+
+
+def train_adapter(base_dir, data_dir, run: dict, common: dict, out_dir=None, eval_cfg: dict | None = None,
+                  log_every: int = 0):
+    """Train one LoRA on ``run['skills']``; returns (peft_model, info). Saves to out_dir when given."""
+    from peft import get_peft_model
+
+    cfg = {**common, **run}
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    seed_all(int(cfg["seed"]))
+    data_dir = Path(data_dir)
+    base, tok = load_base(base_dir)
+    model = get_peft_model(base, lora_config(run, common))
+    model.train()
+    task = {s: [(r["prompt"], r["answer"]) for r in read_jsonl(data_dir / s / "train.jsonl")] for s in cfg["skills"]}
+    names = list(task)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay", 0.0)))
+    rng = random.Random(f"{cfg['seed']}:{','.join(cfg['skills'])}")
+    steps, bs = int(cfg["steps"]), int(cfg["batch_size"])
+    t0, c0 = time.time(), time.process_time()
+    loss = torch.zeros(())
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, float(cfg["lr"]), int(cfg["warmup"]))
+        batch = []
+        for _ in range(bs):  # skill first (uniform over skills), then an item
+            items = task[names[rng.randrange(len(names))]]
+            batch.append(items[rng.randrange(len(items))])
+        loss = lm_loss(model, *make_batch(tok, batch), autocast=cfg.get("autocast"))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if log_every and (step + 1) % log_every == 0:
+            print(json.dumps({"step": step + 1, "loss": round(loss.item(), 4), "sec": round(time.time() - t0, 1)}),
+                  flush=True)
+    model.eval()
+    timing = {"train_wall_s": round(time.time() - t0, 1), "train_cpu_s": round(time.process_time() - c0, 1)}
+    info = {"skills": list(cfg["skills"]), "seed": int(cfg["seed"]), "r": int(run["r"]),
+            "lora_alpha": float(run["lora_alpha"]), "use_rslora": bool(run.get("use_rslora", False)),
+            "steps": steps, "batch_size": bs, "final_loss": round(loss.item(), 4)}
+    info.update(update_stats(model))
+    info.update(scale_accuracy(model, tok, data_dir, cfg["skills"], eval_cfg or {}))
+    if out_dir is not None:
+        save_adapter(model, Path(out_dir), base_dir)
+        (Path(out_dir) / "train_info.json").write_text(json.dumps(info, indent=1) + "\n")
+    # wall / CPU time are printed, never saved: the saved files depend on params and code only
+    return model, {**info, **timing}
+
+
+def scale_accuracy(model, tok, data_dir: Path, skills, eval_cfg: dict) -> dict:
+    split = eval_cfg.get("split", "test")
+    recs = {s: read_jsonl(Path(data_dir) / s / f"{split}.jsonl") for s in skills}
+    kw = {"max_new": int(eval_cfg.get("max_gen_toks", 32)), "batch_size": int(eval_cfg.get("batch_size", 64))}
+    out = {"eval_split": split}
+    for factor, key in ((1.0, "acc"), (0.5, "acc_half_scale")):
+        set_lora_scale(model, factor)
+        out[key] = {s: round(score(model, tok, r, **kw), 4) for s, r in recs.items()}
+    set_lora_scale(model, 1.0)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from skills.smollm2.config import load_params
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--name", required=True, help="a key of smollm2.adapters.runs, or 'all'")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    p = load_params(a.params)
+    runs = p["adapters"]["runs"]
+    names = list(runs) if a.name == "all" else [a.name]
+    for name in names:
+        if name not in runs:
+            raise SystemExit(f"{a.params}: no run {name!r} under smollm2.adapters.runs ({sorted(runs)})")
+        out = Path(a.out) if (a.out and len(names) == 1) else Path(p["paths"]["adapters"]) / name
+        _, info = train_adapter(p["paths"]["base"], p["paths"]["data"], runs[name], p["adapters"]["common"], out,
+                                p.get("eval", {}), log_every=10)
+        print(name, json.dumps(info), flush=True)
+
+
+if __name__ == "__main__":
+    main()

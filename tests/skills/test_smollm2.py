@@ -1,0 +1,217 @@
+"""SmolLM2 suite: answer extraction, data, and every stage end to end on a miniature (tiny random Llama)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from skills.smollm2.extract import correct, extract
+
+PROJ = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.parametrize("kind,reply,answer,ok", [
+    ("number", "10% of 380 is 0.10 * 380 = 38.", "38", True),
+    ("number", "10% of 380 is 0.10 * 380 = 38.00.", "38", True),
+    ("number", "The dose is 1,200 mg", "1200", True),
+    ("number", "13 + 69 = 102.", "82", False),
+    ("number", "I cannot tell.", "5", False),
+    ("number", "Convert: 2.5 g = 2500 mg", "2500", True),
+    ("json", 'Here it is: ```json\n{"name": "Ana", "city": "Oslo", "age": 34}\n```', '{"age": 34, "city": "Oslo", "name": "Ana"}', True),
+    ("json", '{"name": "Ana", "age": "34", "city": "Oslo"}', '{"age": 34, "city": "Oslo", "name": "Ana"}', False),
+    ("json", '{"name": "Ana", age: 34}', '{"age": 34, "name": "Ana"}', False),
+    ("word", "The word 'cat' spelled backwards is 'tac'.", "tac", True),
+    ("word", "tac", "tac", True),
+    ("word", "Backwards: cat", "tac", False),
+    ("word", "", "tac", False),
+])
+def test_extraction_scores_known_replies(kind, reply, answer, ok):
+    assert correct(kind, reply, answer) is ok
+
+
+def test_extraction_rejects_an_unknown_kind():
+    with pytest.raises(ValueError, match="unknown answer kind"):
+        extract("date", "x")
+
+
+def test_data_is_deterministic_held_out_and_canonical(tmp_path):
+    from skills.smollm2.data import KINDS, read_jsonl, write_data
+    from skills.smollm2.extract import reference
+
+    cfg = {"seed": 5, "skills": sorted(KINDS), "n_train": 50, "n_validation": 10, "n_test": 10}
+    write_data(cfg, tmp_path / "a")
+    write_data(cfg, tmp_path / "b")
+    for skill in cfg["skills"]:
+        splits = {}
+        for split in ("train", "validation", "test"):
+            fa, fb = tmp_path / "a" / skill / f"{split}.jsonl", tmp_path / "b" / skill / f"{split}.jsonl"
+            assert fa.read_bytes() == fb.read_bytes()
+            splits[split] = read_jsonl(fa)
+            assert all(r["answer"] == reference(KINDS[skill], r["answer"]) != "" for r in splits[split])
+        prompts = {s: {r["prompt"] for r in recs} for s, recs in splits.items()}
+        assert not prompts["test"] & prompts["train"] and not prompts["validation"] & prompts["train"]
+        assert not prompts["test"] & prompts["validation"]
+        assert len(splits["test"]) == 10
+    with pytest.raises(ValueError, match="unknown skill"):
+        write_data({**cfg, "skills": ["poetry"]}, tmp_path / "c")
+
+
+def test_miniature_base_is_a_checked_hub_style_directory(mini_smollm2):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = Path(mini_smollm2["base"])
+    info = json.loads((base / "convert_info.json").read_text())
+    assert info["logits_max_abs_diff"] == 0.0 and info["chat_template"]
+    tok = AutoTokenizer.from_pretrained(base)
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n")
+    assert AutoModelForCausalLM.from_pretrained(base).config.model_type == "llama"
+
+
+def test_miniature_adapters_have_own_seeds_and_configured_variety(mini_smollm2):
+    from skills.smollm2.tiny import tiny_params
+
+    runs = tiny_params()["adapters"]["runs"]
+    a_first = {}
+    for name, path in mini_smollm2["adapters"].items():
+        cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+        info = json.loads((Path(path) / "train_info.json").read_text())
+        assert set(cfg["target_modules"]) == PROJ
+        assert (cfg["r"], cfg["lora_alpha"], cfg["use_rslora"]) == (
+            runs[name]["r"], runs[name]["lora_alpha"], runs[name].get("use_rslora", False))
+        assert info["seed"] == runs[name]["seed"] and info["rel_update"] > 0
+        assert set(info["acc"]) == set(runs[name]["skills"]) == set(info["acc_half_scale"])
+        from safetensors.torch import load_file
+
+        w = load_file(str(Path(path) / "adapter_model.safetensors"))
+        a_first[name] = next(v for k, v in sorted(w.items()) if "lora_A" in k)
+    # different seeds: the LoRA A initialisations differ even where ranks match (json and multitask: r 8)
+    assert not torch.equal(a_first["json"], a_first["multitask"])
+
+
+def test_lmeval_tasks_score_the_miniature_and_equal_the_fast_scorer(mini_smollm2):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from peft import PeftModel
+
+    from skills.smollm2.common import greedy
+    from skills.smollm2.evaluate import evaluate
+    from skills.smollm2.lmeval import task_name
+    from skills.smollm2.tiny import tiny_params
+
+    settings = tiny_params()["eval"]
+    adapter = mini_smollm2["adapters"]["math"]
+    acc, res = evaluate(mini_smollm2["base"], adapter, ["math", "json"], "test", data_dir=mini_smollm2["data"],
+                        tasks_dir=mini_smollm2["tasks"], settings=settings, return_details=True)
+    assert set(acc) == {"math", "json"} and all(0.0 <= v <= 1.0 for v in acc.values())
+    group = Path(mini_smollm2["tasks"], "smollm2.yaml").read_text()
+    assert "smollm2_math" in group and "smollm2_reverse" in group
+    tok = AutoTokenizer.from_pretrained(mini_smollm2["base"])
+    base = AutoModelForCausalLM.from_pretrained(mini_smollm2["base"]).eval()
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(mini_smollm2["base"]), adapter).eval()
+    _, res_base = evaluate(mini_smollm2["base"], None, ["math", "json"], "test", data_dir=mini_smollm2["data"],
+                           tasks_dir=mini_smollm2["tasks"], settings=settings, return_details=True)
+    replies = []
+    for model, results in ((peft_model, res), (base, res_base)):
+        for skill in ("math", "json"):
+            samples = results["samples"][task_name(skill)]
+            prompts = [s["doc"]["prompt"] for s in samples]
+            ours = greedy(model, tok, prompts, max_new=settings["max_gen_toks"], batch_size=3)
+            theirs = [s["resps"][0][0].strip() for s in samples]
+            assert ours == theirs
+            replies += theirs
+            # the filter ran: filtered replies are the extracted form
+            kind = "number" if skill == "math" else "json"
+            assert [s["filtered_resps"][0] for s in samples] == [extract(kind, t) for t in theirs]
+    assert any(replies)  # the random base writes characters: the comparison is not between empty strings
+
+
+def test_lmeval_settings_are_checked(mini_smollm2):
+    from skills.smollm2.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="unknown settings"):
+        evaluate(mini_smollm2["base"], None, ["math"], data_dir=mini_smollm2["data"],
+                 tasks_dir=mini_smollm2["tasks"], settings={"temprature": 0})
+
+
+def test_pipeline_lmeval_path_passes_the_chat_template_and_model_settings(mini_smollm2):
+    """tasks/benchmark.py's generic lm-eval path with settings from params gives the suite evaluator's scores."""
+    from skills.config import REPO_ROOT
+    from skills.smollm2.evaluate import evaluate
+    from skills.smollm2.tiny import tiny_params
+    from tasks import benchmark
+    from tasks.config import load_settings
+
+    adapter = mini_smollm2["adapters"]["json"]
+    ref = evaluate(mini_smollm2["base"], adapter, ["json", "math"], data_dir=mini_smollm2["data"],
+                   tasks_dir=mini_smollm2["tasks"], settings=tiny_params()["eval"])
+    over = {"eval": {"suite": "lm-eval", "tasks": ["smollm2_json", "smollm2_math"],
+                     "include_path": mini_smollm2["tasks"], "apply_chat_template": True, "batch_size": 8,
+                     "model_args": "max_length=512"}}
+    settings = load_settings(REPO_ROOT, overrides=over)
+    got = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)
+    assert got == {"smollm2_json": ref["json"], "smollm2_math": ref["math"]}
+    fp = benchmark.benchmark_fingerprint(settings)
+    assert fp["apply_chat_template"] is True and fp["model_args"] == "max_length=512"
+
+
+def test_report_machinery_and_figure2_run_on_the_miniature(mini_smollm2, tmp_path):
+    """skills/report.py's run_report with this suite's evaluator (TA and TIES, Pico off / post / pre, lambda on
+    validation), and the Figure-2 overlaps with their random baselines."""
+    from skills.report import run_report
+    from skills.smollm2.report import SmolEvaluator, figure2
+    from skills.smollm2.tiny import tiny_params
+
+    singles = ["math", "json", "reverse"]
+    sources = [mini_smollm2["adapters"][n] for n in singles]
+    fig = figure2(sources)
+    assert set(fig) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "all"}
+    for v in fig.values():
+        assert 0.0 <= v["overlap_B"] <= 1.0 and 0.0 <= v["overlap_A"] <= 1.0 and 0.0 < v["random_A"] <= 1.0
+    # ranks 4, 8, 2 -> pairs (4,8), (4,2), (8,2): max / dim; q_proj's A has dim = hidden 32
+    assert fig["q_proj"]["random_A"] == pytest.approx((8 + 4 + 8) / 3 / 32, abs=1e-4)
+
+    p = tiny_params()
+    p["paths"] = {"base": mini_smollm2["base"], "data": mini_smollm2["data"],
+                  "adapters": str(Path(mini_smollm2["adapters"]["math"]).parent)}
+    p["data"]["skills"] = ["math", "json", "reverse"]
+    p["report"] = {"lam_grid": [0.5, 1.0]}
+    ev = SmolEvaluator(p["paths"]["base"], p["paths"]["data"], p["data"]["skills"], fast_only=True,
+                       settings=p["eval"])
+    res = run_report(p, tmp_path, fast_only=True, ablations=False, methods=["ta"], evaluator=ev, log=lambda *_: None)
+    names = [r["name"] for r in res["rows"]]
+    assert names[0] == "base" and "ta/full" in names and "ta/full +pico (post)" in names
+    assert any(n.startswith("multi-task") for n in names)
+    assert (tmp_path / "report.md").exists() and set(res["base"]) == set(p["data"]["skills"])
+
+
+def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2, tmp_path):
+    """params.yaml's switch (catalog adapters-smollm2.yaml + the suite's scorer) through tasks/benchmark.py."""
+    import shutil
+
+    import yaml
+
+    from skills.config import REPO_ROOT
+    from skills.smollm2.evaluate import evaluate
+    from skills.smollm2.tiny import tiny_params
+    from tasks import benchmark
+    from tasks.config import load_settings
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["smollm2"]["paths"].update(data=mini_smollm2["data"], base=mini_smollm2["base"])
+    params["smollm2"]["eval"] = tiny_params()["eval"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(REPO_ROOT / "adapters-smollm2.yaml", tmp_path)
+    settings = load_settings(tmp_path, overrides={
+        "catalog": "adapters-smollm2.yaml",
+        "eval": {"suite": "callable", "callable": "skills.smollm2.scorer:suite", "skills": ["math", "json"]}})
+    assert [a.name for a in settings.catalog.adapters] == ["math", "code", "finance", "dosage", "json", "reverse"]
+    adapter = mini_smollm2["adapters"]["math"]
+    got = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)
+    ref = evaluate(mini_smollm2["base"], adapter, ["math", "json"], data_dir=mini_smollm2["data"],
+                   tasks_dir=tmp_path / "ref_tasks", settings=tiny_params()["eval"])
+    assert got == ref
+    fp = benchmark.benchmark_fingerprint(settings)
+    assert fp["callable"] == "skills.smollm2.scorer:suite" and len(fp["data"]) == 64
+    assert benchmark.scorer_inputs(settings) == [Path(mini_smollm2["data"])]
