@@ -24,7 +24,6 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import skills  # noqa: F401  (thread wait policy before torch loads)
@@ -35,21 +34,7 @@ METHODS = tuple(_METHOD_REGISTRY)
 DEFAULT_LAM_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0)
 
 
-@dataclass
-class Row:
-    name: str
-    section: str  # reference | merge | ablation
-    acc: dict[str, float]
-    lam: float | None = None
-    recipe: dict | None = None
-    extra: dict = field(default_factory=dict)
-
-    def summary(self, base: dict[str, float], own: dict[str, float]) -> dict:
-        skills = list(own)
-        avg = sum(self.acc[s] for s in skills) / len(skills)
-        norm = sum(self.acc[s] / own[s] if own[s] > 0 else 0.0 for s in skills) / len(skills)
-        gains = {s: (self.acc[s] - base[s]) / (own[s] - base[s]) if own[s] != base[s] else 0.0 for s in skills}
-        return {"avg": avg, "normalized": norm, "gain": sum(gains.values()) / len(skills), "gain_per_skill": gains}
+from skills.rows import Row  # noqa: E402,F401  (re-exported: the report's row type)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -250,8 +235,8 @@ def run_report(p: dict, out_dir: str | Path, *, fast_only: bool = False, ablatio
                 rows.append(merge_and_score(ev, sources, {"method": m, "space": space, "calibrate": calib},
                                             work, lam_grid, log))
 
-    if tara:  # TARA (not data-free: unlabeled validation prompts), tara-a/b with and without Pico; skills/tara.py
-        from skills.tara import skills_tara_rows
+    if tara:  # TARA (not data-free: unlabeled validation prompts), tara-a/b with and without Pico; skills/tara_rows.py
+        from skills.tara_rows import skills_tara_rows
 
         rows += skills_tara_rows(ev, sources, work, log, skill_of=skill_of)
 

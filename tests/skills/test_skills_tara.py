@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def test_suite_training_reuses_a_matching_output_and_retrains_otherwise(base, adapters, prompt_files, tmp_path):
-    from skills.tara import train_suite_tara
+    from skills.tara_rows import train_suite_tara
 
     def run(**kw):
         return train_suite_tara(base, adapters, prompt_files, tmp_path, [("tara-a", "none")], device="cpu",

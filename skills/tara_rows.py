@@ -8,9 +8,9 @@ an existing output whose manifest shows the same recipe and the same sources (sh
 
 Hook for skills/report.py (one line in ``run_report``, after the merges loop)::
 
-    rows += skills_tara_rows(ev, sources, work, log)   # from skills.tara import skills_tara_rows
+    rows += skills_tara_rows(ev, sources, work, log)   # from skills.tara_rows import skills_tara_rows
 
-Standalone: ``python -m skills.tara [--variants tara-a,tara-b] [--calibrate none,pico] [--epochs 10]`` trains and
+Standalone: ``python -m skills.tara_rows [--variants tara-a,tara-b] [--calibrate none,pico] [--epochs 10]`` trains and
 scores with lm-eval (``skills.evaluate``) on the suite built under ``suite.paths``.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def skills_tara_rows(ev, sources: list[str], work: str | Path, log=print, *, con
     ``ev`` is the report's Evaluator (its ``base_dir``, ``data_dir`` and ``test``), ``sources`` the single-skill
     adapter directories in report order, ``work`` the report's merges directory. Each adapter's prompts are
     ``<data>/<skill>/validation.jsonl``, the skill being ``skill_of[adapter dir name]`` (default: the dir name)."""
-    from skills.report import Row
+    from skills.rows import Row
 
     skill_of = skill_of or {}
     prompts = [Path(ev.data_dir) / skill_of.get(Path(s).name, Path(s).name) / "validation.jsonl" for s in sources]
