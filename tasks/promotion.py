@@ -243,14 +243,28 @@ def _registry_sees(settings: Settings):
     """MLflow's SQL registry store resolves a ``models:/<model_id>`` source through the *global* tracking URI, not the
     client's (its own TODO in ``SqlAlchemyStore.create_model_version``, MLflow 3.17): with an embedded store, point
     the global URI at this store for that one call and put it back (MLflow's own helper for exactly this). A tracking
-    server resolves it on its side."""
+    server resolves it on its side. MLflow mirrors its global URI into the ``MLFLOW_TRACKING_URI`` environment
+    variable (and unsets it when it restores "no URI"), which the pipeline's settings read: that variable is put back
+    exactly as it was, so no later run in this process is pointed at this store (or loses a user's setting)."""
     import contextlib
 
     if not settings.local_tracking:
         return contextlib.nullcontext()
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    return _use_tracking_uri(settings.tracking_uri)
+    @contextlib.contextmanager
+    def scoped():
+        saved = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            with _use_tracking_uri(settings.tracking_uri):
+                yield
+        finally:
+            if saved is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved
+
+    return scoped()
 
 
 def _upload(c, run_id: str, artifacts: dict[str, Path | dict | str]) -> None:

@@ -53,7 +53,6 @@ def log_candidates(settings: Settings, parent_run_id: str, search: dict) -> list
 def log_night(settings: Settings, run_id: str, *, outcomes_table: dict | None, search: dict | None,
               gate: dict | None) -> None:
     """The outcomes table, the search summary and the gate's statistics on the night's run."""
-    import mlflow
 
     from .promotion import configure
 
@@ -61,8 +60,8 @@ def log_night(settings: Settings, run_id: str, *, outcomes_table: dict | None, s
     c = client(settings)
     try:
         if outcomes_table and outcomes_table.get("item"):
-            mlflow.set_tracking_uri(settings.tracking_uri)
-            mlflow.log_table(data=outcomes_table, artifact_file="outcomes.json", run_id=run_id)
+            # through the client: mlflow.set_tracking_uri would also set MLFLOW_TRACKING_URI for the whole process
+            c.log_table(run_id, data=outcomes_table, artifact_file="outcomes.json")
         if search is not None:
             summary = {"chosen": search["chosen"]["label"], "why": search["why"], "margin": search["margin"],
                        "runner_up": search["runner_up"]["label"] if search["runner_up"] else None,

@@ -8,6 +8,7 @@ so a night that looked at the test split to choose would pick 2.0.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -60,11 +61,15 @@ def test_search_chooses_on_validation_reads_test_once_and_records_it(search_proj
 
     project = search_project
     receiver = Receiver()
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     try:
         set_params(project, pipeline__notify={"webhook_url": receiver.url})
         first = nightly(project)
     finally:
         receiver.close()
+    # a night leaves the process's MLflow environment as it found it (MLflow's global URI setter writes the variable
+    # the settings read, which pointed later nights of this process at this project's store)
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before
     s = first["search"]
     # 4 candidates: the knots/pico/post one runs too (knots: lambda pinned, lam 1 -> validation 0.6)
     assert s["candidates"] == 4 and s["chosen"] == "ties/core lam=0.5 density=0.7"

@@ -150,8 +150,9 @@ def test_pipeline_lmeval_path_passes_the_chat_template_and_model_settings(mini_s
                      "include_path": mini_smollm2["tasks"], "apply_chat_template": True, "batch_size": 8,
                      "model_args": "max_length=512"}}
     settings = load_settings(REPO_ROOT, overrides=over)
-    got = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)
+    got, stderr = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)  # scores, stderr (when reported)
     assert got == {"smollm2_json": ref["json"], "smollm2_math": ref["math"]}
+    assert set(stderr) <= set(got)
     fp = benchmark.benchmark_fingerprint(settings)
     assert fp["apply_chat_template"] is True and fp["model_args"] == "max_length=512"
 
