@@ -209,7 +209,7 @@ def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2,
         "eval": {"suite": "callable", "callable": "skills.smollm2.scorer:suite", "skills": ["math", "json"]}})
     assert [a.name for a in settings.catalog.adapters] == ["math", "code", "finance", "dosage", "json", "reverse"]
     adapter = mini_smollm2["adapters"]["math"]
-    got = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)
+    got, _ = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)  # (scores, stderr)
     ref = evaluate(mini_smollm2["base"], adapter, ["math", "json"], data_dir=mini_smollm2["data"],
                    tasks_dir=tmp_path / "ref_tasks", settings=tiny_params()["eval"])
     assert got == ref
