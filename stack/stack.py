@@ -17,10 +17,10 @@ handed to the pipeline only through environment variables (build/stack/env.sh, `
 from __future__ import annotations
 
 import json
+import hashlib
 import os
 import pwd
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,7 +32,20 @@ ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / "build" / "stack"
 LOGS = STATE / "logs"
 PIDS = STATE / "pids"
-PGDATA = STATE / "pg"
+
+
+def _pg_home() -> Path:
+    """Where the PostgreSQL cluster lives: build/stack/ normally. As root, initdb and the server run as `postgres`,
+    which must reach the data directory and its log, and a checkout may sit in a folder only root can enter (CI's
+    `mktemp -d` is 0700): then the cluster goes to /var/tmp/pico-stack-<hash of this checkout's path>/."""
+    if os.geteuid() != 0:
+        return STATE
+    return Path("/var/tmp") / f"pico-stack-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
+
+
+PG_HOME = _pg_home()
+PGDATA = PG_HOME / "pg"
+PG_LOG = PG_HOME / "postgres.log"
 HOST = "127.0.0.1"
 PORTS = {"postgres": 15000, "mlflow": 15001, "prefect": 15002, "s3": 15003, "dask": 15004,
          "gpu-0": (15006, 15007), "gpu-1": (15008, 15009)}
@@ -214,13 +227,15 @@ def pg_ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def postgres_up(s: dict[str, str]) -> None:
     ensure_postgres_installed()
     LOGS.mkdir(parents=True, exist_ok=True)
+    PG_HOME.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         uid, gid = pwd.getpwnam("postgres")[2:4]
-        os.chown(LOGS, uid, gid)  # the server log is written by postgres
+        os.chown(PG_HOME, uid, gid)  # the cluster and its server log are written by postgres
+        PG_HOME.chmod(0o700)
     fresh = not (PGDATA / "PG_VERSION").is_file()
     if fresh:
         PGDATA.mkdir(parents=True, exist_ok=True)
-        pwfile = STATE / "pg.pw"
+        pwfile = PG_HOME / "pg.pw"
         pwfile.write_text(s["PG_SUPER_PASSWORD"] + "\n")
         if os.geteuid() == 0:
             os.chown(PGDATA, uid, gid)
@@ -236,10 +251,10 @@ def postgres_up(s: dict[str, str]) -> None:
             f.write(f"\nlisten_addresses = '{HOST}'\nport = {PORTS['postgres']}\nunix_socket_directories = '{PGDATA}'\n"
                     "max_connections = 200\nshared_buffers = 64MB\nfsync = on\n")
     if pg_ctl("status", check=False).returncode != 0:
-        proc = pg_ctl("start", "-w", "-t", "60", "-l", str(LOGS / "postgres.log"), check=False)
+        proc = pg_ctl("start", "-w", "-t", "60", "-l", str(PG_LOG), check=False)
         if proc.returncode != 0:
             raise SystemExit(f"PostgreSQL did not start: {proc.stderr.strip() or proc.stdout.strip()}; "
-                             f"see {LOGS / 'postgres.log'}")
+                             f"see {PG_LOG}")
     if fresh:
         sql = (f"CREATE ROLE mlflow LOGIN PASSWORD '{s['PG_MLFLOW_PASSWORD']}';"
                f"CREATE ROLE prefect LOGIN PASSWORD '{s['PG_PREFECT_PASSWORD']}';"

@@ -142,12 +142,13 @@ def test_the_worker_runs_the_deployment_and_no_credential_leaks(stack, stack_pro
 
 
 def _restart_postgres() -> None:
-    pg = Path("/usr/lib/postgresql/15/bin/pg_ctl")
-    args = [str(pg), "-D", str(REPO / "build" / "stack" / "pg"), "restart", "-m", "fast", "-w", "-l",
-            str(REPO / "build" / "stack" / "logs" / "postgres.log")]
-    if os.geteuid() == 0:
-        args = ["runuser", "-u", "postgres", "--", *args]
-    subprocess.run(args, check=True, capture_output=True, timeout=120)
+    """pg_ctl restart of the stack's own cluster, through stack/stack.py (it knows where the cluster lives)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pico_stack", REPO / "stack" / "stack.py")
+    stack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stack)
+    stack.pg_ctl("restart", "-m", "fast", "-w", "-l", str(stack.PG_LOG))
 
 
 PROMOTE = """
