@@ -75,3 +75,17 @@ class Recipe:
 
     def hash(self) -> str:
         return json_digest(self.to_dict())
+
+    def label(self) -> str:
+        """A short human label of the method, space and calibration: "ties/full", "ta/core +pico k=5 (pre)"."""
+        s = f"{self.method}/{self.space}"
+        if self.calibrate != "none":
+            s += f" +{self.calibrate}"
+            if self.kappa is not None:
+                s += f" k={self.kappa:g}"
+            if self.gamma != 1.0:
+                s += f" g={self.gamma:g}"
+            s += f" ({self.rescale})"
+        elif self.rescale != "none":
+            s += f" ({self.rescale})"
+        return s

@@ -99,20 +99,6 @@ class Evaluator:
 # merging
 # --------------------------------------------------------------------------------------------------------------------
 
-def _label(recipe) -> str:
-    s = f"{recipe.method}/{recipe.space}"
-    if recipe.calibrate != "none":
-        s += f" +{recipe.calibrate}"
-        if recipe.kappa is not None:
-            s += f" k={recipe.kappa:g}"
-        if recipe.gamma != 1.0:
-            s += f" g={recipe.gamma:g}"
-        s += f" ({recipe.rescale})"
-    elif recipe.rescale != "none":
-        s += f" ({recipe.rescale})"
-    return s
-
-
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=" else "_" for c in label).strip("_")
 
@@ -121,7 +107,7 @@ def merge_and_score(ev: Evaluator, sources: list[str], recipe_kw: dict, work: Pa
     from pico import Recipe, load_adapters, merge
 
     recipe = Recipe(**recipe_kw)
-    label = _label(recipe)
+    label = recipe.label()
     out = work / _slug(label)
     t0 = time.time()
     aset = load_adapters(sources)

@@ -72,16 +72,7 @@ class Space:
 
 def label(recipe: Recipe) -> str:
     """ties/full lam=2 density=0.7 | ta/core +pico k=5 (pre) lam=0.8: the fields that tell candidates apart."""
-    s = f"{recipe.method}/{recipe.space}"
-    if recipe.calibrate != "none":
-        s += f" +{recipe.calibrate}"
-        if recipe.kappa is not None:
-            s += f" k={recipe.kappa:g}"
-        if recipe.gamma != 1.0:
-            s += f" g={recipe.gamma:g}"
-        s += f" ({recipe.rescale})"
-    elif recipe.rescale != "none":
-        s += f" ({recipe.rescale})"
+    s = recipe.label()
     if recipe.rescale != "post":
         s += f" lam={recipe.lam:g}"
     for name, value in sorted(recipe.method_params().items()):
