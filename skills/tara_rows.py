@@ -78,16 +78,19 @@ def train_suite_tara(base: str | Path, sources: list[str | Path], prompt_files: 
 
 
 def skills_tara_rows(ev, sources: list[str], work: str | Path, log=print, *, configs=DEFAULT_CONFIGS,
-                     epochs: int = 10, skill_of: dict[str, str] | None = None, force: bool = False) -> list:
+                     epochs: int = 10, skill_of: dict[str, str] | None = None, force: bool = False,
+                     prompt_files: list | None = None) -> list:
     """Report rows (``skills.report.Row``, section "merge") for TARA next to the data-free merges.
 
     ``ev`` is the report's Evaluator (its ``base_dir``, ``data_dir`` and ``test``), ``sources`` the single-skill
     adapter directories in report order, ``work`` the report's merges directory. Each adapter's prompts are
-    ``<data>/<skill>/validation.jsonl``, the skill being ``skill_of[adapter dir name]`` (default: the dir name)."""
+    ``<data>/<skill>/validation.jsonl``, the skill being ``skill_of[adapter dir name]`` (default: the dir name), unless
+    ``prompt_files`` gives them (one per source, e.g. chat-templated token ids)."""
     from skills.rows import Row
 
     skill_of = skill_of or {}
-    prompts = [Path(ev.data_dir) / skill_of.get(Path(s).name, Path(s).name) / "validation.jsonl" for s in sources]
+    prompts = prompt_files or [Path(ev.data_dir) / skill_of.get(Path(s).name, Path(s).name) / "validation.jsonl"
+                               for s in sources]
     log("TARA (not data-free: unlabeled validation prompts of each skill)")
     rows = []
     for info in train_suite_tara(ev.base_dir, sources, prompts, work, configs, epochs=epochs, force=force, log=log):

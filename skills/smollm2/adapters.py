@@ -5,7 +5,7 @@ per adapter (params.yaml ``smollm2.adapters.runs``), and each adapter has ITS OW
 with one shared seed, LoRA's random A initialisation is identical between adapters of equal rank and the tasks'
 A row spaces overlap because of that shared start, not because of the tasks.
 
-Loss on the answer tokens only (the reply in its bare form + end of turn). Training runs under bf16 autocast when
+Loss on the answer tokens only (the record's ``target`` reply, a short worked answer, + end of turn). Training runs under bf16 autocast when
 ``autocast: bf16`` (AMX on this box's Intel Xeon; see docs/skills-smollm2.md for the measurement); the saved adapter
 is float32. ``train_info.json`` records ||dW||/||W|| and the skill's accuracy at full and half LoRA scale.
 
@@ -52,7 +52,7 @@ def train_adapter(base_dir, data_dir, run: dict, common: dict, out_dir=None, eva
     base, tok = load_base(base_dir)
     model = get_peft_model(base, lora_config(run, common))
     model.train()
-    task = {s: [(r["prompt"], r["answer"]) for r in read_jsonl(data_dir / s / "train.jsonl")] for s in cfg["skills"]}
+    task = {s: [(r["prompt"], r.get("target", r["answer"])) for r in read_jsonl(data_dir / s / "train.jsonl")] for s in cfg["skills"]}
     names = list(task)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay", 0.0)))

@@ -5,7 +5,7 @@ YAMLs' filters call :func:`lmeval_filter`) and in the fast scorer (:mod:`skills.
   number  the LAST number in the reply (thousands commas dropped; "38.0" == "38")
   json    the first {...} object in the reply, parsed, re-serialised with sorted keys (so key order and spacing
           do not matter; an unparsable reply scores 0)
-  word    the last alphabetic word of the reply, lower-cased
+  word    the last alphabetic word of the reply, case kept ("HORSE" != "horse")
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def extract(kind: str, text: str) -> str:
         return ""
     if kind == "word":
         words = _WORD.findall(text)
-        return words[-1].lower() if words else ""
+        return words[-1] if words else ""
     raise ValueError(f"unknown answer kind {kind!r} (number | json | word)")
 
 

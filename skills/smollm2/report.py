@@ -3,7 +3,11 @@ lambda chosen on validation, ablations, TARA) with this suite's scorer, plus the
 projection: the mean pairwise overlap of the tasks' B column spaces and of their A row spaces, beside the overlap of
 random subspaces of the same ranks (the baseline, max(r_t, r_u) / dim per pair).
 
-    python -m skills.smollm2.report [--fast] [--no-ablations] [--methods ta,ties] [--figure2-only]
+    python -m skills.smollm2.report [--fast] [--no-ablations] [--all-rows] [--tara tara-a+none,tara-a+pico]
+                                    [--methods ta,ties] [--figure2-only]
+
+The rows are params.yaml ``smollm2.report.rows`` (each merge costs minutes here, so the list is chosen: see
+RESULTS.md), lambda on the first ``report.val_limit`` validation items per skill.
 
 Writes build/smollm2/report/{report.md,report.json,figure2.json,...}.
 """
@@ -25,7 +29,8 @@ PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_pr
 class SmolEvaluator(Evaluator):
     """Fast greedy (skills.smollm2.common.score) for validation, lm-eval with the params' settings for test."""
 
-    def __init__(self, base_dir, data_dir, skills, *, fast_only=False, settings: dict | None = None, tasks_dir=None):
+    def __init__(self, base_dir, data_dir, skills, *, fast_only=False, settings: dict | None = None, tasks_dir=None,
+                 val_limit: int | None = None):
         from skills.smollm2.data import read_jsonl
 
         self.settings = {k: v for k, v in (settings or {}).items() if k != "split"}
@@ -35,6 +40,8 @@ class SmolEvaluator(Evaluator):
         self.max_new = int(self.settings.get("max_gen_toks", 40))
         self.recs = {sp: {s: read_jsonl(self.data_dir / s / f"{sp}.jsonl") for s in skills}
                      for sp in ("validation", "test")}
+        if val_limit:  # lambda is chosen on the first val_limit validation items of each skill (cost: see RESULTS)
+            self.recs["validation"] = {s: r[:int(val_limit)] for s, r in self.recs["validation"].items()}
         self.bench_seconds: list[float] = []
         self._base = None
 
@@ -126,6 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--adapters", default=None, help="comma-separated single-skill adapters (default: all present)")
     ap.add_argument("--figure2-only", action="store_true")
+    ap.add_argument("--all-rows", action="store_true",
+                    help="every method x space x Pico off/on (the product), not the params' report.rows")
+    ap.add_argument("--tara", default="", metavar="V+C,...",
+                    help="TARA rows, e.g. tara-a+none,tara-a+pico (trained on the chat-templated validation prompts)")
+    ap.add_argument("--tara-epochs", type=int, default=10)
     a = ap.parse_args(argv)
     p = load_params(a.params)
     out = Path(a.out or p["paths"]["report"])
@@ -143,10 +155,38 @@ def main(argv: list[str] | None = None) -> None:
     p["adapters"]["runs"] = {n: r for n, r in runs.items()
                              if n in names or (len(r["skills"]) > 1 and (adir / n).is_dir())}
     p["data"]["skills"] = [runs[n]["skills"][0] for n in names]
+    if a.all_rows:
+        p["report"].pop("rows", None)
     ev = SmolEvaluator(p["paths"]["base"], p["paths"]["data"], p["data"]["skills"], fast_only=a.fast,
-                       settings=p["eval"], tasks_dir=out / "lm_eval_tasks")
+                       settings=p["eval"], tasks_dir=out / "lm_eval_tasks", val_limit=p["report"].get("val_limit"))
+    tara = None
+    if a.tara:
+        tara = {"configs": [tuple(c.split("+")) for c in a.tara.split(",")], "epochs": a.tara_epochs,
+                "prompt_files": chat_prompt_files(p, names, out / "tara_prompts")}
     run_report(p, out, fast_only=a.fast, ablations=not a.no_ablations, methods=a.methods.split(","),
-               evaluator=ev)
+               evaluator=ev, tara=tara)
+
+
+def chat_prompt_files(p: dict, names: list[str], out: Path) -> list[Path]:
+    """TARA's unlabeled inputs for each adapter: its skill's validation prompts with the chat template applied, as
+    token ids (the form the model sees at test time; TARA would otherwise tokenize the bare text)."""
+    from transformers import AutoTokenizer
+
+    from skills.smollm2.common import chat_prompt
+    from skills.smollm2.data import read_jsonl
+
+    tok = AutoTokenizer.from_pretrained(p["paths"]["base"])
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for n in names:
+        skill = p["adapters"]["runs"][n]["skills"][0]
+        f = out / f"{skill}.jsonl"
+        with open(f, "w") as fh:
+            for r in read_jsonl(Path(p["paths"]["data"]) / skill / "validation.jsonl"):
+                ids = tok(chat_prompt(tok, r["prompt"]), add_special_tokens=False)["input_ids"]
+                fh.write(json.dumps({"input_ids": ids}) + "\n")
+        files.append(f)
+    return files
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 
 TINY = {
-    "data": {"seed": 3, "skills": ["math", "code", "finance", "dosage", "json", "reverse"], "n_train": 40,
+    "data": {"seed": 3, "skills": ["math", "code", "finance", "dosage", "json", "letters"], "n_train": 40,
              "n_validation": 4, "n_test": 4},
     "adapters": {
         "common": {"threads": 1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -27,8 +27,8 @@ TINY = {
         "runs": {
             "math": {"skills": ["math"], "seed": 1, "r": 4, "lora_alpha": 8},
             "json": {"skills": ["json"], "seed": 2, "r": 8, "lora_alpha": 8, "use_rslora": True},
-            "reverse": {"skills": ["reverse"], "seed": 3, "r": 2, "lora_alpha": 4},
-            "multitask": {"skills": ["math", "json", "reverse"], "seed": 4, "r": 8, "lora_alpha": 8, "steps": 4},
+            "letters": {"skills": ["letters"], "seed": 3, "r": 2, "lora_alpha": 4},
+            "multitask": {"skills": ["math", "json", "letters"], "seed": 4, "r": 8, "lora_alpha": 8, "steps": 4},
         },
     },
     "eval": {"device": "cpu", "dtype": "float32", "batch_size": 8, "apply_chat_template": True, "num_fewshot": 0,

@@ -22,10 +22,11 @@ PROJ = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_pr
     ("json", 'Here it is: ```json\n{"name": "Ana", "city": "Oslo", "age": 34}\n```', '{"age": 34, "city": "Oslo", "name": "Ana"}', True),
     ("json", '{"name": "Ana", "age": "34", "city": "Oslo"}', '{"age": 34, "city": "Oslo", "name": "Ana"}', False),
     ("json", '{"name": "Ana", age: 34}', '{"age": 34, "name": "Ana"}', False),
-    ("word", "The word 'cat' spelled backwards is 'tac'.", "tac", True),
-    ("word", "tac", "tac", True),
-    ("word", "Backwards: cat", "tac", False),
-    ("word", "", "tac", False),
+    ("word", "The word 'cat' in capital letters is CAT.", "CAT", True),
+    ("word", "CAT", "CAT", True),
+    ("word", "In capital letters: cat", "CAT", False),
+    ("word", "The first letter of 'cat' is 'C'.", "C", True),
+    ("word", "", "CAT", False),
 ])
 def test_extraction_scores_known_replies(kind, reply, answer, ok):
     assert correct(kind, reply, answer) is ok
@@ -106,7 +107,7 @@ def test_lmeval_tasks_score_the_miniature_and_equal_the_fast_scorer(mini_smollm2
                         tasks_dir=mini_smollm2["tasks"], settings=settings, return_details=True)
     assert set(acc) == {"math", "json"} and all(0.0 <= v <= 1.0 for v in acc.values())
     group = Path(mini_smollm2["tasks"], "smollm2.yaml").read_text()
-    assert "smollm2_math" in group and "smollm2_reverse" in group
+    assert "smollm2_math" in group and "smollm2_letters" in group
     tok = AutoTokenizer.from_pretrained(mini_smollm2["base"])
     base = AutoModelForCausalLM.from_pretrained(mini_smollm2["base"]).eval()
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(mini_smollm2["base"]), adapter).eval()
@@ -164,7 +165,7 @@ def test_report_machinery_and_figure2_run_on_the_miniature(mini_smollm2, tmp_pat
     from skills.smollm2.report import SmolEvaluator, figure2
     from skills.smollm2.tiny import tiny_params
 
-    singles = ["math", "json", "reverse"]
+    singles = ["math", "json", "letters"]
     sources = [mini_smollm2["adapters"][n] for n in singles]
     fig = figure2(sources)
     assert set(fig) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "all"}
@@ -176,7 +177,7 @@ def test_report_machinery_and_figure2_run_on_the_miniature(mini_smollm2, tmp_pat
     p = tiny_params()
     p["paths"] = {"base": mini_smollm2["base"], "data": mini_smollm2["data"],
                   "adapters": str(Path(mini_smollm2["adapters"]["math"]).parent)}
-    p["data"]["skills"] = ["math", "json", "reverse"]
+    p["data"]["skills"] = ["math", "json", "letters"]
     p["report"] = {"lam_grid": [0.5, 1.0]}
     ev = SmolEvaluator(p["paths"]["base"], p["paths"]["data"], p["data"]["skills"], fast_only=True,
                        settings=p["eval"])
@@ -185,6 +186,42 @@ def test_report_machinery_and_figure2_run_on_the_miniature(mini_smollm2, tmp_pat
     assert names[0] == "base" and "ta/full" in names and "ta/full +pico (post)" in names
     assert any(n.startswith("multi-task") for n in names)
     assert (tmp_path / "report.md").exists() and set(res["base"]) == set(p["data"]["skills"])
+
+
+def test_report_rows_from_params_validation_subset_and_tara_on_chat_prompts(mini_smollm2, tmp_path):
+    """params report.rows replaces the method x space product (Pico pre rows, an ablation group), lambda is chosen
+    on the first val_limit validation items, and TARA trains on the chat-templated validation prompts."""
+    import json
+
+    from skills.report import run_report
+    from skills.smollm2.report import SmolEvaluator, chat_prompt_files
+    from skills.smollm2.tiny import tiny_params
+
+    p = tiny_params()
+    p["paths"] = {"base": mini_smollm2["base"], "data": mini_smollm2["data"],
+                  "adapters": str(Path(mini_smollm2["adapters"]["math"]).parent)}
+    p["adapters"]["runs"] = {n: r for n, r in p["adapters"]["runs"].items() if n in ("math", "json")}
+    p["data"]["skills"] = ["math", "json"]
+    p["report"] = {"lam_grid": [0.5, 1.0], "val_limit": 2, "adapter_min": 0.5, "base_gap": 0.1, "rows": [
+        {"method": "ta", "space": "core"},
+        {"method": "ta", "space": "core", "calibrate": "pico", "rescale": "pre"},
+        {"group": "2. random-direction control", "calibrate": "pico-random", "rescale": "post"}]}
+    ev = SmolEvaluator(p["paths"]["base"], p["paths"]["data"], p["data"]["skills"], fast_only=True,
+                       settings=p["eval"], val_limit=2)
+    assert {s: len(r) for s, r in ev.recs["validation"].items()} == {"math": 2, "json": 2}
+    files = chat_prompt_files(p, ["math", "json"], tmp_path / "prompts")
+    first = json.loads(files[0].read_text().splitlines()[0])
+    tok = ev._model(None) and ev.tok
+    assert tok.decode(first["input_ids"]).startswith("<|im_start|>user")  # the chat template, not the bare text
+    tara = {"configs": [("tara-a", "none")], "epochs": 1, "prompt_files": files}
+    res = run_report(p, tmp_path, fast_only=True, ablations=False, evaluator=ev, tara=tara, log=lambda *_: None)
+    merges = [r for r in res["rows"] if r["section"] == "merge"]
+    assert [r["name"] for r in merges] == ["ta/core", "ta/core +pico (pre)", "tara-a [val prompts]"]
+    assert set(merges[1]["extra"]["val_grid"]) == {"0.5", "1.0"}  # pre: the norm is not pinned, lambda searched
+    abl = [r for r in res["rows"] if r["section"] == "ablation"]
+    assert [r["name"] for r in abl] == ["ta/core +pico-random (post)"] and abl[0]["lam"] == 1.0
+    assert "random-direction control" in (tmp_path / "ablations.md").read_text()
+    assert res["targets"]["adapter_min"] == 0.5 and "- base >= 10 points" in (tmp_path / "report.md").read_text()
 
 
 def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2, tmp_path):
@@ -207,7 +244,7 @@ def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2,
     settings = load_settings(tmp_path, overrides={
         "catalog": "adapters-smollm2.yaml",
         "eval": {"suite": "callable", "callable": "skills.smollm2.scorer:suite", "skills": ["math", "json"]}})
-    assert [a.name for a in settings.catalog.adapters] == ["math", "code", "finance", "dosage", "json", "reverse"]
+    assert [a.name for a in settings.catalog.adapters] == ["math", "code", "finance", "dosage", "json", "letters"]
     adapter = mini_smollm2["adapters"]["math"]
     got, _ = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)  # (scores, stderr)
     ref = evaluate(mini_smollm2["base"], adapter, ["math", "json"], data_dir=mini_smollm2["data"],
