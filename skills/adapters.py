@@ -140,12 +140,15 @@ def set_lora_scale(model, factor: float, adapter: str = "default") -> None:
         m.scaling[adapter] = base_scale * factor
 
 
-def scale_accuracy(model, data_dir: Path, skills, split: str = "test") -> dict:
+def scale_accuracy(model, data_dir: Path, skills, split: str = "test", score=None) -> dict:
+    """The skills' accuracy at the adapter's full and half scale; ``score(model, records)`` (default: this
+    suite's exact match)."""
+    score = score or accuracy
     recs = {s: read_jsonl(Path(data_dir) / s / f"{split}.jsonl") for s in skills}
     out = {}
     for factor, key in ((1.0, "acc"), (0.5, "acc_half_scale")):
         set_lora_scale(model, factor)
-        out[key] = {s: round(accuracy(model, r), 4) for s, r in recs.items()}
+        out[key] = {s: round(score(model, r), 4) for s, r in recs.items()}
     set_lora_scale(model, 1.0)
     return out
 

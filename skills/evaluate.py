@@ -52,7 +52,13 @@ def evaluate(base_dir: str | Path, adapter_dir: str | Path | None = None, skills
     import torch
 
     from skills.config import resolve
-    from skills.lmeval import SPLIT_SUFFIX, task_manager, task_name, write_tasks
+    from skills.lmeval import (
+        SPLIT_SUFFIX,
+        find_skills,
+        task_manager,
+        task_name,
+        write_tasks,
+    )
 
     if split not in SPLIT_SUFFIX:
         raise ValueError(f"split must be one of {sorted(SPLIT_SUFFIX)}, not {split!r}")
@@ -62,11 +68,7 @@ def evaluate(base_dir: str | Path, adapter_dir: str | Path | None = None, skills
     import lm_eval
 
     data_dir = resolve(data_dir)
-    all_skills = sorted(p.name for p in data_dir.iterdir() if (p / "test.jsonl").exists())
-    skills = list(skills) if skills else all_skills
-    missing = [s for s in skills if s not in all_skills]
-    if missing:
-        raise ValueError(f"unknown skills {missing}; available under {data_dir}: {all_skills}")
+    skills, all_skills = find_skills(data_dir, skills)
     include = write_tasks(data_dir, tasks_dir, all_skills, max_gen_toks)
     base = str(resolve(base_dir).resolve())
     model_args = f"pretrained={base},tokenizer={base},dtype=float32"

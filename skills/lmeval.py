@@ -27,18 +27,21 @@ SPLIT_SUFFIX = {"test": "", "validation": "_val"}
 DEFAULT_TASKS_DIR = "build/suite/lm_eval_tasks"
 
 
-def task_name(skill: str, split: str = "test") -> str:
-    return f"skills_{skill}{SPLIT_SUFFIX[split]}"
+def task_name(skill: str, split: str = "test", prefix: str = "skills") -> str:
+    return f"{prefix}_{skill}{SPLIT_SUFFIX[split]}"
 
 
-def group_name(split: str = "test") -> str:
-    return f"skills{SPLIT_SUFFIX[split]}"
+def group_name(split: str = "test", prefix: str = "skills") -> str:
+    return f"{prefix}{SPLIT_SUFFIX[split]}"
 
 
-def task_config(skill: str, data_dir: Path, split: str, max_gen_toks: int = 10) -> dict:
+def jsonl_task(skill: str, data_dir: Path, split: str, prefix: str = "skills", **fields) -> dict:
+    """A ``generate_until`` task over ``<data_dir>/<skill>/<split>.jsonl`` ({prompt, answer} rows), exact match;
+    ``fields`` add to or replace the common keys (generation, filters, delimiters, metadata)."""
     files = {s: str((data_dir / skill / f"{s}.jsonl").resolve()) for s in ("train", "validation", "test")}
+    metadata = fields.pop("metadata", {"version": 1.0, "skill": skill, "split": split})
     return {
-        "task": task_name(skill, split),
+        "task": task_name(skill, split, prefix),
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": files},
         "output_type": "generate_until",
@@ -46,49 +49,67 @@ def task_config(skill: str, data_dir: Path, split: str, max_gen_toks: int = 10) 
         "test_split": split,
         "doc_to_text": "{{prompt}}",
         "doc_to_target": "{{answer}}",
-        "target_delimiter": "",
-        "num_fewshot": 0,
-        "generation_kwargs": {"until": ["\n"], "max_gen_toks": int(max_gen_toks), "do_sample": False},
+        **fields,
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0, "skill": skill, "split": split},
+        "metadata": metadata,
     }
 
 
-def group_config(skills: list[str], split: str) -> dict:
+def task_config(skill: str, data_dir: Path, split: str, max_gen_toks: int = 10) -> dict:
+    return jsonl_task(skill, data_dir, split, target_delimiter="", num_fewshot=0,
+                      generation_kwargs={"until": ["\n"], "max_gen_toks": int(max_gen_toks), "do_sample": False})
+
+
+def group_config(skills: list[str], split: str, prefix: str = "skills", **aggregate) -> dict:
     return {
-        "group": group_name(split),
-        "task": [task_name(s, split) for s in skills],
-        "aggregate_metric_list": [{"metric": "exact_match", "aggregation": "mean", "weight_by_size": False}],
+        "group": group_name(split, prefix),
+        "task": [task_name(s, split, prefix) for s in skills],
+        "aggregate_metric_list": [{"metric": "exact_match", **aggregate, "aggregation": "mean",
+                                   "weight_by_size": False}],
         "metadata": {"version": 1.0},
     }
 
 
-def write_tasks(data_dir: str | Path, out_dir: str | Path | None = None, skills: list[str] | None = None,
-                max_gen_toks: int = 10) -> Path:
-    """Write (or refresh) the task YAMLs for every skill found in data_dir; returns the include path."""
-    data_dir = resolve(data_dir).resolve()
-    out = resolve(out_dir or DEFAULT_TASKS_DIR)
-    out.mkdir(parents=True, exist_ok=True)
-    if skills is None:
-        skills = sorted(p.name for p in data_dir.iterdir() if (p / "test.jsonl").exists())
-    if not skills:
+def find_skills(data_dir: Path, skills=None) -> tuple[list[str], list[str]]:
+    """(the requested skills, every skill with a ``test.jsonl`` under data_dir); unknown ones raise, naming both."""
+    found = sorted(p.name for p in data_dir.iterdir() if (p / "test.jsonl").exists())
+    if not found:
         raise FileNotFoundError(f"no skill data (<skill>/test.jsonl) under {data_dir}")
-    wanted: dict[str, str] = {}
-    for split in SPLIT_SUFFIX:
-        for s in skills:
-            wanted[f"{task_name(s, split)}.yaml"] = yaml.safe_dump(task_config(s, data_dir, split, max_gen_toks),
-                                                                  sort_keys=False)
-        wanted[f"{group_name(split)}.yaml"] = yaml.safe_dump(group_config(skills, split), sort_keys=False)
+    wanted = list(skills) if skills else found
+    missing = [s for s in wanted if s not in found]
+    if missing:
+        raise ValueError(f"unknown skills {missing}; available under {data_dir}: {found}")
+    return wanted, found
+
+
+def write_task_files(out: Path, files: dict[str, str]) -> Path:
+    """Make ``out`` hold exactly these YAMLs (stale task YAMLs dropped), each replaced atomically when changed."""
+    out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.yaml"):  # drop tasks of skills no longer present
-        if old.name not in wanted:
+        if old.name not in files:
             old.unlink()
-    for name, text in wanted.items():
+    for name, text in files.items():
         f = out / name
         if not f.exists() or f.read_text() != text:
             tmp = f.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(text)
             tmp.replace(f)
     return out
+
+
+def write_tasks(data_dir: str | Path, out_dir: str | Path | None = None, skills: list[str] | None = None,
+                max_gen_toks: int = 10) -> Path:
+    """Write (or refresh) the task YAMLs for every skill found in data_dir; returns the include path."""
+    data_dir = resolve(data_dir).resolve()
+    if skills is None:
+        skills, _ = find_skills(data_dir)
+    wanted: dict[str, str] = {}
+    for split in SPLIT_SUFFIX:
+        for s in skills:
+            wanted[f"{task_name(s, split)}.yaml"] = yaml.safe_dump(task_config(s, data_dir, split, max_gen_toks),
+                                                                  sort_keys=False)
+        wanted[f"{group_name(split)}.yaml"] = yaml.safe_dump(group_config(skills, split), sort_keys=False)
+    return write_task_files(resolve(out_dir or DEFAULT_TASKS_DIR), wanted)
 
 
 _TASK_MANAGERS: dict[str, object] = {}

@@ -23,7 +23,8 @@ import skills  # noqa: F401
 
 import torch
 
-from skills.adapters import lora_config, save_adapter, set_lora_scale, update_stats
+from skills.adapters import lora_config, save_adapter, update_stats
+from skills.adapters import scale_accuracy as _scale_accuracy
 from skills.common import lr_at
 from skills.smollm2.common import lm_loss, make_batch, score, seed_all
 from skills.smollm2.data import read_jsonl
@@ -89,15 +90,11 @@ def train_adapter(base_dir, data_dir, run: dict, common: dict, out_dir=None, eva
 
 
 def scale_accuracy(model, tok, data_dir: Path, skills, eval_cfg: dict) -> dict:
+    """skills.adapters.scale_accuracy with this suite's scorer (greedy through the chat template, extracted)."""
     split = eval_cfg.get("split", "test")
-    recs = {s: read_jsonl(Path(data_dir) / s / f"{split}.jsonl") for s in skills}
     kw = {"max_new": int(eval_cfg.get("max_gen_toks", 32)), "batch_size": int(eval_cfg.get("batch_size", 64))}
-    out = {"eval_split": split}
-    for factor, key in ((1.0, "acc"), (0.5, "acc_half_scale")):
-        set_lora_scale(model, factor)
-        out[key] = {s: round(score(model, tok, r, **kw), 4) for s, r in recs.items()}
-    set_lora_scale(model, 1.0)
-    return out
+    return {"eval_split": split, **_scale_accuracy(model, data_dir, skills, split,
+                                                   score=lambda m, recs: score(m, tok, recs, **kw))}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,8 +32,8 @@ def evaluate(base_dir, adapter_dir=None, skills=None, split: str = "test", limit
     import torch
 
     from skills.evaluate import _quiet
-    from skills.lmeval import task_manager
-    from skills.smollm2.lmeval import SPLIT_SUFFIX, task_name, write_tasks
+    from skills.lmeval import SPLIT_SUFFIX, find_skills, task_manager
+    from skills.smollm2.lmeval import task_name, write_tasks
 
     cfg = {**DEFAULTS, **(settings or {})}
     unknown = set(cfg) - set(DEFAULTS) - {"split"}
@@ -49,11 +49,7 @@ def evaluate(base_dir, adapter_dir=None, skills=None, split: str = "test", limit
     from skills.config import resolve
 
     data_dir = resolve(data_dir)
-    all_skills = sorted(p.name for p in data_dir.iterdir() if (p / "test.jsonl").exists())
-    skills = list(skills) if skills else all_skills
-    missing = [s for s in skills if s not in all_skills]
-    if missing:
-        raise ValueError(f"unknown skills {missing}; available under {data_dir}: {all_skills}")
+    skills, all_skills = find_skills(data_dir, skills)
     include = write_tasks(data_dir, tasks_dir, all_skills, int(cfg["max_gen_toks"]))
     base = str(resolve(base_dir).resolve())
     model_args = f"pretrained={base},dtype={cfg['dtype']}"

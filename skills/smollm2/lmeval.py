@@ -16,15 +16,15 @@ Command line: ``python -m skills.smollm2.lmeval`` writes the YAMLs and prints th
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import yaml
 
+from skills import lmeval as lm
 from skills.config import resolve
+from skills.lmeval import SPLIT_SUFFIX
 from skills.smollm2.data import KINDS
 
-SPLIT_SUFFIX = {"test": "", "validation": "_val"}
 PREFIX = "smollm2"
 UTILS = ('"""Written by skills.smollm2.lmeval: the answer-extraction filter for these tasks."""\n'
          "from skills.smollm2.extract import make_lmeval_filter\n\nExtractAnswer = make_lmeval_filter()\n")
@@ -38,70 +38,41 @@ yaml.SafeDumper.add_representer(_Function, lambda d, v: d.represent_scalar("!fun
 
 
 def task_name(skill: str, split: str = "test") -> str:
-    return f"{PREFIX}_{skill}{SPLIT_SUFFIX[split]}"
+    return lm.task_name(skill, split, PREFIX)
 
 
 def group_name(split: str = "test") -> str:
-    return f"{PREFIX}{SPLIT_SUFFIX[split]}"
+    return lm.group_name(split, PREFIX)
 
 
 def task_config(skill: str, data_dir: Path, split: str, max_gen_toks: int = 32) -> dict:
-    files = {s: str((data_dir / skill / f"{s}.jsonl").resolve()) for s in ("train", "validation", "test")}
-    return {
-        "task": task_name(skill, split),
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": files},
-        "output_type": "generate_until",
-        "training_split": "train",
-        "fewshot_split": "train",
-        "test_split": split,
-        "doc_to_text": "{{prompt}}",
-        "doc_to_target": "{{answer}}",
-        "target_delimiter": " ",
-        "fewshot_delimiter": "\n\n",
-        "generation_kwargs": {"until": ["<|im_end|>"], "max_gen_toks": int(max_gen_toks), "do_sample": False},
-        "filter_list": [{"name": "extract", "filter": [
+    return lm.jsonl_task(
+        skill, data_dir, split, PREFIX, fewshot_split="train", target_delimiter=" ", fewshot_delimiter="\n\n",
+        generation_kwargs={"until": ["<|im_end|>"], "max_gen_toks": int(max_gen_toks), "do_sample": False},
+        filter_list=[{"name": "extract", "filter": [
             {"function": _Function("utils.ExtractAnswer"), "kind": KINDS[skill]}, {"function": "take_first"}]}],
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1.0, "skill": skill, "split": split, "answer": KINDS[skill]},
-    }
+        metadata={"version": 1.0, "skill": skill, "split": split, "answer": KINDS[skill]})
 
 
 def group_config(skills: list[str], split: str) -> dict:
-    return {
-        "group": group_name(split),
-        "task": [task_name(s, split) for s in skills],
-        "aggregate_metric_list": [{"metric": "exact_match", "filter_list": "extract", "aggregation": "mean",
-                                   "weight_by_size": False}],
-        "metadata": {"version": 1.0},
-    }
+    return lm.group_config(skills, split, PREFIX, filter_list="extract")
 
 
 def write_tasks(data_dir: str | Path, out_dir: str | Path, skills: list[str] | None = None,
                 max_gen_toks: int = 32) -> Path:
     """Write (or refresh) the task YAMLs and their ``utils.py`` for the skills under data_dir; the include path."""
     data_dir = resolve(data_dir).resolve()
-    out = resolve(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if skills is None:
-        skills = sorted(p.name for p in data_dir.iterdir() if (p / "test.jsonl").exists())
-    if not skills:
-        raise FileNotFoundError(f"no skill data (<skill>/test.jsonl) under {data_dir}")
-    wanted = {"utils.py": UTILS}
+        skills, _ = lm.find_skills(data_dir)
+    wanted = {}
     for split in SPLIT_SUFFIX:
         for s in skills:
             wanted[f"{task_name(s, split)}.yaml"] = yaml.safe_dump(task_config(s, data_dir, split, max_gen_toks),
                                                                   sort_keys=False)
         wanted[f"{group_name(split)}.yaml"] = yaml.safe_dump(group_config(skills, split), sort_keys=False)
-    for old in list(out.glob("*.yaml")):
-        if old.name not in wanted:
-            old.unlink()
-    for name, text in wanted.items():
-        f = out / name
-        if not f.exists() or f.read_text() != text:
-            tmp = f.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(text)
-            tmp.replace(f)
+    out = lm.write_task_files(resolve(out_dir), wanted)
+    if not (out / "utils.py").exists() or (out / "utils.py").read_text() != UTILS:
+        (out / "utils.py").write_text(UTILS)
     return out
 
 
