@@ -32,6 +32,61 @@ class SmolLM2Suite:
         return evaluate(base_dir, adapter_dir, context.eval.skills, split, limit, data_dir=p["paths"]["data"],
                         tasks_dir=Path(context.work) / "smollm2_lm_eval_tasks", settings=self.settings(p))
 
+    def outcomes(self, base_dir, adapter_dir, split, limit, *, context) -> dict[str, dict[str, float]]:
+        """Per-item 0/1 outcomes ``{skill: {item: 0/1}}`` for the pipeline's paired gate, as skills/scorer.py: the
+        test split through lm-eval's ``log_samples`` (the benchmark's own numbers, checked against its score), the
+        validation split (choosing a recipe) through the fast batched greedy scorer (the same replies:
+        tests/skills/test_smollm2.py). Items are ``<doc_id>:<sha256(prompt=answer)[:12]>``."""
+        from skills.lmeval import find_skills
+        from skills.scorer import _item
+
+        p = self.params(context)
+        data = Path(p["paths"]["data"])
+        skills, _ = find_skills(data, context.eval.skills)
+        if split == "validation":
+            return self._fast(base_dir, adapter_dir, data, skills, split, limit, p)
+        from skills.smollm2.evaluate import evaluate
+        from skills.smollm2.lmeval import task_name
+
+        acc, res = evaluate(base_dir, adapter_dir, skills, split, limit, data_dir=data,
+                            tasks_dir=Path(context.work) / "smollm2_lm_eval_tasks", settings=self.settings(p),
+                            return_details=True)
+        out = {}
+        for skill in skills:
+            items = {_item(smp["doc_id"], smp["doc"]["prompt"], smp["doc"]["answer"]): float(smp["exact_match"])
+                     for smp in res["samples"][task_name(skill, split)]}
+            if abs(sum(items.values()) / len(items) - acc[skill]) > 1e-9:
+                raise RuntimeError(f"{skill}: lm-eval's samples disagree with its score {acc[skill]}")
+            out[skill] = items
+        return out
+
+    def _fast(self, base_dir, adapter_dir, data, skills, split, limit, p) -> dict[str, dict[str, float]]:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from skills.scorer import _LOAD_LOCK, _item
+        from skills.smollm2.common import greedy
+        from skills.smollm2.data import KINDS, read_jsonl
+        from skills.smollm2.extract import correct
+
+        cfg = self.settings(p)
+        with _LOAD_LOCK:  # transformers' loading is not thread-safe: one load at a time
+            tok = AutoTokenizer.from_pretrained(base_dir)
+            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+            if adapter_dir is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, str(adapter_dir))
+        model.eval()
+        out = {}
+        for skill in skills:
+            recs = read_jsonl(data / skill / f"{split}.jsonl")[: limit or None]
+            replies = greedy(model, tok, [r["prompt"] for r in recs], int(cfg.get("max_gen_toks", 40)),
+                             int(cfg.get("batch_size", 64)))
+            out[skill] = {_item(i, r["prompt"], r["answer"]): float(correct(KINDS[skill], y, r["answer"]))
+                          for i, (y, r) in enumerate(zip(replies, recs))}
+        return out
+
     def fingerprint(self, context) -> dict:
         from pico.writer import sha256_file
 
@@ -42,7 +97,10 @@ class SmolLM2Suite:
                                     "`dvc repro smollm2_data` (or `python -m flows.nightly`, which builds it)")
         files = {str(f.relative_to(data)): sha256_file(f) for f in sorted(data.glob(f"*/{context.eval.split}.jsonl"))}
         blob = json.dumps({"files": files, "eval": self.settings(p)}, sort_keys=True, default=str)
-        return {"data": hashlib.sha256(blob.encode()).hexdigest()}
+        out = {"data": hashlib.sha256(blob.encode()).hexdigest()}
+        if context.eval.split == "validation":  # scored by the fast greedy decoder (see outcomes)
+            out["scorer"] = "fast-greedy"
+        return out
 
     def inputs(self, context) -> list[Path]:
         return [Path(self.params(context)["paths"]["data"])]

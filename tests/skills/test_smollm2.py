@@ -253,3 +253,20 @@ def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2,
     fp = benchmark.benchmark_fingerprint(settings)
     assert fp["callable"] == "skills.smollm2.scorer:suite" and len(fp["data"]) == 64
     assert benchmark.scorer_inputs(settings) == [Path(mini_smollm2["data"])]
+
+    # per-item outcomes for the paired gate: test through lm-eval's samples, validation through the fast scorer
+    from skills.smollm2.common import score
+    from skills.smollm2.data import read_jsonl
+    from skills.smollm2.report import SmolEvaluator
+    from tasks.scoring import score_split
+
+    rec = score_split(settings, mini_smollm2["base"], adapter, "test", None)
+    assert rec["scores"] == ref and set(rec["outcomes"]) == {"math", "json"}
+    assert all(len(v) == 4 and set(v.values()) <= {0.0, 1.0} for v in rec["outcomes"].values())
+    val = score_split(settings, mini_smollm2["base"], adapter, "validation", 3)
+    ev = SmolEvaluator(mini_smollm2["base"], mini_smollm2["data"], ["math", "json"], settings=tiny_params()["eval"])
+    model = ev._model(adapter)
+    for skill in ("math", "json"):
+        recs = read_jsonl(Path(mini_smollm2["data"]) / skill / "validation.jsonl")[:3]
+        assert val["scores"][skill] == pytest.approx(score(model, ev.tok, recs, 6, 8))
+        assert len(val["outcomes"][skill]) == 3
