@@ -95,8 +95,7 @@ def benchmark_fingerprint(settings: Settings) -> dict:
     if cfg.suite == "lm-eval":
         if not cfg.tasks:
             raise BenchmarkError("pipeline.eval.tasks is empty: name the lm-eval tasks to run (or suite: skills)")
-        # the model settings change lm-eval's scores too
-        keep.update(cfg.model_dump(include={"dtype", "model_args", "apply_chat_template", "num_fewshot"}))
+        keep.update(lmeval_model_settings(cfg))  # the model settings change lm-eval's scores too
         if cfg.include_path:
             inc = settings.resolve(cfg.include_path)
             keep["include"] = files_digest(p for p in inc.rglob("*") if p.is_file())
@@ -175,6 +174,28 @@ def prewarm(settings: Settings) -> threading.Thread | None:
     return t
 
 
+def lmeval_kwargs(settings: Settings, base_dir, adapter_dir, tasks: list[str], limit) -> dict:
+    """``lm_eval.simple_evaluate`` arguments for base (+ adapter) on ``tasks``: one place for the model settings
+    (dtype, model_args, chat template, few-shot, device), so the test split, the validation split of a search and
+    the baselines are scored by the same model configuration."""
+    cfg = settings.pipeline.eval
+    model_args = f"pretrained={base_dir},tokenizer={base_dir},dtype={cfg.dtype}"
+    if adapter_dir is not None:
+        model_args += f",peft={adapter_dir}"
+    if cfg.model_args:
+        model_args += f",{cfg.model_args}"
+    include = str(settings.resolve(cfg.include_path)) if cfg.include_path else None
+    return dict(model="hf", model_args=model_args, tasks=list(tasks), num_fewshot=cfg.num_fewshot,
+                apply_chat_template=cfg.apply_chat_template, batch_size=int(cfg.batch_size), device=cfg.device,
+                limit=limit, task_manager=_task_manager(include), bootstrap_iters=0, random_seed=0,
+                numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+
+
+def lmeval_model_settings(cfg: EvalSettings) -> dict:
+    """The eval settings that change lm-eval's scores besides the tasks and their data (part of every cache key)."""
+    return cfg.model_dump(include={"dtype", "model_args", "apply_chat_template", "num_fewshot", "batch_size"})
+
+
 _EVAL_LOCK = threading.Lock()  # lm-eval and torch threads: one evaluation at a time per process
 
 
@@ -202,18 +223,7 @@ def run_benchmark(settings: Settings, base_dir: str | Path,
             return {str(k): float(v) for k, v in scores.items()}, {}
         import lm_eval
 
-        model_args = f"pretrained={base_dir},tokenizer={base_dir},dtype={cfg.dtype}"
-        if adapter_dir is not None:
-            model_args += f",peft={adapter_dir}"
-        if cfg.model_args:
-            model_args += f",{cfg.model_args}"
-        include = str(settings.resolve(cfg.include_path)) if cfg.include_path else None
-        res = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(cfg.tasks),
-                                      num_fewshot=cfg.num_fewshot, apply_chat_template=cfg.apply_chat_template,
-                                      batch_size=int(cfg.batch_size), device=cfg.device, limit=cfg.limit,
-                                      task_manager=_task_manager(include), bootstrap_iters=0,
-                                      random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-                                      fewshot_random_seed=0)
+        res = lm_eval.simple_evaluate(**lmeval_kwargs(settings, base_dir, adapter_dir, cfg.tasks, cfg.limit))
         scores, stderr = {}, {}
         for task in cfg.tasks:
             metrics = res["results"].get(task)

@@ -54,7 +54,7 @@ def validation_fingerprint(settings: Settings) -> dict:
         if not s.tasks:
             raise benchmark.BenchmarkError("pipeline.search.tasks is empty: name the lm-eval tasks candidates are "
                                            "chosen on (a validation split; never the test tasks)")
-        fp.update(tasks=list(s.tasks), metric=cfg.metric)
+        fp.update(tasks=list(s.tasks), metric=cfg.metric, **benchmark.lmeval_model_settings(cfg))
         if cfg.include_path:
             inc = settings.resolve(cfg.include_path)
             fp["include"] = benchmark.files_digest(p for p in inc.rglob("*") if p.is_file())
@@ -88,16 +88,9 @@ def _lmeval_outcomes(res: dict, names: dict[str, str], metric: str) -> dict[str,
 def _lmeval(settings: Settings, base_dir, adapter_dir, tasks: list[str], limit) -> dict:
     import lm_eval
 
-    cfg = settings.pipeline.eval
-    model_args = f"pretrained={base_dir},tokenizer={base_dir},dtype=float32"
-    if adapter_dir is not None:
-        model_args += f",peft={adapter_dir}"
-    include = str(settings.resolve(cfg.include_path)) if cfg.include_path else None
-    return lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(tasks), num_fewshot=0,
-                                   batch_size=int(cfg.batch_size), device="cpu", limit=limit,
-                                   task_manager=benchmark._task_manager(include), bootstrap_iters=0,
-                                   log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-                                   fewshot_random_seed=0)
+    # the same model settings as the scores-only benchmark (dtype, model_args, chat template, few-shot, device)
+    return lm_eval.simple_evaluate(**benchmark.lmeval_kwargs(settings, base_dir, adapter_dir, tasks, limit),
+                                   log_samples=True)
 
 
 def _parse(got: dict, who: str):
