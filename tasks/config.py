@@ -153,6 +153,7 @@ class DvcSettings(_Section):
 class PipelineSettings(_Section):
     """Everything under ``pipeline:``; params.yaml overrides the defaults key by key."""
 
+    suite: str | None = None  # a preset of params.yaml ``suites:`` applied under these keys (e.g. smollm2)
     catalog: str = "adapters.yaml"
     paths: PathSettings = PathSettings()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -346,11 +347,20 @@ def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
     overrides = copy.deepcopy(overrides or {})
     recipe_over = overrides.pop("merge", None)
     raw = deep_merge(data.get("pipeline") or {}, overrides)
+    preset_merge = None
+    if raw.get("suite"):  # the suite switch: params.yaml `suites: {name: {<pipeline keys>, merge: ...}}`
+        presets = data.get("suites") or {}
+        if raw["suite"] not in presets:
+            raise ConfigError(f"{params_path.name}: pipeline.suite: no preset {raw['suite']!r} under the top-level "
+                              f"'suites:' (known: {sorted(presets) or 'none'})")
+        preset = copy.deepcopy(presets[raw["suite"]] or {})
+        preset_merge = preset.pop("merge", None)
+        raw = deep_merge(deep_merge(data.get("pipeline") or {}, preset), overrides)  # --set still wins
     try:
         pipeline = PipelineSettings.model_validate(raw)
     except ValidationError as exc:
         raise config_error(params_path.name, "pipeline", PipelineSettings, exc) from None
-    merge = dict(data.get("merge") or DEFAULT_RECIPE)
+    merge = dict(preset_merge or data.get("merge") or DEFAULT_RECIPE)
     if recipe_over:
         merge.update(recipe_over)
     from .search import SearchError, expand, is_search

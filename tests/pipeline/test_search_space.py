@@ -85,3 +85,35 @@ def test_the_default_search_of_params_yaml():
 
     settings = load_settings(REPO)  # the committed params.yaml loads (every key typed and known)
     assert settings.search and settings.pipeline.notify.events == ["failure", "promotion"]
+
+
+def test_the_suite_switch_applies_a_preset_and_set_still_wins(tmp_path):
+    """pipeline.suite picks a preset of the top-level `suites:` (catalog, scorer, screening, registry model, merge);
+    --set overrides win over the preset; an unknown suite names the file and the known presets."""
+    from tasks.config import ConfigError, load_settings
+
+    (tmp_path / "cat-a.yaml").write_text("adapters:\n  - {name: a, source: ./a}\n")
+    (tmp_path / "cat-b.yaml").write_text("adapters:\n  - {name: b1, source: ./b1}\n  - {name: b2, source: ./b2}\n")
+    params = {"merge": {"method": "ta", "space": "core"},
+              "suites": {"small": {}, "big": {"catalog": "cat-b.yaml", "search": {"limit": 10, "finalists": 3},
+                                              "mlflow": {"model_name": "big-merged"},
+                                              "merge": {"method": "ties", "space": "full"}}},
+              "pipeline": {"suite": "small", "catalog": "cat-a.yaml"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    small = load_settings(tmp_path)
+    assert [a.name for a in small.catalog.adapters] == ["a"] and small.recipe.method == "ta"
+    assert small.pipeline.mlflow.model_name == "pico-merged" and small.pipeline.search.limit is None
+    big = load_settings(tmp_path, overrides={"suite": "big", "search": {"finalists": 2}})
+    assert [a.name for a in big.catalog.adapters] == ["b1", "b2"] and big.recipe.method == "ties"
+    assert big.pipeline.mlflow.model_name == "big-merged"
+    assert (big.pipeline.search.limit, big.pipeline.search.finalists) == (10, 2)  # --set wins over the preset
+    with pytest.raises(ConfigError, match=r"params.yaml: pipeline.suite: no preset 'huge'.*\['big', 'small'\]"):
+        load_settings(tmp_path, overrides={"suite": "huge"})
+
+
+def test_the_smollm2_preset_of_params_yaml():
+    from tasks.config import load_settings
+
+    s = load_settings(REPO, overrides={"suite": "smollm2"})
+    assert s.pipeline.catalog == "adapters-smollm2.yaml" and s.pipeline.eval.callable == "skills.smollm2.scorer:suite"
+    assert s.pipeline.mlflow.model_name != load_settings(REPO).pipeline.mlflow.model_name  # its own registry model
