@@ -177,10 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a pipeline:/merge: key, e.g. --set merge.method=ties --set eval.limit=50")
+    ap.add_argument("--suite", default=None, metavar="NAME",
+                    help="run on a preset of params.yaml suites: (skills | smollm2); same as --set suite=NAME")
     ap.add_argument("--no-build", action="store_true", help="do not build missing suite outputs with dvc repro")
     ap.add_argument("--json", type=Path, help="also write the run summary as JSON here")
     args = ap.parse_args(argv)
     overrides = parse_set(args.set)
+    if args.suite:
+        overrides["suite"] = args.suite
     try:
         settings = load_settings(args.project, args.params, overrides)
         if not args.no_build:
