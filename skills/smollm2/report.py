@@ -111,6 +111,38 @@ def figure2(sources: list[str]) -> dict:
     return out
 
 
+def seed_drift(p: dict, names: list[str]) -> dict:
+    """What a shared seed does, without training twice: per adapter, the overlap of its TRAINED A row space with its
+    INITIAL one (re-created exactly: the same seed, the same load, the same PEFT config as the trainer), mean over
+    modules, and the relative change ||A - A_0|| / ||A_0||. An overlap near 1 means A barely moved from LoRA's random
+    start, so two adapters trained from one seed (equal rank) would share their A row spaces by construction."""
+    import torch
+    from peft import get_peft_model
+    from safetensors.torch import load_file
+
+    from pico.linalg import subspace_overlap
+    from skills.adapters import lora_config
+    from skills.smollm2.adapters import load_base
+    from skills.smollm2.common import seed_all
+
+    common = p["adapters"]["common"]
+    out = {}
+    for n in names:
+        run = {**common, **p["adapters"]["runs"][n]}
+        seed_all(int(run["seed"]))  # the trainer's order: seed, load the base, wrap it
+        model = get_peft_model(load_base(p["paths"]["base"])[0], lora_config(run, common))
+        init = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_A" in k}
+        trained = load_file(str(Path(p["paths"]["adapters"]) / n / "adapter_model.safetensors"))
+        ov, rel = [], []
+        for k, a0 in init.items():
+            a = trained[k.replace(".lora_A.default.", ".lora_A.")].float()  # PEFT saves without the adapter name
+            ov.append(float(subspace_overlap([torch.linalg.qr(a0.mT)[0], torch.linalg.qr(a.mT)[0]])))
+            rel.append(float((a - a0).norm() / a0.norm()))
+        out[n] = {"A_overlap_with_init": round(sum(ov) / len(ov), 4), "A_rel_change": round(sum(rel) / len(rel), 4),
+                  "modules": len(ov)}
+    return out
+
+
 def render_figure2(fig: dict, names: list[str]) -> str:
     lines = [f"Adapters: {', '.join(names)}. Mean pairwise subspace overlap (||Q_t^T Q_u||_F^2 / min(r_t, r_u)), "
              "mean over layers; random: the expected overlap of random subspaces of the same ranks.", "",
@@ -147,9 +179,14 @@ def main(argv: list[str] | None = None) -> None:
     names = a.adapters.split(",") if a.adapters else [n for n, r in runs.items()
                                                        if len(r["skills"]) == 1 and (adir / n).is_dir()]
     fig = figure2([str(adir / n) for n in names])
-    (out / "figure2.json").write_text(json.dumps({"adapters": names, "overlap": fig}, indent=1) + "\n")
-    (out / "figure2.md").write_text(render_figure2(fig, names))
-    print(render_figure2(fig, names))
+    drift = seed_drift(p, names)
+    (out / "figure2.json").write_text(json.dumps({"adapters": names, "overlap": fig, "seed_drift": drift},
+                                                 indent=1) + "\n")
+    text = render_figure2(fig, names) + "\nTrained A vs its own random initial A (what a shared seed would share):\n\n"
+    text += "| adapter | A overlap with init | ||A - A0|| / ||A0|| |\n|---|---|---|\n"
+    text += "".join(f"| {n} | {d['A_overlap_with_init']:.3f} | {d['A_rel_change']:.3f} |\n" for n, d in drift.items())
+    (out / "figure2.md").write_text(text)
+    print(text)
     if a.figure2_only:
         return
     p["adapters"]["runs"] = {n: r for n, r in runs.items()

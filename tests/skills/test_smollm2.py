@@ -188,6 +188,26 @@ def test_report_machinery_and_figure2_run_on_the_miniature(mini_smollm2, tmp_pat
     assert (tmp_path / "report.md").exists() and set(res["base"]) == set(p["data"]["skills"])
 
 
+def test_seed_drift_recreates_the_initial_lora_a_exactly(mini_smollm2, tmp_path):
+    """An adapter saved after 0 steps IS its initial A: overlap 1, change 0 (so the trainer's init is re-created
+    exactly); a trained one moved away from it."""
+    from skills.smollm2.adapters import train_adapter
+    from skills.smollm2.report import seed_drift
+    from skills.smollm2.tiny import tiny_params
+
+    p = tiny_params()
+    p["paths"] = {"base": mini_smollm2["base"], "data": mini_smollm2["data"], "adapters": str(tmp_path)}
+    p["adapters"]["runs"]["math"]["steps"] = 0
+    train_adapter(p["paths"]["base"], p["paths"]["data"], p["adapters"]["runs"]["math"], p["adapters"]["common"],
+                  tmp_path / "math", p["eval"])
+    d = seed_drift(p, ["math"])["math"]
+    assert d["A_overlap_with_init"] == pytest.approx(1.0, abs=1e-5) and d["A_rel_change"] == pytest.approx(0, abs=1e-6)
+    assert d["modules"] == 2 * 7  # 2 layers x 7 projections
+    p["paths"]["adapters"] = str(Path(mini_smollm2["adapters"]["math"]).parent)
+    p["adapters"]["runs"]["math"]["steps"] = 3
+    assert seed_drift(p, ["math"])["math"]["A_rel_change"] > 1e-4
+
+
 def test_report_rows_from_params_validation_subset_and_tara_on_chat_prompts(mini_smollm2, tmp_path):
     """params report.rows replaces the method x space product (Pico pre rows, an ablation group), lambda is chosen
     on the first val_limit validation items, and TARA trains on the chat-templated validation prompts."""
