@@ -117,3 +117,6 @@ def test_the_smollm2_preset_of_params_yaml():
     s = load_settings(REPO, overrides={"suite": "smollm2"})
     assert s.pipeline.catalog == "adapters-smollm2.yaml" and s.pipeline.eval.callable == "skills.smollm2.scorer:suite"
     assert s.pipeline.mlflow.model_name != load_settings(REPO).pipeline.mlflow.model_name  # its own registry model
+    space = search.expand(s.merge)  # its own search space (from its report), every candidate valid
+    assert s.search and not space.skipped and "iso" in {c.recipe["method"] for c in space.candidates}
+    assert s.merge != load_settings(REPO).merge
