@@ -46,16 +46,7 @@ class SkillsSuite:
         acc, res = evaluate(base_dir, adapter_dir, skills=skills, split=split, limit=limit, data_dir=data,
                             batch_size=int(context.eval.batch_size), tasks_dir=Path(context.work) / "lm_eval_tasks",
                             return_details=True)
-        out = {}
-        for skill in skills:
-            items = {}
-            for smp in res["samples"][task_name(skill, split)]:
-                doc = smp["doc"]
-                items[_item(smp["doc_id"], doc["prompt"], doc["answer"])] = float(smp["exact_match"])
-            if abs(sum(items.values()) / len(items) - acc[skill]) > 1e-9:
-                raise RuntimeError(f"{skill}: lm-eval's samples disagree with its score {acc[skill]}")
-            out[skill] = items
-        return out
+        return sample_outcomes(res, acc, {s: task_name(s, split) for s in skills})
 
     def _fast(self, base_dir, adapter_dir, data, skills, split, limit, context):
         from skills.base import load_base
@@ -105,6 +96,19 @@ class SkillsSuite:
             from skills.lmeval import task_manager, write_tasks
 
             task_manager(write_tasks(data, Path(context.work) / "lm_eval_tasks"))
+
+
+def sample_outcomes(res: dict, acc: dict[str, float], tasks: dict[str, str]) -> dict[str, dict[str, float]]:
+    """``{skill: {item: 0/1}}`` from lm-eval's ``log_samples`` (``tasks``: skill -> task name), each skill checked
+    against lm-eval's own score for it."""
+    out = {}
+    for skill, task in tasks.items():
+        items = {_item(smp["doc_id"], smp["doc"]["prompt"], smp["doc"]["answer"]): float(smp["exact_match"])
+                 for smp in res["samples"][task]}
+        if abs(sum(items.values()) / len(items) - acc[skill]) > 1e-9:
+            raise RuntimeError(f"{skill}: lm-eval's samples disagree with its score {acc[skill]}")
+        out[skill] = items
+    return out
 
 
 def _item(i, prompt: str, answer: str) -> str:

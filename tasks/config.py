@@ -346,16 +346,18 @@ def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
     data = yaml.safe_load(params_path.read_text()) or {}
     overrides = copy.deepcopy(overrides or {})
     recipe_over = overrides.pop("merge", None)
-    raw = deep_merge(data.get("pipeline") or {}, overrides)
+    pipe = data.get("pipeline") or {}
+    suite = overrides.get("suite", pipe.get("suite"))
     preset_merge = None
-    if raw.get("suite"):  # the suite switch: params.yaml `suites: {name: {<pipeline keys>, merge: ...}}`
+    if suite:  # the suite switch: params.yaml `suites: {name: {<pipeline keys>, merge: ...}}`
         presets = data.get("suites") or {}
-        if raw["suite"] not in presets:
-            raise ConfigError(f"{params_path.name}: pipeline.suite: no preset {raw['suite']!r} under the top-level "
+        if suite not in presets:
+            raise ConfigError(f"{params_path.name}: pipeline.suite: no preset {suite!r} under the top-level "
                               f"'suites:' (known: {sorted(presets) or 'none'})")
-        preset = copy.deepcopy(presets[raw["suite"]] or {})
+        preset = copy.deepcopy(presets[suite] or {})
         preset_merge = preset.pop("merge", None)
-        raw = deep_merge(deep_merge(data.get("pipeline") or {}, preset), overrides)  # --set still wins
+        pipe = deep_merge(pipe, preset)
+    raw = deep_merge(pipe, overrides)  # --set wins over the preset
     try:
         pipeline = PipelineSettings.model_validate(raw)
     except ValidationError as exc:

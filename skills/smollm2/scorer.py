@@ -38,7 +38,7 @@ class SmolLM2Suite:
         validation split (choosing a recipe) through the fast batched greedy scorer (the same replies:
         tests/skills/test_smollm2.py). Items are ``<doc_id>:<sha256(prompt=answer)[:12]>``."""
         from skills.lmeval import find_skills
-        from skills.scorer import _item
+        from skills.scorer import sample_outcomes
 
         p = self.params(context)
         data = Path(p["paths"]["data"])
@@ -51,28 +51,18 @@ class SmolLM2Suite:
         acc, res = evaluate(base_dir, adapter_dir, skills, split, limit, data_dir=data,
                             tasks_dir=Path(context.work) / "smollm2_lm_eval_tasks", settings=self.settings(p),
                             return_details=True)
-        out = {}
-        for skill in skills:
-            items = {_item(smp["doc_id"], smp["doc"]["prompt"], smp["doc"]["answer"]): float(smp["exact_match"])
-                     for smp in res["samples"][task_name(skill, split)]}
-            if abs(sum(items.values()) / len(items) - acc[skill]) > 1e-9:
-                raise RuntimeError(f"{skill}: lm-eval's samples disagree with its score {acc[skill]}")
-            out[skill] = items
-        return out
+        return sample_outcomes(res, acc, {s: task_name(s, split) for s in skills})
 
     def _fast(self, base_dir, adapter_dir, data, skills, split, limit, p) -> dict[str, dict[str, float]]:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from skills.scorer import _LOAD_LOCK, _item
+        from skills.smollm2.adapters import load_base
         from skills.smollm2.common import greedy
         from skills.smollm2.data import KINDS, read_jsonl
         from skills.smollm2.extract import correct
 
         cfg = self.settings(p)
         with _LOAD_LOCK:  # transformers' loading is not thread-safe: one load at a time
-            tok = AutoTokenizer.from_pretrained(base_dir)
-            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+            model, tok = load_base(base_dir)
             if adapter_dir is not None:
                 from peft import PeftModel
 
