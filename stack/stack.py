@@ -21,6 +21,7 @@ import hashlib
 import os
 import pwd
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,6 +55,8 @@ BUCKETS = ("mlflow-artifacts", "dvc-remote")
 PIPELINE_USER, VIEWER_USER = "pico-pipeline", "pico-viewer"
 PY = Path(sys.executable)
 BIN = PY.parent
+SERVICE_PORTS = {"s3": PORTS["s3"], "mlflow": PORTS["mlflow"], "prefect": PORTS["prefect"],
+                 "dask-scheduler": PORTS["dask"], "dask-gpu-0": PORTS["gpu-0"][0], "dask-gpu-1": PORTS["gpu-1"][0]}
 ORDER = ["s3", "mlflow", "prefect", "prefect-worker", "dask-scheduler", "dask-gpu-0", "dask-gpu-1"]
 
 
@@ -130,6 +133,20 @@ def listening(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
+class StartupError(SystemExit):
+    """A service died or stayed silent while starting; the message carries the end of its log."""
+
+
+def log_tail(name: str, lines: int = 30) -> str:
+    """The last lines of a service's log, so CI output shows why it failed (the log itself is not kept)."""
+    path = LOGS / f"{name}.log"
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"(no log at {path})"
+    return f"last {len(tail)} lines of {path}:\n" + "\n".join("    " + line for line in tail)
+
+
 def wait_port(port: int, name: str, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -137,9 +154,9 @@ def wait_port(port: int, name: str, timeout: float = 120) -> None:
             return
         pid = read_pid(name)
         if name != "postgres" and pid is None:
-            raise SystemExit(f"{name} exited during start-up; see {LOGS / (name + '.log')}")
+            raise StartupError(f"{name} exited during start-up; {log_tail(name)}")
         time.sleep(0.3)
-    raise SystemExit(f"{name} did not listen on {HOST}:{port} within {timeout:.0f} s; see {LOGS / (name + '.log')}")
+    raise StartupError(f"{name} did not listen on {HOST}:{port} within {timeout:.0f} s; {log_tail(name)}")
 
 
 def read_pid(name: str) -> int | None:
@@ -232,6 +249,17 @@ def postgres_up(s: dict[str, str]) -> None:
         uid, gid = pwd.getpwnam("postgres")[2:4]
         os.chown(PG_HOME, uid, gid)  # the cluster and its server log are written by postgres
         PG_HOME.chmod(0o700)
+    stamp = PG_HOME / "credentials.sha256"  # which secrets.env the cluster's roles and MLflow users were made with
+    want = hashlib.sha256("\n".join(s[k] for k in SECRET_KEYS).encode()).hexdigest()
+    if (PGDATA / "PG_VERSION").is_file() and (not stamp.is_file() or stamp.read_text().strip() != want):
+        # A cluster made with other credentials: an earlier checkout at this same path (CI clones to a fixed path;
+        # as root the cluster lives in /var/tmp, outside the clone) or build/stack/ was removed. Its passwords are
+        # gone with the old secrets.env, so nothing could log in: start it afresh rather than fail later.
+        log(f"the PostgreSQL cluster in {PGDATA} was made with other credentials (an earlier checkout here, or "
+            "build/stack/ was removed); re-creating it")
+        pg_ctl("stop", "-m", "fast", "-w", check=False)
+        shutil.rmtree(PGDATA)
+        stamp.unlink(missing_ok=True)
     fresh = not (PGDATA / "PG_VERSION").is_file()
     if fresh:
         PGDATA.mkdir(parents=True, exist_ok=True)
@@ -263,6 +291,7 @@ def postgres_up(s: dict[str, str]) -> None:
         for stmt in sql.rstrip(";").split(";"):
             as_pg_user([str(PG_BIN / "psql"), "-h", str(PGDATA), "-p", str(PORTS["postgres"]), "-U", "postgres",
                         "-q", "-v", "ON_ERROR_STOP=1", "-c", stmt], check=True, capture_output=True, text=True)
+        stamp.write_text(want + "\n")
 
 
 def postgres_down() -> None:
@@ -309,12 +338,24 @@ def mlflow_up(s: dict[str, str]) -> None:
     env = {**base_env(), "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": s["MLFLOW_ADMIN_PASSWORD"],
            "MLFLOW_FLASK_SERVER_SECRET_KEY": s["MLFLOW_FLASK_SECRET"],
            "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{PORTS['s3']}", "AWS_ACCESS_KEY_ID": s["S3_ACCESS_KEY"],
-           "AWS_SECRET_ACCESS_KEY": s["S3_SECRET_KEY"], "AWS_DEFAULT_REGION": "us-east-1"}
-    spawn("mlflow", [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", HOST,
-                     "--port", str(PORTS["mlflow"]), "--workers", "2",
-                     "--backend-store-uri", pg_url("mlflow", s["PG_MLFLOW_PASSWORD"], "mlflow"),
-                     "--artifacts-destination", "s3://mlflow-artifacts", "--serve-artifacts"], env)
-    wait_port(PORTS["mlflow"], "mlflow", timeout=180)
+           "AWS_SECRET_ACCESS_KEY": s["S3_SECRET_KEY"], "AWS_DEFAULT_REGION": "us-east-1",
+           # the server's job runner (huey, on /dev/shm) serves GenAI judges the pipeline never uses: one less
+           # process to fail at start-up
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    args = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", HOST,
+            "--port", str(PORTS["mlflow"]), "--workers", "2",
+            "--backend-store-uri", pg_url("mlflow", s["PG_MLFLOW_PASSWORD"], "mlflow"),
+            "--artifacts-destination", "s3://mlflow-artifacts", "--serve-artifacts"]
+    for attempt in (1, 2):  # a first start migrates two fresh databases; one retry covers a transient failure
+        spawn("mlflow", args, env)
+        try:
+            wait_port(PORTS["mlflow"], "mlflow", timeout=180)
+            break
+        except StartupError as e:
+            if attempt == 2:
+                raise
+            log(f"mlflow failed to start, retrying once: {e}")
+            stop("mlflow")
     ensure_mlflow_users(s)
 
 
@@ -336,7 +377,7 @@ def ensure_mlflow_users(s: dict[str, str]) -> None:
         except Exception:
             pass
         if time.monotonic() > end:
-            raise SystemExit(f"MLflow's auth API did not answer; see {LOGS / 'mlflow.log'}")
+            raise SystemExit(f"MLflow's auth API did not answer; {log_tail('mlflow')}")
         time.sleep(1)
     for user, key in ((PIPELINE_USER, "MLFLOW_PIPELINE_PASSWORD"), (VIEWER_USER, "MLFLOW_VIEWER_PASSWORD")):
         r = _mlflow_call("GET", "/api/2.0/mlflow/users/get", admin, params={"username": user})
@@ -368,7 +409,7 @@ def prefect_up(s: dict[str, str]) -> None:
         except Exception:
             pass
         if time.monotonic() > end:
-            raise SystemExit(f"Prefect's API is not healthy; see {LOGS / 'prefect.log'}")
+            raise SystemExit(f"Prefect's API is not healthy; {log_tail('prefect')}")
         time.sleep(0.5)
     penv = prefect_env(s)
     for args in (["work-pool", "create", POOL, "--type", "process", "--overwrite"],
@@ -401,6 +442,11 @@ def dask_up(s: dict[str, str]) -> None:
 def up() -> int:
     t0 = time.monotonic()
     ensure_python_packages()
+    busy = [f"{HOST}:{port} ({name})" for name, port in SERVICE_PORTS.items()
+            if read_pid(name) is None and listening(port)]
+    if busy:  # else a stranger's service would pass our start-up checks and fail later on credentials
+        raise SystemExit(f"in use by processes this checkout's stack did not start: {', '.join(busy)}. A stack from "
+                         "another checkout, or build/stack/ was removed while the stack ran: stop those processes first")
     s = secrets_env()
     postgres_up(s)
     log(f"postgres   {HOST}:{PORTS['postgres']}  ({time.monotonic() - t0:.1f} s)")
@@ -429,9 +475,8 @@ def down() -> int:
 
 def status() -> int:
     rows, ok = [], True
-    checks = [("postgres", PORTS["postgres"]), ("s3", PORTS["s3"]), ("mlflow", PORTS["mlflow"]),
-              ("prefect", PORTS["prefect"]), ("prefect-worker", None), ("dask-scheduler", PORTS["dask"]),
-              ("dask-gpu-0", PORTS["gpu-0"][0]), ("dask-gpu-1", PORTS["gpu-1"][0])]
+    checks = [("postgres", PORTS["postgres"]), *SERVICE_PORTS.items()]
+    checks.insert(4, ("prefect-worker", None))
     for name, port in checks:
         up_ = listening(port) if port else read_pid(name) is not None
         ok &= up_

@@ -1,0 +1,89 @@
+"""stack/stack.py's start-up guards, with the PostgreSQL binaries and the service probes stubbed (no services run).
+
+CI clones to a fixed path and, as root, the cluster lives in /var/tmp outside the clone: a second CI run found the
+first run's cluster, made with credentials its fresh secrets.env no longer had, and MLflow died on "password
+authentication failed". These tests pin what `up` does about such leftovers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def stack(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("pico_stack_script", ROOT / "stack" / "stack.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    home = tmp_path / "pghome"
+    for name, value in {"STATE": tmp_path / "state", "LOGS": tmp_path / "state" / "logs",
+                        "PIDS": tmp_path / "state" / "pids", "PG_HOME": home, "PGDATA": home / "pg",
+                        "PG_LOG": home / "postgres.log"}.items():
+        monkeypatch.setattr(mod, name, value)
+    monkeypatch.setattr(mod.os, "geteuid", lambda: 1000)  # the non-root path: no chown to `postgres`
+    monkeypatch.setattr(mod, "ensure_postgres_installed", lambda: None)
+    calls: list[str] = []
+
+    def fake_pg(args, **kw):  # initdb makes a cluster; pg_ctl status says "not running"; psql succeeds
+        tool = Path(args[0]).name
+        calls.append(tool if tool != "pg_ctl" else f"pg_ctl {args[3]}")
+        if tool == "initdb":
+            (home / "pg" / "PG_VERSION").write_text("15\n")
+        rc = 3 if tool == "pg_ctl" and args[3] == "status" else 0
+        return mod.subprocess.CompletedProcess(args, rc, "", "")
+
+    monkeypatch.setattr(mod, "as_pg_user", fake_pg)
+    mod.calls = calls
+    return mod
+
+
+def secrets(stack, value: str) -> dict[str, str]:
+    return {k: f"{value}-{k}" for k in stack.SECRET_KEYS}
+
+
+def test_cluster_made_with_other_credentials_is_recreated(stack):
+    old, new = secrets(stack, "old"), secrets(stack, "new")
+    stack.postgres_up(old)
+    stamp = stack.PG_HOME / "credentials.sha256"
+    assert stack.calls.count("initdb") == 1 and stamp.read_text().strip() == hashlib.sha256(
+        "\n".join(old[k] for k in stack.SECRET_KEYS).encode()).hexdigest()
+    (stack.PGDATA / "old-data").write_text("x")
+
+    stack.calls.clear()
+    stack.postgres_up(old)  # same credentials: the cluster and its data are kept
+    assert "initdb" not in stack.calls and (stack.PGDATA / "old-data").is_file()
+
+    stack.calls.clear()
+    stack.postgres_up(new)  # a fresh secrets.env (a new clone at the same path): the old cluster goes
+    assert stack.calls.count("initdb") == 1 and "pg_ctl stop" in stack.calls
+    assert not (stack.PGDATA / "old-data").exists()
+    assert stamp.read_text().strip() == hashlib.sha256("\n".join(new[k] for k in stack.SECRET_KEYS).encode()).hexdigest()
+    assert sum(c == "psql" for c in stack.calls) == 5  # roles and databases made again, with the new passwords
+
+
+def test_cluster_without_stamp_is_recreated(stack):
+    stack.PGDATA.mkdir(parents=True)
+    (stack.PGDATA / "PG_VERSION").write_text("15\n")  # made before clusters were stamped: credentials unknown
+    stack.postgres_up(secrets(stack, "s"))
+    assert stack.calls.count("initdb") == 1
+
+
+def test_up_refuses_ports_held_by_a_stack_it_did_not_start(stack, monkeypatch):
+    monkeypatch.setattr(stack, "ensure_python_packages", lambda: None)
+    monkeypatch.setattr(stack, "listening", lambda port: port == stack.PORTS["mlflow"])
+    with pytest.raises(SystemExit, match=r"127\.0\.0\.1:15001 \(mlflow\).*stop those processes first"):
+        stack.up()
+    assert not stack.calls  # refused before PostgreSQL was touched
+
+
+def test_startup_failure_shows_the_end_of_the_service_log(stack):
+    stack.LOGS.mkdir(parents=True)
+    (stack.LOGS / "mlflow.log").write_text("".join(f"line {i}\n" for i in range(100)) + "FATAL: password failed\n")
+    with pytest.raises(stack.StartupError, match=r"mlflow exited during start-up(.|\n)*FATAL: password failed"):
+        stack.wait_port(1, "mlflow", timeout=5)  # no pid file: the service is gone
