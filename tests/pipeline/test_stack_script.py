@@ -39,6 +39,11 @@ def stack(tmp_path, monkeypatch):
         return mod.subprocess.CompletedProcess(args, rc, "", "")
 
     monkeypatch.setattr(mod, "as_pg_user", fake_pg)
+
+    def no_spawn(name, *a, **kw):  # a regression must fail here, not start a real service on the stack's ports
+        raise AssertionError(f"the test tried to start {name}")
+
+    monkeypatch.setattr(mod, "spawn", no_spawn)
     mod.calls = calls
     return mod
 
