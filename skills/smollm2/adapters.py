@@ -5,7 +5,9 @@ per adapter (params.yaml ``smollm2.adapters.runs``), and each adapter has ITS OW
 with one shared seed, LoRA's random A initialisation is identical between adapters of equal rank and the tasks'
 A row spaces overlap because of that shared start, not because of the tasks.
 
-Loss on the answer tokens only (the record's ``target`` reply, a short worked answer, + end of turn). Training runs under bf16 autocast when
+Loss on the answer tokens only (the record's ``target`` reply, a short worked answer, + end of turn); ``replay_frac``
+of each batch replays the base's own replies to the other skills' prompts (``skills.smollm2.replay``), so an adapter
+stays a small edit that leaves the other skills' reply formats alone. Training runs under bf16 autocast when
 ``autocast: bf16`` (AMX on this box's Intel Xeon; see docs/skills-smollm2.md for the measurement); the saved adapter
 is float32. ``train_info.json`` records ||dW||/||W|| and the skill's accuracy at full and half LoRA scale.
 
@@ -28,6 +30,7 @@ from skills.adapters import scale_accuracy as _scale_accuracy
 from skills.common import lr_at
 from skills.smollm2.common import lm_loss, make_batch, score, seed_all
 from skills.smollm2.data import read_jsonl
+from skills.smollm2.replay import read_replay
 
 
 def load_base(base_dir: str | Path):
@@ -41,8 +44,11 @@ def load_base(base_dir: str | Path):
 
 
 def train_adapter(base_dir, data_dir, run: dict, common: dict, out_dir=None, eval_cfg: dict | None = None,
-                  log_every: int = 0):
-    """Train one LoRA on ``run['skills']``; returns (peft_model, info). Saves to out_dir when given."""
+                  log_every: int = 0, replay_dir=None):
+    """Train one LoRA on ``run['skills']``; returns (peft_model, info). Saves to out_dir when given.
+
+    With ``replay_frac`` > 0, that share of every batch replays the base's own replies to the other skills' prompts
+    (``skills.smollm2.replay``, read from ``replay_dir``); a run on every skill has nothing to replay."""
     from peft import get_peft_model
 
     cfg = {**common, **run}
@@ -55,19 +61,23 @@ def train_adapter(base_dir, data_dir, run: dict, common: dict, out_dir=None, eva
     model.train()
     task = {s: [(r["prompt"], r.get("target", r["answer"])) for r in read_jsonl(data_dir / s / "train.jsonl")] for s in cfg["skills"]}
     names = list(task)
+    frac = float(cfg.get("replay_frac", 0.0))
+    replay = read_replay(replay_dir, cfg["skills"]) if frac > 0 else []
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay", 0.0)))
     rng = random.Random(f"{cfg['seed']}:{','.join(cfg['skills'])}")
     steps, bs = int(cfg["steps"]), int(cfg["batch_size"])
+    n_replay = int(round(bs * frac)) if replay else 0
     t0, c0 = time.time(), time.process_time()
     loss = torch.zeros(())
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, float(cfg["lr"]), int(cfg["warmup"]))
         batch = []
-        for _ in range(bs):  # skill first (uniform over skills), then an item
+        for _ in range(bs - n_replay):  # skill first (uniform over skills), then an item
             items = task[names[rng.randrange(len(names))]]
             batch.append(items[rng.randrange(len(items))])
+        batch += [replay[rng.randrange(len(replay))] for _ in range(n_replay)]
         loss = lm_loss(model, *make_batch(tok, batch), autocast=cfg.get("autocast"))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -79,7 +89,7 @@ def train_adapter(base_dir, data_dir, run: dict, common: dict, out_dir=None, eva
     timing = {"train_wall_s": round(time.time() - t0, 1), "train_cpu_s": round(time.process_time() - c0, 1)}
     info = {"skills": list(cfg["skills"]), "seed": int(cfg["seed"]), "r": int(run["r"]),
             "lora_alpha": float(run["lora_alpha"]), "use_rslora": bool(run.get("use_rslora", False)),
-            "steps": steps, "batch_size": bs, "final_loss": round(loss.item(), 4)}
+            "steps": steps, "batch_size": bs, "replay_per_batch": n_replay, "final_loss": round(loss.item(), 4)}
     info.update(update_stats(model))
     info.update(scale_accuracy(model, tok, data_dir, cfg["skills"], eval_cfg or {}))
     if out_dir is not None:
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{a.params}: no run {name!r} under smollm2.adapters.runs ({sorted(runs)})")
         out = Path(a.out) if (a.out and len(names) == 1) else Path(p["paths"]["adapters"]) / name
         _, info = train_adapter(p["paths"]["base"], p["paths"]["data"], runs[name], p["adapters"]["common"], out,
-                                p.get("eval", {}), log_every=10)
+                                p.get("eval", {}), log_every=10, replay_dir=p["paths"].get("replay"))
         print(name, json.dumps(info), flush=True)
 
 

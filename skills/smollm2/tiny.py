@@ -19,11 +19,12 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 TINY = {
     "data": {"seed": 3, "skills": ["math", "code", "finance", "dosage", "json", "letters"], "n_train": 40,
              "n_validation": 4, "n_test": 4},
+    "replay": {"seed": 3, "n_per_skill": 3, "max_new": 6, "threads": 1},
     "adapters": {
         "common": {"threads": 1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                     "down_proj"],
                    "lora_dropout": 0.0, "batch_size": 4, "lr": 5e-3, "warmup": 1, "weight_decay": 0.0, "steps": 3,
-                   "autocast": "bf16"},
+                   "autocast": "bf16", "replay_frac": 0.5},
         "runs": {
             "math": {"skills": ["math"], "seed": 1, "r": 4, "lora_alpha": 8},
             "json": {"skills": ["json"], "seed": 2, "r": 8, "lora_alpha": 8, "use_rslora": True},
@@ -68,19 +69,22 @@ def tiny_model(vocab_size: int, seed: int = 0):
 
 
 def build_tiny(root: str | Path, params: dict | None = None) -> dict:
-    """base (through the converter's save-and-check path) -> data -> adapters under root."""
+    """base (through the converter's save-and-check path) -> data -> replay -> adapters under root."""
     from skills.smollm2.adapters import train_adapter
     from skills.smollm2.convert import save_checked
     from skills.smollm2.data import write_data
+    from skills.smollm2.replay import write_replay
 
     p = params or tiny_params()
     root = Path(root)
     tok = tiny_tokenizer()
     save_checked(tiny_model(len(tok)), tok, root / "base", source="tiny random Llama")
     write_data(p["data"], root / "data")
-    out = {"base": str(root / "base"), "data": str(root / "data"), "tasks": str(root / "tasks"), "adapters": {}}
+    write_replay(root / "base", root / "data", root / "replay", p["replay"], batch_size=8)
+    out = {"base": str(root / "base"), "data": str(root / "data"), "tasks": str(root / "tasks"),
+           "replay": str(root / "replay"), "adapters": {}}
     for name, run in p["adapters"]["runs"].items():
         train_adapter(root / "base", root / "data", run, p["adapters"]["common"], root / "adapters" / name,
-                      p["eval"])
+                      p["eval"], replay_dir=root / "replay")
         out["adapters"][name] = str(root / "adapters" / name)
     return out

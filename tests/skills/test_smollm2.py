@@ -92,6 +92,34 @@ def test_miniature_adapters_have_own_seeds_and_configured_variety(mini_smollm2):
     assert not torch.equal(a_first["json"], a_first["multitask"])
 
 
+def test_replay_is_the_base_own_replies_and_adapters_replay_only_other_skills(mini_smollm2, tmp_path):
+    from skills.smollm2.adapters import load_base, train_adapter
+    from skills.smollm2.common import greedy
+    from skills.smollm2.data import read_jsonl
+    from skills.smollm2.replay import read_replay, write_replay
+    from skills.smollm2.tiny import tiny_params
+
+    p = tiny_params()
+    recs = read_jsonl(Path(mini_smollm2["replay"]) / "replay.jsonl")
+    n = p["replay"]["n_per_skill"]
+    assert sorted({r["skill"] for r in recs}) == sorted(p["data"]["skills"]) and len(recs) == n * len(p["data"]["skills"])
+    train = {s: {r["prompt"] for r in read_jsonl(Path(mini_smollm2["data"]) / s / "train.jsonl")} for s in p["data"]["skills"]}
+    assert all(r["prompt"] in train[r["skill"]] for r in recs)  # train prompts only: validation/test stay held out
+    model, tok = load_base(mini_smollm2["base"])  # the targets are the base's greedy replies, not the references
+    assert [r["target"] for r in recs[:4]] == greedy(model, tok, [r["prompt"] for r in recs[:4]], p["replay"]["max_new"])
+    write_replay(mini_smollm2["base"], mini_smollm2["data"], tmp_path / "again", p["replay"], batch_size=8)
+    assert (tmp_path / "again" / "replay.jsonl").read_bytes() == (Path(mini_smollm2["replay"]) / "replay.jsonl").read_bytes()
+
+    pool = read_replay(mini_smollm2["replay"], ["math"])
+    assert len(pool) == n * (len(p["data"]["skills"]) - 1) and not {q for q, _ in pool} & train["math"]
+    for name in ("math", "multitask"):  # half of each batch (the tiny multi-task run has 3 of the 6 skills)
+        info = json.loads((Path(mini_smollm2["adapters"][name]) / "train_info.json").read_text())
+        assert info["replay_per_batch"] == p["adapters"]["common"]["batch_size"] // 2
+    with pytest.raises(FileNotFoundError, match="no replay data"):
+        train_adapter(mini_smollm2["base"], mini_smollm2["data"], p["adapters"]["runs"]["math"],
+                      p["adapters"]["common"], None, p["eval"], replay_dir=tmp_path / "missing")
+
+
 def test_lmeval_tasks_score_the_miniature_and_equal_the_fast_scorer(mini_smollm2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from peft import PeftModel
@@ -199,7 +227,7 @@ def test_seed_drift_recreates_the_initial_lora_a_exactly(mini_smollm2, tmp_path)
     p["paths"] = {"base": mini_smollm2["base"], "data": mini_smollm2["data"], "adapters": str(tmp_path)}
     p["adapters"]["runs"]["math"]["steps"] = 0
     train_adapter(p["paths"]["base"], p["paths"]["data"], p["adapters"]["runs"]["math"], p["adapters"]["common"],
-                  tmp_path / "math", p["eval"])
+                  tmp_path / "math", p["eval"], replay_dir=mini_smollm2["replay"])
     d = seed_drift(p, ["math"])["math"]
     assert d["A_overlap_with_init"] == pytest.approx(1.0, abs=1e-5) and d["A_rel_change"] == pytest.approx(0, abs=1e-6)
     assert d["modules"] == 2 * 7  # 2 layers x 7 projections
