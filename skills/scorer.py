@@ -22,13 +22,19 @@ class SkillsSuite:
         p = Path(((suite.get("paths") or {}).get("data")) or "build/suite/data")
         return p if p.is_absolute() else Path(context.project) / p
 
+    def eval_settings(self, context) -> dict:
+        """``suite.eval`` of the project's params.yaml (max_gen_toks, threads)."""
+        suite = (yaml.safe_load(Path(context.params_path).read_text()) or {}).get("suite") or {}
+        return suite.get("eval") or {}
+
     def __call__(self, base_dir, adapter_dir, split, limit, *, context) -> dict[str, float]:
         from skills.evaluate import evaluate
 
         # task YAMLs under the project's work dir: never shared with another checkout or run
         return evaluate(base_dir, adapter_dir, skills=context.eval.skills, split=split, limit=limit,
                         data_dir=self.data_dir(context), batch_size=int(context.eval.batch_size),
-                        tasks_dir=Path(context.work) / "lm_eval_tasks")
+                        tasks_dir=Path(context.work) / "lm_eval_tasks",
+                        threads=self.eval_settings(context).get("threads", 2))
 
     def outcomes(self, base_dir, adapter_dir, split, limit, *, context) -> dict[str, dict[str, float]]:
         """Per-item 0/1 outcomes ``{skill: {item: 0/1}}``: the test split through lm-eval's ``log_samples`` (the
@@ -45,7 +51,7 @@ class SkillsSuite:
 
         acc, res = evaluate(base_dir, adapter_dir, skills=skills, split=split, limit=limit, data_dir=data,
                             batch_size=int(context.eval.batch_size), tasks_dir=Path(context.work) / "lm_eval_tasks",
-                            return_details=True)
+                            threads=self.eval_settings(context).get("threads", 2), return_details=True)
         return sample_outcomes(res, acc, {s: task_name(s, split) for s in skills})
 
     def _fast(self, base_dir, adapter_dir, data, skills, split, limit, context):
@@ -60,8 +66,7 @@ class SkillsSuite:
 
                 model = PeftModel.from_pretrained(model, str(adapter_dir))
         model.eval()
-        max_new = int((((yaml.safe_load(Path(context.params_path).read_text()) or {}).get("suite") or {})
-                       .get("eval") or {}).get("max_gen_toks", 10))
+        max_new = int(self.eval_settings(context).get("max_gen_toks", 10))
         out = {}
         for skill in skills:
             recs = read_jsonl(data / skill / f"{split}.jsonl")[: limit or None]

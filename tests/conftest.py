@@ -111,3 +111,16 @@ def edit_config():
 @pytest.fixture(scope="session")
 def random_prompts():
     return _random_prompts
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop Prefect's ephemeral API servers while pytest's streams are open: left to atexit, their "Stopping
+    temporary server" log line hits a closed stream and prints a logging traceback at the end of every run."""
+    import sys
+
+    if "prefect.server.api.server" not in sys.modules:
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    for server in list(SubprocessASGIServer._instances.values()):
+        server.stop()

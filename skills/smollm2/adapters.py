@@ -28,19 +28,9 @@ import torch
 from skills.adapters import lora_config, save_adapter, update_stats
 from skills.adapters import scale_accuracy as _scale_accuracy
 from skills.common import lr_at
-from skills.smollm2.common import lm_loss, make_batch, score, seed_all
+from skills.smollm2.common import load_base, lm_loss, make_batch, score, seed_all
 from skills.smollm2.data import read_jsonl
 from skills.smollm2.replay import read_replay
-
-
-def load_base(base_dir: str | Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from skills.smollm2.common import DEVICE
-
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(DEVICE).eval()
-    return model, tok
 
 
 def train_adapter(base_dir, data_dir, run: dict, common: dict, out_dir=None, eval_cfg: dict | None = None,

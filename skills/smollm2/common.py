@@ -20,6 +20,15 @@ from skills.smollm2.extract import correct
 DEVICE = torch.device(os.environ.get("SKILLS_DEVICE", "cpu"))
 
 
+def load_base(base_dir):
+    """(model, tokenizer) of a hub-style base directory, float32, eval mode, on DEVICE."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(DEVICE).eval()
+    return model, tok
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

@@ -27,8 +27,7 @@ from skills.smollm2.data import read_jsonl
 
 def write_replay(base_dir, data_dir, out_dir, cfg: dict, max_new: int = 48, batch_size: int = 64) -> Path:
     """Sample ``cfg['n_per_skill']`` train prompts per skill (seeded), answer them greedily with the base."""
-    from skills.smollm2.adapters import load_base
-    from skills.smollm2.common import greedy
+    from skills.smollm2.common import greedy, load_base
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))

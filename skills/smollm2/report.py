@@ -47,12 +47,11 @@ class SmolEvaluator(Evaluator):
 
     def _model(self, adapter_dir):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from skills.smollm2.common import load_base
 
         if self.settings.get("threads"):
             torch.set_num_threads(int(self.settings["threads"]))
-        self.tok = AutoTokenizer.from_pretrained(self.base_dir)
-        model = AutoModelForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32).eval()
+        model, self.tok = load_base(self.base_dir)
         if adapter_dir is None:
             return model
         from peft import PeftModel
@@ -122,7 +121,7 @@ def seed_drift(p: dict, names: list[str]) -> dict:
 
     from pico.linalg import subspace_overlap
     from skills.adapters import lora_config
-    from skills.smollm2.adapters import load_base
+    from skills.smollm2.common import load_base
     from skills.smollm2.common import seed_all
 
     common = p["adapters"]["common"]

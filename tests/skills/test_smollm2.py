@@ -93,7 +93,8 @@ def test_miniature_adapters_have_own_seeds_and_configured_variety(mini_smollm2):
 
 
 def test_replay_is_the_base_own_replies_and_adapters_replay_only_other_skills(mini_smollm2, tmp_path):
-    from skills.smollm2.adapters import load_base, train_adapter
+    from skills.smollm2.adapters import train_adapter
+    from skills.smollm2.common import load_base
     from skills.smollm2.common import greedy
     from skills.smollm2.data import read_jsonl
     from skills.smollm2.replay import read_replay, write_replay
