@@ -16,16 +16,19 @@ import yaml
 
 
 class SkillsSuite:
+    @staticmethod
+    def _suite(context) -> dict:
+        """The top-level ``suite:`` section of the project's params.yaml."""
+        return (yaml.safe_load(Path(context.params_path).read_text()) or {}).get("suite") or {}
+
     def data_dir(self, context) -> Path:
         """``suite.paths.data`` of the project's params.yaml (default build/suite/data), relative to the project."""
-        suite = (yaml.safe_load(Path(context.params_path).read_text()) or {}).get("suite") or {}
-        p = Path(((suite.get("paths") or {}).get("data")) or "build/suite/data")
+        p = Path(((self._suite(context).get("paths") or {}).get("data")) or "build/suite/data")
         return p if p.is_absolute() else Path(context.project) / p
 
     def eval_settings(self, context) -> dict:
         """``suite.eval`` of the project's params.yaml (max_gen_toks, threads)."""
-        suite = (yaml.safe_load(Path(context.params_path).read_text()) or {}).get("suite") or {}
-        return suite.get("eval") or {}
+        return self._suite(context).get("eval") or {}
 
     def __call__(self, base_dir, adapter_dir, split, limit, *, context) -> dict[str, float]:
         from skills.evaluate import evaluate

@@ -342,20 +342,11 @@ def mlflow_up(s: dict[str, str]) -> None:
            # the server's job runner (huey, on /dev/shm) serves GenAI judges the pipeline never uses: one less
            # process to fail at start-up
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    args = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", HOST,
-            "--port", str(PORTS["mlflow"]), "--workers", "2",
-            "--backend-store-uri", pg_url("mlflow", s["PG_MLFLOW_PASSWORD"], "mlflow"),
-            "--artifacts-destination", "s3://mlflow-artifacts", "--serve-artifacts"]
-    for attempt in (1, 2):  # a first start migrates two fresh databases; one retry covers a transient failure
-        spawn("mlflow", args, env)
-        try:
-            wait_port(PORTS["mlflow"], "mlflow", timeout=180)
-            break
-        except StartupError as e:
-            if attempt == 2:
-                raise
-            log(f"mlflow failed to start, retrying once: {e}")
-            stop("mlflow")
+    spawn("mlflow", [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", HOST,
+                     "--port", str(PORTS["mlflow"]), "--workers", "2",
+                     "--backend-store-uri", pg_url("mlflow", s["PG_MLFLOW_PASSWORD"], "mlflow"),
+                     "--artifacts-destination", "s3://mlflow-artifacts", "--serve-artifacts"], env)
+    wait_port(PORTS["mlflow"], "mlflow", timeout=180)
     ensure_mlflow_users(s)
 
 
@@ -475,8 +466,7 @@ def down() -> int:
 
 def status() -> int:
     rows, ok = [], True
-    checks = [("postgres", PORTS["postgres"]), *SERVICE_PORTS.items()]
-    checks.insert(4, ("prefect-worker", None))
+    checks = [("postgres", PORTS["postgres"]), *((name, SERVICE_PORTS.get(name)) for name in ORDER)]
     for name, port in checks:
         up_ = listening(port) if port else read_pid(name) is not None
         ok &= up_

@@ -22,6 +22,7 @@ import skills  # noqa: F401
 
 import torch
 
+from skills.lmeval import find_skills
 from skills.smollm2.data import read_jsonl
 
 
@@ -32,7 +33,7 @@ def write_replay(base_dir, data_dir, out_dir, cfg: dict, max_new: int = 48, batc
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    skills_ = sorted(p.name for p in data_dir.iterdir() if (p / "train.jsonl").is_file())
+    skills_ = find_skills(data_dir)[1]
     prompts = []
     for skill in skills_:
         train = [r["prompt"] for r in read_jsonl(data_dir / skill / "train.jsonl")]
@@ -58,7 +59,8 @@ def read_replay(replay_dir, exclude) -> list[tuple[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no replay data; build it first: python -m skills.smollm2.replay "
                                 "(dvc repro smollm2_replay), or set replay_frac: 0")
-    return [(r["prompt"], r["target"]) for r in read_jsonl(path) if r["skill"] not in set(exclude)]
+    exclude = set(exclude)
+    return [(r["prompt"], r["target"]) for r in read_jsonl(path) if r["skill"] not in exclude]
 
 
 def main(argv: list[str] | None = None) -> None:

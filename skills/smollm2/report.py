@@ -121,8 +121,7 @@ def seed_drift(p: dict, names: list[str]) -> dict:
 
     from pico.linalg import subspace_overlap
     from skills.adapters import lora_config
-    from skills.smollm2.common import load_base
-    from skills.smollm2.common import seed_all
+    from skills.smollm2.common import load_base, seed_all
 
     common = p["adapters"]["common"]
     out = {}

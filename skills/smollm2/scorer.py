@@ -55,8 +55,7 @@ class SmolLM2Suite:
 
     def _fast(self, base_dir, adapter_dir, data, skills, split, limit, p) -> dict[str, dict[str, float]]:
         from skills.scorer import _LOAD_LOCK, _item
-        from skills.smollm2.common import load_base
-        from skills.smollm2.common import greedy
+        from skills.smollm2.common import greedy, load_base
         from skills.smollm2.data import KINDS, read_jsonl
         from skills.smollm2.extract import correct
 
