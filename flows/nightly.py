@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite", default=None, metavar="NAME",
                     help="run on a preset of params.yaml suites: (skills | smollm2); same as --set suite=NAME")
     ap.add_argument("--no-build", action="store_true", help="do not build missing suite outputs with dvc repro")
+    ap.add_argument("--build-only", action="store_true", help="build the suite's missing outputs, then stop")
     ap.add_argument("--json", type=Path, help="also write the run summary as JSON here")
     args = ap.parse_args(argv)
     overrides = parse_set(args.set)
@@ -189,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.project, args.params, overrides)
         if not args.no_build:
             ensure_suite(settings)
+        if args.build_only:
+            print("suite built; nothing else run (--build-only)")
+            return 0
         t0 = time.perf_counter()
         api = runtime.warm_up(settings)
         if api is not None:

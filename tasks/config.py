@@ -148,6 +148,8 @@ class DvcSettings(_Section):
     # exp: each night is a DVC experiment (`dvc exp save`: dvc exp show / metrics diff compare nights); none: only
     # the workspace dvc.lock
     history: Literal["exp", "none"] = "exp"
+    # the one-off suite build (tasks/suite.py): independent stages (a foreach's items) run this many at once
+    build_jobs: PositiveInt = 1
 
 
 class PipelineSettings(_Section):

@@ -285,10 +285,73 @@ def fetch(project: Path, paths: list[str] | None = None) -> int:
         return _wrap("fetch", project, r.fetch, [path_target(project, p) for p in paths] if paths else None)
 
 
-def reproduce(project: Path, stages: list[str]) -> None:
+def reproduce(project: Path, stages: list[str], jobs: int = 1, log=print) -> None:
+    """``dvc repro`` of ``stages`` and what they depend on.
+
+    ``jobs`` > 1: stages that do not depend on each other (a ``foreach``'s items, say) run their commands that many
+    at once. Everything else is DVC's, as ``dvc repro`` does it, one stage at a time in this thread: its plan
+    (``plan_repro``), what changed, outputs removed, the run cache restored when it has the run, deps saved, and
+    after the command the outputs hashed, cached and written to dvc.lock. Only DVC's ``cmd_run`` runs in worker
+    threads. The repository stays locked throughout (a stage command cannot call ``dvc`` itself)."""
+    if jobs <= 1:
+        with repo(project, write=True) as r, _venv_path():
+            for stage in stages:
+                _wrap("repro", project, r.reproduce, stage_target(project, stage))
+        return
     with repo(project, write=True) as r, _venv_path():
-        for stage in stages:
-            _wrap("repro", project, r.reproduce, stage_target(project, stage))
+        _wrap("repro", project, _reproduce_waves, r, [stage_target(project, s) for s in stages], jobs, log)
+
+
+def _reproduce_waves(r, targets: list[str], jobs: int, log) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dvc.repo import lock_repo
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+    from dvc.stage.cache import RunCacheNotFoundError
+    from dvc.stage.run import cmd_run
+
+    with lock_repo(r):
+        graph = get_active_graph(r.index.graph)  # edges point from a stage to the stages it depends on
+        plan = plan_repro(graph, collect_stages(r, targets))
+        order = {s: i for i, s in enumerate(r.index.stages)}
+        while plan:  # each wave: what depends on nothing left to run, in dvc.yaml's order (foreach: params order)
+            wave = sorted((s for s in plan if not any(u in plan for u in graph.successors(s))),
+                          key=lambda s: order.get(s, len(order)))
+            plan = [s for s in plan if s not in wave]
+            to_run = []
+            for stage in wave:
+                if not stage.changed(False, list(graph.successors(stage))):
+                    log(f"stage {stage.addressing}: unchanged, skipped")
+                    continue
+                stage.remove_outs(ignore_remove=False, force=False)
+                try:
+                    r.stage_cache.restore(stage)
+                    log(f"stage {stage.addressing}: restored from DVC's run cache")
+                except RunCacheNotFoundError:
+                    stage.save_deps()
+                    to_run.append(stage)
+                else:
+                    _record(stage)
+            if len(to_run) > 1:
+                log(f"running {len(to_run)} stages, {min(jobs, len(to_run))} at a time: "
+                    + ", ".join(s.addressing for s in to_run))
+            with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(to_run)))) as pool:
+                futures = {s: pool.submit(cmd_run, s) for s in to_run}
+            failed = []
+            for stage, fut in futures.items():
+                if fut.exception() is not None:
+                    failed.append(f"{stage.addressing}: {fut.exception()}")
+                else:
+                    _record(stage)  # a finished stage is recorded even when its neighbour failed
+            if failed:
+                raise RuntimeError("failed to reproduce " + "; ".join(failed))
+
+
+def _record(stage) -> None:
+    """What ``Stage.run`` and ``dvc repro`` do after a stage's command: hash, cache, write dvc.lock."""
+    stage.save(allow_missing=False, run_cache=True)
+    stage.commit(allow_missing=False)
+    stage.dump(update_pipeline=False)
 
 
 def get_at_rev(project: Path, path: str, rev: str, dest: Path) -> None:

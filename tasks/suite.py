@@ -31,5 +31,7 @@ def ensure_suite(settings: Settings) -> None:
     stages = dvcio.stages_producing(settings.project, need)
     if not stages:
         raise SystemExit(f"missing {', '.join(need)} and no DVC stage produces it; build the suite first")
-    print(f"building the skills suite: dvc repro {' '.join(sorted(stages))} (one-off, minutes)", flush=True)
-    dvcio.reproduce(settings.project, sorted(stages))
+    jobs = settings.pipeline.dvc.build_jobs
+    print(f"building the suite: dvc repro {' '.join(sorted(stages))} (one-off, minutes"
+          + (f"; independent stages {jobs} at a time" if jobs > 1 else "") + ")", flush=True)
+    dvcio.reproduce(settings.project, sorted(stages), jobs=jobs)

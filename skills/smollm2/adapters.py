@@ -8,8 +8,10 @@ A row spaces overlap because of that shared start, not because of the tasks.
 Loss on the answer tokens only (the record's ``target`` reply, a short worked answer, + end of turn); ``replay_frac``
 of each batch replays the base's own replies to the other skills' prompts (``skills.smollm2.replay``), so an adapter
 stays a small edit that leaves the other skills' reply formats alone. Training runs under bf16 autocast when
-``autocast: bf16`` (AMX on this box's Intel Xeon; see docs/skills-smollm2.md for the measurement); the saved adapter
-is float32. ``train_info.json`` records ||dW||/||W|| and the skill's accuracy at full and half LoRA scale.
+``autocast: bf16`` (AMX on this box's Intel Xeon), with the frozen weights held in bf16 meanwhile (the same bits,
+fewer casts), ``attn`` attention and each batch as ``chunks`` micro-batches sorted by length (bench/
+smollm2_train_step.py measures each); the saved adapter is float32. ``train_info.json`` records ||dW||/||W|| and the
+skill's accuracy at full and half LoRA scale.
 
 Usage: ``python -m skills.smollm2.adapters --name math [--params params.yaml]`` (``--name all`` trains every run).
 """
@@ -28,7 +30,7 @@ import torch
 from skills.adapters import lora_config, save_adapter, update_stats
 from skills.adapters import scale_accuracy as _scale_accuracy
 from skills.common import lr_at
-from skills.smollm2.common import load_base, lm_loss, make_batch, score, seed_all
+from skills.smollm2.common import bf16_frozen_weights, load_base, score, seed_all, train_step
 from skills.smollm2.data import read_jsonl
 from skills.smollm2.replay import read_replay
 
@@ -46,7 +48,7 @@ def train_adapter(base_dir, data_dir, run: dict, common: dict, out_dir=None, eva
         torch.set_num_threads(int(cfg["threads"]))
     seed_all(int(cfg["seed"]))
     data_dir = Path(data_dir)
-    base, tok = load_base(base_dir)
+    base, tok = load_base(base_dir, attn=cfg.get("attn"))
     model = get_peft_model(base, lora_config(run, common))
     model.train()
     task = {s: [(r["prompt"], r.get("target", r["answer"])) for r in read_jsonl(data_dir / s / "train.jsonl")] for s in cfg["skills"]}
@@ -58,28 +60,30 @@ def train_adapter(base_dir, data_dir, run: dict, common: dict, out_dir=None, eva
     rng = random.Random(f"{cfg['seed']}:{','.join(cfg['skills'])}")
     steps, bs = int(cfg["steps"]), int(cfg["batch_size"])
     n_replay = int(round(bs * frac)) if replay else 0
+    autocast, chunks = cfg.get("autocast"), int(cfg.get("chunks", 1))
     t0, c0 = time.time(), time.process_time()
-    loss = torch.zeros(())
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, float(cfg["lr"]), int(cfg["warmup"]))
-        batch = []
-        for _ in range(bs - n_replay):  # skill first (uniform over skills), then an item
-            items = task[names[rng.randrange(len(names))]]
-            batch.append(items[rng.randrange(len(items))])
-        batch += [replay[rng.randrange(len(replay))] for _ in range(n_replay)]
-        loss = lm_loss(model, *make_batch(tok, batch), autocast=cfg.get("autocast"))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if log_every and (step + 1) % log_every == 0:
-            print(json.dumps({"step": step + 1, "loss": round(loss.item(), 4), "sec": round(time.time() - t0, 1)}),
-                  flush=True)
+    loss = 0.0
+    with bf16_frozen_weights(model, enabled=autocast == "bf16"):
+        for step in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, steps, float(cfg["lr"]), int(cfg["warmup"]))
+            batch = []
+            for _ in range(bs - n_replay):  # skill first (uniform over skills), then an item
+                items = task[names[rng.randrange(len(names))]]
+                batch.append(items[rng.randrange(len(items))])
+            batch += [replay[rng.randrange(len(replay))] for _ in range(n_replay)]
+            opt.zero_grad(set_to_none=True)
+            loss = train_step(model, tok, batch, autocast=autocast, chunks=chunks)
+            opt.step()
+            if log_every and (step + 1) % log_every == 0:
+                sec = time.time() - t0
+                print(json.dumps({"step": f"{step + 1}/{steps}", "loss": round(loss, 4), "sec": round(sec, 1),
+                                  "eta_s": round(sec / (step + 1) * (steps - step - 1))}), flush=True)
     model.eval()
     timing = {"train_wall_s": round(time.time() - t0, 1), "train_cpu_s": round(time.process_time() - c0, 1)}
     info = {"skills": list(cfg["skills"]), "seed": int(cfg["seed"]), "r": int(run["r"]),
             "lora_alpha": float(run["lora_alpha"]), "use_rslora": bool(run.get("use_rslora", False)),
-            "steps": steps, "batch_size": bs, "replay_per_batch": n_replay, "final_loss": round(loss.item(), 4)}
+            "steps": steps, "batch_size": bs, "replay_per_batch": n_replay, "final_loss": round(loss, 4)}
     info.update(update_stats(model))
     info.update(scale_accuracy(model, tok, data_dir, cfg["skills"], eval_cfg or {}))
     if out_dir is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import time
 from pathlib import Path
 
 import skills  # noqa: F401
@@ -40,8 +41,15 @@ def write_replay(base_dir, data_dir, out_dir, cfg: dict, max_new: int = 48, batc
         rng = random.Random(f"{cfg['seed']}:replay:{skill}")
         prompts += [(skill, p) for p in rng.sample(train, min(int(cfg["n_per_skill"]), len(train)))]
     model, tok = load_base(base_dir)
+    t0 = time.time()
+
+    def progress(done: int, total: int) -> None:
+        sec = time.time() - t0
+        print(f"replay: {done}/{total} prompts answered, {sec:.0f} s, eta {sec / done * (total - done):.0f} s",
+              flush=True)
+
     replies = greedy(model, tok, [p for _, p in prompts], max_new=int(cfg.get("max_new", max_new)),
-                     batch_size=batch_size)
+                     batch_size=batch_size, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "replay.jsonl.tmp"
     with open(tmp, "w") as f:

@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--figure2-only", action="store_true")
     ap.add_argument("--all-rows", action="store_true",
                     help="every method x space x Pico off/on (the product), not the params' report.rows")
+    ap.add_argument("--rows", default=None, metavar="START:END",
+                    help="only these of smollm2.report.rows (a Python slice, e.g. 0:9 and 9:), to split the report "
+                         "over processes, each with its own --out")
     ap.add_argument("--tara", default="", metavar="V+C,...",
                     help="TARA rows, e.g. tara-a+none,tara-a+pico (trained on the chat-templated validation prompts)")
     ap.add_argument("--tara-epochs", type=int, default=10)
@@ -174,8 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs = p["adapters"]["runs"]
     adir = Path(p["paths"]["adapters"])
-    names = a.adapters.split(",") if a.adapters else [n for n, r in runs.items()
-                                                       if len(r["skills"]) == 1 and (adir / n).is_dir()]
+    order = {s: i for i, s in enumerate(p["data"]["skills"])}  # tables in the skills' order, not the build's
+    names = a.adapters.split(",") if a.adapters else sorted(
+        (n for n, r in runs.items() if len(r["skills"]) == 1 and (adir / n).is_dir()),
+        key=lambda n: order.get(runs[n]["skills"][0], len(order)))
     fig = figure2([str(adir / n) for n in names])
     drift = seed_drift(p, names)
     (out / "figure2.json").write_text(json.dumps({"adapters": names, "overlap": fig, "seed_drift": drift},
@@ -192,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     p["data"]["skills"] = [runs[n]["skills"][0] for n in names]
     if a.all_rows:
         p["report"].pop("rows", None)
+    elif a.rows:
+        start, _, end = a.rows.partition(":")
+        p["report"]["rows"] = p["report"]["rows"][int(start) if start else None:int(end) if end else None]
     ev = SmolEvaluator(p["paths"]["base"], p["paths"]["data"], p["data"]["skills"], fast_only=a.fast,
                        settings=p["eval"], tasks_dir=out / "lm_eval_tasks", val_limit=p["report"].get("val_limit"))
     tara = None

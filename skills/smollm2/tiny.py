@@ -24,7 +24,7 @@ TINY = {
         "common": {"threads": 1, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                     "down_proj"],
                    "lora_dropout": 0.0, "batch_size": 4, "lr": 5e-3, "warmup": 1, "weight_decay": 0.0, "steps": 3,
-                   "autocast": "bf16", "replay_frac": 0.5},
+                   "autocast": "bf16", "attn": "eager", "chunks": 2, "replay_frac": 0.5},
         "runs": {
             "math": {"skills": ["math"], "seed": 1, "r": 4, "lora_alpha": 8},
             "json": {"skills": ["json"], "seed": 2, "r": 8, "lora_alpha": 8, "use_rslora": True},

@@ -68,3 +68,51 @@ def test_dvc_source_is_pulled_from_the_remote_when_absent(project):
 
     at_rev = fetch_entry(settings, CatalogEntry(name=entry.name, source=f"dvc://adapters/{entry.name}@HEAD"))
     assert at_rev.sha256 == expected.sha256 and "fetch/dvc/HEAD" in at_rev.path
+
+
+def _foreach_project(tmp_path, fail: str | None = None):
+    """A git + DVC project with one foreach stage of three items; each command logs its start and end time."""
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"items": {"b": 2, "c": 3, "a": 1}}, sort_keys=False))
+    cmd = (f"{sys.executable} -c \"import sys, time; k = sys.argv[1]; t0 = time.time(); time.sleep(1.0); "
+           "sys.exit(3) if k == '" + (fail or "") + "' else None; "
+           "open('out/' + k, 'w').write(k); open('times/' + k, 'w').write(f'{t0} {time.time()}')\" ${key}")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make": {"foreach": "${items}", "do": {
+        "cmd": cmd, "params": ["items.${key}"], "outs": ["out/${key}"]}}}}))
+    (tmp_path / "times").mkdir()
+    (tmp_path / "out").mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc(tmp_path, "init", "-q")
+    return tmp_path
+
+
+def test_parallel_reproduce_runs_independent_stages_at_once_and_records_them_as_dvc_repro(tmp_path):
+    from tasks import dvcio
+
+    project = _foreach_project(tmp_path)
+    logs = []
+    dvcio.reproduce(project, ["make"], jobs=3, log=logs.append)
+    assert any("3 stages, 3 at a time: make@b, make@c, make@a" in line for line in logs)  # in params order
+    spans = sorted(tuple(map(float, (project / "times" / k).read_text().split())) for k in "abc")
+    assert spans[1][0] < spans[0][1] and spans[2][0] < spans[0][1]  # all three ran at the same time
+    assert {k: (project / "out" / k).read_text() for k in "abc"} == {"a": "a", "b": "b", "c": "c"}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert sorted(lock) == ["make@a", "make@b", "make@c"] and all(s["outs"][0]["md5"] for s in lock.values())
+    assert "up to date" in dvc(project, "status").stdout  # what `dvc repro` would have recorded
+    logs.clear()
+    dvcio.reproduce(project, ["make"], jobs=3, log=logs.append)
+    assert sum("unchanged, skipped" in line for line in logs) == 3
+
+
+def test_parallel_reproduce_names_a_failed_stage_and_keeps_the_others(tmp_path):
+    import pytest
+
+    from tasks import dvcio
+
+    project = _foreach_project(tmp_path, fail="b")
+    with pytest.raises(dvcio.DvcError, match="make@b"):
+        dvcio.reproduce(project, ["make"], jobs=2, log=lambda _: None)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert sorted(lock) == ["make@a", "make@c"]

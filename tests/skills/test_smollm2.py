@@ -92,6 +92,38 @@ def test_miniature_adapters_have_own_seeds_and_configured_variety(mini_smollm2):
     assert not torch.equal(a_first["json"], a_first["multitask"])
 
 
+def test_train_step_micro_batches_give_the_batch_loss_and_bf16_frozen_weights_the_same_bits(mini_smollm2):
+    from peft import get_peft_model
+
+    from skills.adapters import lora_config
+    from skills.smollm2.common import bf16_frozen_weights, lm_loss, load_base, make_batch, train_step
+    from skills.smollm2.data import read_jsonl
+    from skills.smollm2.tiny import tiny_params
+
+    common = tiny_params()["adapters"]["common"]
+    pairs = [(r["prompt"], r["target"]) for s in ("math", "json", "letters")
+             for r in read_jsonl(Path(mini_smollm2["data"]) / s / "train.jsonl")[:3]]
+
+    def grads(chunks, autocast=None, frozen=False):
+        torch.manual_seed(0)
+        model = get_peft_model(load_base(mini_smollm2["base"])[0], lora_config({"r": 4, "lora_alpha": 8}, common))
+        with bf16_frozen_weights(model, enabled=frozen) as n_held:
+            loss = train_step(model, tok, pairs, autocast=autocast, chunks=chunks)
+        return loss, [p.grad.clone() for p in model.parameters() if p.requires_grad], model, n_held
+
+    model, tok = load_base(mini_smollm2["base"])
+    one = lm_loss(model, *make_batch(tok, pairs)).item()  # the plain padded batch
+    loss1, g1, _, _ = grads(1)
+    loss3, g3, _, _ = grads(3)  # sorted by length, three micro-batches: the same mean over answer tokens
+    assert loss1 == pytest.approx(one, rel=1e-5) and loss3 == pytest.approx(one, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g1, g3))
+    la, ga, _, _ = grads(2, "bf16")
+    lb, gb, held, n_held = grads(2, "bf16", frozen=True)  # frozen weights held in bf16: autocast's own rounding
+    assert n_held == 7 * model.config.num_hidden_layers
+    assert la == lb and all(torch.equal(a, b) for a, b in zip(ga, gb))
+    assert all(p.dtype == torch.float32 for p in held.parameters())  # float32 again afterwards
+
+
 def test_replay_is_the_base_own_replies_and_adapters_replay_only_other_skills(mini_smollm2, tmp_path):
     from skills.smollm2.adapters import train_adapter
     from skills.smollm2.common import load_base
