@@ -116,3 +116,17 @@ def test_parallel_reproduce_names_a_failed_stage_and_keeps_the_others(tmp_path):
         dvcio.reproduce(project, ["make"], jobs=2, log=lambda _: None)
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert sorted(lock) == ["make@a", "make@c"]
+
+
+def test_the_suite_build_runs_missing_stages_with_the_configured_jobs_and_build_only_stops(project, monkeypatch,
+                                                                                             capsys):
+    from flows import nightly
+    from tasks import dvcio, suite
+
+    calls = []
+    monkeypatch.setattr(suite, "missing_inputs", lambda settings: ["build/x"])
+    monkeypatch.setattr(dvcio, "stages_producing", lambda project, paths: {"make@b", "make@a"})
+    monkeypatch.setattr(dvcio, "reproduce", lambda project, stages, jobs=1: calls.append((stages, jobs)))
+    monkeypatch.setattr(nightly, "nightly_merge", lambda **kw: (_ for _ in ()).throw(AssertionError("flow ran")))
+    assert nightly.main(["--project", str(project), "--set", "dvc.build_jobs=2", "--build-only"]) == 0
+    assert calls == [(["make@a", "make@b"], 2)] and "independent stages 2 at a time" in capsys.readouterr().out
