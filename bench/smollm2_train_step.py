@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness import machine  # noqa: E402  (bench/, the script's own folder)
+
 CONFIGS = {  # name: (autocast, attn, hold frozen weights in bf16, chunks)
     "fp32": (None, "sdpa", False, 1),
     "plain": ("bf16", "sdpa", False, 1),
@@ -33,16 +34,6 @@ CONFIGS = {  # name: (autocast, attn, hold frozen weights in bf16, chunks)
     "+eager": ("bf16", "eager", True, 1),
     "build": ("bf16", "eager", True, 2),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     med = {n: statistics.median(v) for n, v in times.items()}
     tokens = sum(len(tok(x + y)["input_ids"]) for b in batches for x, y in b) / len(batches)
     lines = [f"# SmolLM2 adapter training step: seconds per step (bench/smollm2_train_step.py)", "",
-             f"CPU: {cpu_name()}; torch {torch.__version__}, 1 thread; adapter `{a.skill}` (r {run['r']}, all 7 "
+             f"CPU: {machine()['cpu']}; torch {torch.__version__}, 1 thread; adapter `{a.skill}` (r {run['r']}, all 7 "
              f"projections), batch 8 (4 skill + 4 replayed), ~{tokens:.0f} text tokens per batch before the chat "
              f"template; {a.steps} steps x {a.repeat} alternating rounds, medians.", "",
              "| configuration | s / step | vs plain |", "|---|---|---|"]

@@ -293,13 +293,12 @@ def reproduce(project: Path, stages: list[str], jobs: int = 1, log=print) -> Non
     (``plan_repro``), what changed, outputs removed, the run cache restored when it has the run, deps saved, and
     after the command the outputs hashed, cached and written to dvc.lock. Only DVC's ``cmd_run`` runs in worker
     threads. The repository stays locked throughout (a stage command cannot call ``dvc`` itself)."""
-    if jobs <= 1:
-        with repo(project, write=True) as r, _venv_path():
-            for stage in stages:
-                _wrap("repro", project, r.reproduce, stage_target(project, stage))
-        return
     with repo(project, write=True) as r, _venv_path():
-        _wrap("repro", project, _reproduce_waves, r, [stage_target(project, s) for s in stages], jobs, log)
+        if jobs > 1:
+            _wrap("repro", project, _reproduce_waves, r, [stage_target(project, s) for s in stages], jobs, log)
+            return
+        for stage in stages:
+            _wrap("repro", project, r.reproduce, stage_target(project, stage))
 
 
 def _reproduce_waves(r, targets: list[str], jobs: int, log) -> None:
