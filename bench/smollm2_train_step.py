@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                 times[name].append((time.perf_counter() - t0) / len(batches))
     med = {n: statistics.median(v) for n, v in times.items()}
     tokens = sum(len(tok(x + y)["input_ids"]) for b in batches for x, y in b) / len(batches)
-    lines = [f"# SmolLM2 adapter training step: seconds per step (bench/smollm2_train_step.py)", "",
+    lines = ["# SmolLM2 adapter training step: seconds per step (bench/smollm2_train_step.py)", "",
              f"CPU: {machine()['cpu']}; torch {torch.__version__}, 1 thread; adapter `{a.skill}` (r {run['r']}, all 7 "
              f"projections), batch 8 (4 skill + 4 replayed), ~{tokens:.0f} text tokens per batch before the chat "
              f"template; {a.steps} steps x {a.repeat} alternating rounds, medians.", "",
