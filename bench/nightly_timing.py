@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    from tasks.config import load_settings, quiet_env
+    from pipeline.settings import load_settings, quiet_env
 
     quiet_env()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_set(args.set) or None
     settings = load_settings(args.project, overrides=overrides)
     from flows.nightly import nightly_merge
-    from tasks.runtime import warm_up
-    from tasks.suite import ensure_suite
+    from pipeline.runtime import warm_up
+    from pipeline.build import ensure_suite
 
     import_s = time.perf_counter() - t0
     if not args.no_build:

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.config import load_settings, quiet_env
+from pipeline.settings import load_settings, quiet_env
 
 quiet_env()
 

@@ -8,8 +8,8 @@ decision and where to look)::
     MLFLOW_TRACKING_URI=http://host:5000 python -m flows.nightly
     python -m flows.nightly --set merge.method=ties --set merge.params.density=0.5
 
-Only composition lives here: the steps are ``tasks.steps`` (Prefect tasks over plain modules), the records they pass
-are ``tasks.records``; the schedule lives in ``flows/deploy.py`` (``python -m flows.deploy``).
+Only composition lives here: the steps are ``pipeline.steps`` (Prefect tasks over plain modules), the records they pass
+are ``pipeline.records``; the schedule lives in ``flows/deploy.py`` (``python -m flows.deploy``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.config import quiet_env
+from pipeline.settings import quiet_env
 
 quiet_env()
 
@@ -31,9 +31,9 @@ from prefect import runtime as prefect_runtime  # noqa: E402
 
 from flows import artifacts  # noqa: E402
 from flows.search import search_flow  # noqa: E402
-from tasks import benchmark, candidates, notify, promotion, runlog, runtime, search, steps, tracking  # noqa: E402
-from tasks.config import ScheduleSettings, Settings, digest, load_settings  # noqa: E402
-from tasks.records import FetchedSource, MergeResult, NightlyResult  # noqa: E402
+from pipeline import evaluation, candidates, notify, promotion, runlog, runtime, search, steps, tracking  # noqa: E402
+from pipeline.settings import ScheduleSettings, Settings, digest, load_settings  # noqa: E402
+from pipeline.records import FetchedSource, MergeResult, NightlyResult  # noqa: E402
 
 
 @flow(name="calibrate-and-merge", log_prints=True)
@@ -61,7 +61,7 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     benchmark on the test split, version, register and promote through the statistical gate."""
     settings = load_settings(project, params, overrides)
     clock = runlog.Clock()
-    benchmark.prewarm(settings)
+    evaluation.prewarm(settings)
     preflight = steps.mlflow_preflight.submit(settings)  # beside fetch: an unreachable MLflow fails in seconds
 
     fetch = steps.fetch_adapter.with_options(retries=settings.pipeline.fetch.retries,
@@ -71,13 +71,13 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     baseline_fs = [fetch.submit(settings, e) for e in settings.catalog.baselines]
     fetched = [f.result() for f in adapter_fs]
     clock.mark("fetch")
-    base = benchmark.resolve_base(settings, base_f.result(), fetched[0].path)
+    base = evaluation.resolve_base(settings, base_f.result(), fetched[0].path)
 
     found = None
     if settings.search:  # merge: is a search space: the validation argmax becomes the night's recipe
         import dataclasses
 
-        from tasks import merging
+        from pipeline import merging
 
         space = search.expand(settings.merge)
         get_run_logger().info("recipe search: %s", space.describe())
@@ -88,7 +88,7 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
 
     aset, groups, key, merged = steps.validate(settings, fetched)
     clock.mark("validate")
-    bench = benchmark.benchmark_fingerprint(settings)
+    bench = evaluation.benchmark_fingerprint(settings)
     fingerprint = digest(bench)
 
     runner = None
@@ -169,8 +169,8 @@ def parse_set(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tasks.report import report
-    from tasks.suite import ensure_suite
+    from pipeline.report import report
+    from pipeline.build import ensure_suite
 
     ap = argparse.ArgumentParser(prog="python -m flows.nightly", description=__doc__.splitlines()[0])
     ap.add_argument("--project", default=".", help="project directory holding params.yaml (default: .)")

@@ -1,7 +1,7 @@
 """The recipe search under Prefect: each candidate a task mapped over the task runner, cached by its content key.
 
 Two caches, one key. The candidate's record file (``<work>/search-cache/<key>``, written by
-``tasks.candidates.run_candidate``) is the authoritative one: it holds across processes, Prefect servers and the
+``pipeline.candidates.run_candidate``) is the authoritative one: it holds across processes, Prefect servers and the
 DVC stage. The same key is also the task's Prefect ``cache_key_fn`` (results persisted as JSON under
 ``<work>/prefect-results``), so an unchanged night shows every candidate as ``Cached`` in the Prefect UI, and
 recomputes nothing either way.
@@ -13,10 +13,10 @@ import contextlib
 
 from prefect import flow, get_run_logger, task, unmapped
 
-from tasks import candidates as cand_mod
-from tasks import merging, search
-from tasks.config import Settings, digest
-from tasks.records import FetchedSource
+from pipeline import candidates as cand_mod
+from pipeline import merging, search
+from pipeline.settings import Settings, digest
+from pipeline.records import FetchedSource
 
 
 def _cache_key(ctx, params) -> str:
@@ -64,7 +64,7 @@ def search_flow(settings: Settings, space_candidates: list[dict], aset, fetched:
     """Merge and score every candidate on the validation split; the validation argmax is the night's recipe."""
     import torch
 
-    from tasks import scoring
+    from pipeline import scoring
 
     log = get_run_logger()
     t = candidate_task

@@ -14,19 +14,19 @@ import argparse
 import shutil
 import sys
 
-from tasks.config import load_settings, quiet_env
+from pipeline.settings import load_settings, quiet_env
 
 
 def stage_merge(settings) -> dict:
-    from tasks import benchmark, fetch, merging
+    from pipeline import evaluation, sources, merging
 
-    fetched = [fetch.fetch_entry(settings, e) for e in settings.catalog.adapters]
+    fetched = [sources.fetch_entry(settings, e) for e in settings.catalog.adapters]
     aset = merging.load_set(fetched)
     if settings.search:  # the same search as the flow (every candidate's record cached by content: free after it)
-        from tasks import search
-        from tasks.candidates import run_search_plain
+        from pipeline import search
+        from pipeline.candidates import run_search_plain
 
-        base = benchmark.resolve_base(settings, fetch.fetch_base(settings), fetched[0].path)
+        base = evaluation.resolve_base(settings, sources.fetch_base(settings), fetched[0].path)
         chosen = run_search_plain(settings, search.expand(settings.merge), aset, fetched, base)["chosen"]
         print(f"recipe search: chosen on validation: {chosen['label']}")
         settings = settings.with_recipe(chosen["recipe"])
@@ -49,11 +49,11 @@ def stage_merge(settings) -> dict:
 
 
 def stage_eval(settings) -> dict:
-    from tasks import benchmark, fetch, versioning
+    from pipeline import evaluation, sources, versioning
 
     merged = settings.path("merged")
-    base = benchmark.resolve_base(settings, fetch.fetch_base(settings), merged)
-    rec = benchmark.evaluate_cached(settings, base, merged, "merged")
+    base = evaluation.resolve_base(settings, sources.fetch_base(settings), merged)
+    rec = evaluation.evaluate_cached(settings, base, merged, "merged")
     versioning.write_metrics(settings.path("eval") / "metrics.json", rec.scores)
     print(f"eval: mean {rec.mean:.4f} {rec.scores}")
     return rec

@@ -1,4 +1,4 @@
-"""Dependencies point one way: pico (the library) <- tasks (pipeline steps) <- flows; pico imports no orchestration
+"""Dependencies point one way: pico (the library) <- pipeline (steps) <- flows; pico imports no orchestration
 package, nothing of the pipeline, the suite or the benchmarks; no cycle between first-party packages."""
 
 import ast
@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {"prefect", "prefect_dask", "mlflow", "dvc", "dask", "distributed", "lm_eval"}
-FIRST_PARTY = ("pico", "tasks", "flows", "skills", "bench")
+FIRST_PARTY = ("pico", "pipeline", "flows", "skills", "bench")
 
 
 def imports(package: str):
@@ -43,8 +43,8 @@ def test_pico_imports_nothing_of_the_pipeline_suite_or_benchmarks():
     assert bad == []  # `pico lineage` comes from the pipeline's entry point (pyproject.toml), not an import
 
 
-def test_tasks_import_nothing_of_the_flows():
-    assert [f"{path}:{line}" for path, line, name in imports("tasks") if name == "flows"] == []
+def test_pipeline_imports_nothing_of_the_flows():
+    assert [f"{path}:{line}" for path, line, name in imports("pipeline") if name == "flows"] == []
 
 
 def test_no_import_cycle_between_first_party_packages():
@@ -60,4 +60,4 @@ def test_no_import_cycle_between_first_party_packages():
 
     for package in FIRST_PARTY:
         visit(package, [])
-    assert "pico" in graph["tasks"] and "tasks" in graph["flows"]  # the direction the walk above checks
+    assert "pico" in graph["pipeline"] and "pipeline" in graph["flows"]  # the direction the walk above checks

@@ -104,7 +104,7 @@ def test_installed_pipeline_adds_pico_lineage():
     import pico.cli
 
     (ep,) = [ep for ep in entry_points(group=pico.cli.COMMANDS_GROUP) if ep.name == "lineage"]
-    assert ep.value == "tasks.audit:main"  # pyproject.toml; reinstall (pip install -e .) after editing it
+    assert ep.value == "pipeline.audit:main"  # pyproject.toml; reinstall (pip install -e .) after editing it
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(adapters, tmp_path, capsys):

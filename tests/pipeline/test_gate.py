@@ -1,10 +1,10 @@
-"""The statistical promotion gate (tasks/gate.py) on constructed per-sample outcomes."""
+"""The statistical promotion gate (pipeline/gate.py) on constructed per-sample outcomes."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks import gate
+from pipeline import gate
 
 
 def outcomes(n_items: dict[str, int], right: dict[str, set[int]]) -> dict[str, dict[str, int]]:

@@ -1,4 +1,4 @@
-"""The pipeline's layers: pico <- tasks <- flows, one way; skills plugs into tasks through the `callable` hook.
+"""The pipeline's layers: pico <- pipeline <- flows, one way; skills plugs into pipeline through the `callable` hook.
 
 (pico's own purity is tests/pico/test_architecture.py.)"""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 PICO = Path(__file__).resolve().parents[2] / "pico"
 
 ROOT = PICO.parent
-LAYERS = {"pico": {"pico"}, "skills": {"pico", "skills"}, "tasks": {"pico", "tasks"},
-          "flows": {"pico", "tasks", "flows"}}
+LAYERS = {"pico": {"pico"}, "skills": {"pico", "skills"}, "pipeline": {"pico", "pipeline"},
+          "flows": {"pico", "pipeline", "flows"}}
 UPWARD_ALLOWED: set[tuple[str, str]] = set()  # none: `pico lineage` is a `pico.commands` entry point
 
 
@@ -60,12 +60,12 @@ def test_dependencies_point_one_way():
         allowed = LAYERS[module.split(".")[0]]
         wrong += [f"{module} -> {t}" for t in sorted(imports)
                   if t.split(".")[0] not in allowed and (module, t) not in UPWARD_ALLOWED]
-    assert not wrong, "imports against the layering pico <- tasks <- flows (skills -> pico only):\n" + "\n".join(wrong)
+    assert not wrong, "imports against the layering pico <- pipeline <- flows (skills -> pico only):\n" + "\n".join(wrong)
 
 
 def test_pipeline_and_suite_modules_have_no_import_cycles():
-    graph = {m: {t for t in ts if t.split(".")[0] in ("tasks", "flows", "skills") and t != m}
-             for m, ts in _graph().items() if m.split(".")[0] in ("tasks", "flows", "skills")}
+    graph = {m: {t for t in ts if t.split(".")[0] in ("pipeline", "flows", "skills") and t != m}
+             for m, ts in _graph().items() if m.split(".")[0] in ("pipeline", "flows", "skills")}
     state: dict[str, int] = {}  # 1: on the DFS stack, 2: done
 
     def visit(m, stack):
@@ -85,6 +85,6 @@ def test_pipeline_and_suite_modules_have_no_import_cycles():
 
 def test_architecture_check_sees_function_level_and_relative_imports(tmp_path):
     """The checker itself: an import hidden in a function and a relative one are both found."""
-    src = ROOT / "tasks" / "suite.py"
+    src = ROOT / "pipeline" / "build.py"
     found = first_party_imports(src)
-    assert {"tasks.benchmark", "tasks.dvcio", "tasks.config"} <= found
+    assert {"pipeline.evaluation", "pipeline.dvcio", "pipeline.settings"} <= found

@@ -1,4 +1,4 @@
-"""Notifications (tasks/notify.py) through Prefect's webhook block, received by a real HTTP server on 127.0.0.1."""
+"""Notifications (pipeline/notify.py) through Prefect's webhook block, received by a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 import pytest
 from notify_receiver import Receiver
 
-from tasks import notify
+from pipeline import notify
 
 
 @pytest.fixture

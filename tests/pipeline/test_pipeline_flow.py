@@ -20,8 +20,8 @@ from pipeline_helpers import (champion_version, client, file_hashes, free_port, 
 
 
 def test_nightly_promotes_reuses_bytes_and_traces_lineage(project, tmp_path):
-    from tasks.config import load_settings
-    from tasks.audit import walk
+    from pipeline.settings import load_settings
+    from pipeline.audit import walk
 
     first = nightly(project)
     assert first["decision"]["promoted"] and first["decision"]["alias"] == "champion"
@@ -74,7 +74,7 @@ def test_nightly_promotes_reuses_bytes_and_traces_lineage(project, tmp_path):
     assert sum(" OK " in f" {ln.split()[0]} " for ln in lines[2:-1]) >= 7
     # ... and tampering with what DVC holds is caught
     listing = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["merge"]["outs"][0]["md5"]
-    from tasks import dvcio
+    from pipeline import dvcio
 
     files = {e["relpath"]: e["md5"] for e in yaml.safe_load(dvcio.cache_path(project, listing).read_text())}
     target = dvcio.cache_path(project, files["adapter_model.safetensors"])
@@ -110,8 +110,8 @@ def test_gate_worse_eval_and_floors_never_promote(project):
     assert versions(project) == ["1", "2", "3"]
 
     # versions sort by their mean metric: MLflow's own search orders the logged models, the leaderboard follows it
-    from tasks.config import load_settings
-    from tasks.promotion import leaderboard, model_id
+    from pipeline.settings import load_settings
+    from pipeline.promotion import leaderboard, model_id
 
     c = client(project)
     by_model = {model_id(v): str(v.version) for v in c.search_model_versions("name = 'merged-test'")}
@@ -125,23 +125,23 @@ def test_gate_worse_eval_and_floors_never_promote(project):
 
 
 def test_pin_mismatch_stops_before_merge_and_is_not_retried(plain_project, monkeypatch):
-    from tasks import fetch
+    from pipeline import sources
 
     cat = plain_project / "adapters.yaml"
     data = yaml.safe_load(cat.read_text())
     data["adapters"][1]["sha256"] = "0" * 64
     cat.write_text(yaml.safe_dump(data))
     calls = []
-    real = fetch.fetch_entry
+    real = sources.fetch_entry
     monkeypatch.setattr(fetch, "fetch_entry", lambda s, e: calls.append(e.name) or real(s, e))
-    with pytest.raises(fetch.PinMismatch, match="code: sha256 pin mismatch"):
+    with pytest.raises(sources.PinMismatch, match="code: sha256 pin mismatch"):
         nightly(plain_project, fetch={"retry_delay_s": 0})
     assert calls.count("code") == 1  # permanent: not retried
     assert not (plain_project / "build" / "pipeline" / "store").exists()
     assert client(plain_project).search_registered_models() == []
 
     # the right pin passes
-    from tasks.config import CatalogEntry, load_settings
+    from pipeline.settings import CatalogEntry, load_settings
 
     code = CatalogEntry(name="code", source="adapters/code")
     data["adapters"][1]["sha256"] = real(load_settings(plain_project), code).sha256
@@ -150,10 +150,10 @@ def test_pin_mismatch_stops_before_merge_and_is_not_retried(plain_project, monke
 
 
 def test_transient_fetch_failure_is_retried(plain_project, monkeypatch):
-    from tasks import fetch
+    from pipeline import sources
 
     calls = []
-    real = fetch.fetch_entry
+    real = sources.fetch_entry
 
     def flaky(settings, entry):
         calls.append(entry.name)
@@ -216,7 +216,7 @@ def test_crash_mid_merge_leaves_nothing_and_next_run_completes(project, monkeypa
 
 
 def test_mlflow_unreachable_fails_clearly_and_moves_no_alias(project, monkeypatch):
-    from tasks.promotion import RegistryUnavailable
+    from pipeline.promotion import RegistryUnavailable
 
     nightly(project)
     assert champion_version(project) == "1"
@@ -231,9 +231,9 @@ def test_mlflow_unreachable_fails_clearly_and_moves_no_alias(project, monkeypatc
 
 
 def test_gate_ties_pass_and_lower_means_or_floors_fail():
-    from tasks.config import GateSettings
-    from tasks.gate import decide, gate
-    from tasks.records import ChampionRecord
+    from pipeline.settings import GateSettings
+    from pipeline.gate import decide, gate
+    from pipeline.records import ChampionRecord
 
     champion = ChampionRecord(version="1", scores={}, mean=(0.1 + 0.2 + 0.3) / 3, fingerprint="")
     scores = {"add": 0.3, "code": 0.2, "fact": 0.1}  # the same mean, summed in another order: 1 ulp lower

@@ -33,9 +33,9 @@ def server_versions(url: str, model: str = "merged-test") -> tuple[list[str], st
 
 
 def test_real_mlflow_server_outage_moves_no_alias(project, tmp_path, monkeypatch):
-    from tasks.config import load_settings
-    from tasks.audit import walk
-    from tasks.promotion import RegistryUnavailable
+    from pipeline.settings import load_settings
+    from pipeline.audit import walk
+    from pipeline.promotion import RegistryUnavailable
 
     server = MlflowServer(tmp_path / "mlflow-server").start()
     try:
@@ -69,8 +69,8 @@ def run_main(project: Path, *args: str, env: dict) -> subprocess.Popen:
 
 
 def test_two_runs_at_once_keep_registry_and_dvc_consistent(project, prefect_api, tmp_path):
-    from tasks.config import load_settings
-    from tasks.audit import walk
+    from pipeline.settings import load_settings
+    from pipeline.audit import walk
 
     env = subprocess_env(prefect_api, PREFECT_LOGGING_LEVEL="WARNING")
     # the same night twice (same inputs) and a different recipe (an override), all at once
@@ -121,14 +121,14 @@ def test_sigkill_mid_merge_leaves_no_output_and_next_run_completes(project, pref
     done = nightly(project)
     assert done["decision"]["promoted"] and champion_version(project) == "1"
     assert not list(store.glob(".*.tmp-*"))  # the stale temporary was cleaned up under the lock
-    from tasks.merging import verify_dir
+    from pipeline.merging import verify_dir
 
     assert verify_dir(Path(done["store"])) is not None
 
 
 def test_main_command_on_embedded_defaults(project, tmp_path):
     """`python -m flows.nightly` with Prefect's ephemeral API and SQLite MLflow: leaderboard, decision, where to look;
-    then `pico lineage` (through tasks.audit) says everything matches."""
+    then `pico lineage` (through pipeline.audit) says everything matches."""
     env = subprocess_env(None, PREFECT_HOME=str(tmp_path / "prefect-home"))
     env.pop("PREFECT_API_URL", None)
     env.pop("MLFLOW_TRACKING_URI", None)

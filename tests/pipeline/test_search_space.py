@@ -1,4 +1,4 @@
-"""The recipe search space (tasks/search.py): expansion, validation through pico.Recipe, skipped combinations."""
+"""The recipe search space (pipeline/search.py): expansion, validation through pico.Recipe, skipped combinations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pico import Recipe
-from tasks import search
+from pipeline import search
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,7 +81,7 @@ def test_the_default_search_of_params_yaml():
     # what the suite report found best (TIES in full space at lambda 2, TSV, TA with lambda on validation) and Pico
     assert "ties/full lam=2 density=0.7" in labels and "tsv/core lam=0.8" in labels and "ta/core lam=0.6" in labels
     assert sum("+pico" in lb for lb in labels) >= 3
-    from tasks.config import load_settings
+    from pipeline.settings import load_settings
 
     settings = load_settings(REPO)  # the committed params.yaml loads (every key typed and known)
     assert settings.search and settings.pipeline.notify.events == ["failure", "promotion"]
@@ -90,7 +90,7 @@ def test_the_default_search_of_params_yaml():
 def test_the_suite_switch_applies_a_preset_and_set_still_wins(tmp_path):
     """pipeline.suite picks a preset of the top-level `suites:` (catalog, scorer, screening, registry model, merge);
     --set overrides win over the preset; an unknown suite names the file and the known presets."""
-    from tasks.config import ConfigError, load_settings
+    from pipeline.settings import ConfigError, load_settings
 
     (tmp_path / "cat-a.yaml").write_text("adapters:\n  - {name: a, source: ./a}\n")
     (tmp_path / "cat-b.yaml").write_text("adapters:\n  - {name: b1, source: ./b1}\n  - {name: b2, source: ./b2}\n")
@@ -112,7 +112,7 @@ def test_the_suite_switch_applies_a_preset_and_set_still_wins(tmp_path):
 
 
 def test_the_smollm2_preset_of_params_yaml():
-    from tasks.config import load_settings
+    from pipeline.settings import load_settings
 
     s = load_settings(REPO, overrides={"suite": "smollm2"})
     assert s.pipeline.catalog == "adapters-smollm2.yaml" and s.pipeline.eval.callable == "skills.smollm2.scorer:suite"

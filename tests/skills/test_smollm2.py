@@ -198,12 +198,12 @@ def test_lmeval_settings_are_checked(mini_smollm2):
 
 
 def test_pipeline_lmeval_path_passes_the_chat_template_and_model_settings(mini_smollm2):
-    """tasks/benchmark.py's generic lm-eval path with settings from params gives the suite evaluator's scores."""
+    """pipeline/evaluation.py's generic lm-eval path with settings from params gives the suite evaluator's scores."""
     from skills.config import REPO_ROOT
     from skills.smollm2.evaluate import evaluate
     from skills.smollm2.tiny import tiny_params
-    from tasks import benchmark
-    from tasks.config import load_settings
+    from pipeline import evaluation
+    from pipeline.settings import load_settings
 
     adapter = mini_smollm2["adapters"]["json"]
     ref = evaluate(mini_smollm2["base"], adapter, ["json", "math"], data_dir=mini_smollm2["data"],
@@ -212,10 +212,10 @@ def test_pipeline_lmeval_path_passes_the_chat_template_and_model_settings(mini_s
                      "include_path": mini_smollm2["tasks"], "apply_chat_template": True, "batch_size": 8,
                      "model_args": "max_length=512"}}
     settings = load_settings(REPO_ROOT, overrides=over)
-    got, stderr = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)  # scores, stderr (when reported)
+    got, stderr = evaluation.run_benchmark(settings, mini_smollm2["base"], adapter)  # scores, stderr (when reported)
     assert got == {"smollm2_json": ref["json"], "smollm2_math": ref["math"]}
     assert set(stderr) <= set(got)
-    fp = benchmark.benchmark_fingerprint(settings)
+    fp = evaluation.benchmark_fingerprint(settings)
     assert fp["apply_chat_template"] is True and fp["model_args"] == "max_length=512"
 
 
@@ -306,7 +306,7 @@ def test_report_rows_from_params_validation_subset_and_tara_on_chat_prompts(mini
 
 
 def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2, tmp_path):
-    """params.yaml's switch (catalog adapters-smollm2.yaml + the suite's scorer) through tasks/benchmark.py."""
+    """params.yaml's switch (catalog adapters-smollm2.yaml + the suite's scorer) through pipeline/evaluation.py."""
     import shutil
 
     import yaml
@@ -314,8 +314,8 @@ def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2,
     from skills.config import REPO_ROOT
     from skills.smollm2.evaluate import evaluate
     from skills.smollm2.tiny import tiny_params
-    from tasks import benchmark
-    from tasks.config import load_settings
+    from pipeline import evaluation
+    from pipeline.settings import load_settings
 
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["smollm2"]["paths"].update(data=mini_smollm2["data"], base=mini_smollm2["base"])
@@ -327,19 +327,19 @@ def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2,
         "eval": {"suite": "callable", "callable": "skills.smollm2.scorer:suite", "skills": ["math", "json"]}})
     assert [a.name for a in settings.catalog.adapters] == ["math", "code", "finance", "dosage", "json", "letters"]
     adapter = mini_smollm2["adapters"]["math"]
-    got, _ = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)  # (scores, stderr)
+    got, _ = evaluation.run_benchmark(settings, mini_smollm2["base"], adapter)  # (scores, stderr)
     ref = evaluate(mini_smollm2["base"], adapter, ["math", "json"], data_dir=mini_smollm2["data"],
                    tasks_dir=tmp_path / "ref_tasks", settings=tiny_params()["eval"])
     assert got == ref
-    fp = benchmark.benchmark_fingerprint(settings)
+    fp = evaluation.benchmark_fingerprint(settings)
     assert fp["callable"] == "skills.smollm2.scorer:suite" and len(fp["data"]) == 64
-    assert benchmark.scorer_inputs(settings) == [Path(mini_smollm2["data"])]
+    assert evaluation.scorer_inputs(settings) == [Path(mini_smollm2["data"])]
 
     # per-item outcomes for the paired gate: test through lm-eval's samples, validation through the fast scorer
     from skills.smollm2.common import score
     from skills.smollm2.data import read_jsonl
     from skills.smollm2.report import SmolEvaluator
-    from tasks.scoring import score_split
+    from pipeline.scoring import score_split
 
     rec = score_split(settings, mini_smollm2["base"], adapter, "test", None)
     assert rec["scores"] == ref and set(rec["outcomes"]) == {"math", "json"}

@@ -22,8 +22,8 @@ from pipeline_helpers import dvc, make_project, nightly, run, set_params
 def test_nights_on_the_stack_history_and_lineage_from_a_fresh_clone(stack_project, tmp_path):
     """Two nights on the stack; each is a DVC experiment (dvc exp show / metrics diff compare them); a fresh clone
     that has only git and the S3 remote verifies the champion ALL MATCH; the lineage is not dirty."""
-    from tasks.config import load_settings
-    from tasks.audit import walk
+    from pipeline.settings import load_settings
+    from pipeline.audit import walk
 
     project, name = stack_project, model_name(stack_project)
     first = nightly(project)
@@ -69,7 +69,7 @@ def test_storage_remote_down_during_push_registers_nothing(stack, tmp_path, adap
     use_s3_remote(project, f"tests/{tag}")
     dvc(project, "remote", "modify", "stack", "endpointurl", "http://127.0.0.1:15099")  # nothing listens there
     commit_all(project, "remote down")
-    from tasks.dvcio import DvcError
+    from pipeline.dvcio import DvcError
 
     with pytest.raises(DvcError, match="push"):
         nightly(project)
@@ -153,8 +153,8 @@ def _restart_postgres() -> None:
 
 PROMOTE = """
 import sys, time
-from tasks import promotion
-from tasks.config import load_settings
+from pipeline import promotion
+from pipeline.settings import load_settings
 project, work, version, mean = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 settings = load_settings(project, overrides={"paths": {"work": work}})
 real = promotion.get_alias
@@ -202,7 +202,7 @@ def test_two_workers_promoting_at_once_leave_one_champion(stack_project, tmp_pat
 def test_postgres_restarted_mid_night_moves_no_alias_and_the_next_night_completes(stack_project, monkeypatch):
     """PostgreSQL (MLflow's backend) restarts between versioning and registration: the night either completes
     (the server reconnects) or fails clearly; no alias moves on failure; the next night completes."""
-    from tasks import promotion as registry
+    from pipeline import promotion as registry
 
     name = model_name(stack_project)
     original = registry.register

@@ -1,6 +1,6 @@
 """The promotion policy, pure (no MLflow): whether a new version may replace the champion, and why.
 
-:mod:`tasks.promotion` reads the registry, calls :func:`decide` and moves the alias. With per-sample outcomes (every
+:mod:`pipeline.promotion` reads the registry, calls :func:`decide` and moves the alias. With per-sample outcomes (every
 suite scored through lm-eval's ``log_samples``, or a scorer returning them) the decision is the paired statistical
 test below (:func:`judge`); a scorer with plain scores falls back to comparing means (:func:`gate`).
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import GateSettings
+from .settings import GateSettings
 from .records import ChampionRecord, Decision
 
 CHAMPION, CANDIDATE = "champion", "candidate"

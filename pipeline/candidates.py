@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from . import merging, scoring
-from .config import Settings, digest
+from .settings import Settings, digest
 from .records import FetchedSource
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from . import merging
-from .config import Settings
+from .settings import Settings
 from .records import (ChampionRecord, DvcRecord, EvalResult, FetchedSource, GitInfo, Lineage, LineageBase,
                       LineageEval, LineageOutput, LineageSource, MergeResult)
 

@@ -21,7 +21,7 @@ from pico.writer import sha256_file
 
 from . import dvcio
 from .errors import PipelineError
-from .config import Settings, digest
+from .settings import Settings, digest
 from .records import FetchedSource
 
 

@@ -1,4 +1,4 @@
-"""MLflow records of the search and the statistical gate, beside the night's run (``tasks.registry.register``).
+"""MLflow records of the search and the statistical gate, beside the night's run (``pipeline.registry.register``).
 
 * one nested child run per candidate (``mlflow.parentRunId``): its recipe as params, validation scores and their
   stderr as metrics, the merge key and whether it was chosen as tags;
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 
-from .config import Settings
+from .settings import Settings
 from .promotion import _flatten, _unavailable, client, ensure_experiment
 
 

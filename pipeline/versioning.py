@@ -4,7 +4,7 @@ The flow writes exactly what ``dvc repro`` would (same code path, same bytes) in
 ``dvc commit`` records it in dvc.lock (deps, params and output md5s), ``dvc push`` copies it to the DVC remote, and
 ``dvc exp save`` keeps the night as an experiment (``pipeline.dvc.history: exp``): a commit under refs/exps with
 dvc.lock, params.yaml and metrics.json, so ``dvc exp show`` and ``dvc metrics diff`` compare nights while HEAD and
-the working tree stay where they are. All through DVC's Python API (tasks/dvcio.py).
+the working tree stay where they are. All through DVC's Python API (pipeline/dvcio.py).
 So dvc.lock always says what produced the latest merge, ``dvc repro`` afterwards finds nothing to do, and older
 merges stay in the DVC cache/remote under the md5 recorded in each model version's lineage.
 """
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import dvcio
-from .config import Settings, load_settings
+from .settings import Settings, load_settings
 from .merging import materialize
 from .records import DvcRecord
 

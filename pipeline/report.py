@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import promotion
-from .config import Settings
+from .settings import Settings
 from .records import NightlyResult
 
 

@@ -10,7 +10,7 @@ By suite (``pipeline.eval.suite``):
 * ``lm-eval``: ``simple_evaluate(log_samples=True)`` on ``eval.tasks`` (test) or ``search.tasks`` (validation).
 
 Validation uses ``pipeline.search.limit`` items per task. Test records are cached by content (base, adapter files,
-benchmark fingerprint) like :mod:`tasks.benchmark`, whose scores-only cache gets the same record, so baselines, the
+benchmark fingerprint) like :mod:`pipeline.evaluation`, whose scores-only cache gets the same record, so baselines, the
 DVC eval stage and reruns read the same numbers. Items are named by lm-eval's doc id and document hash (or the
 scorer's ids): two models' outcomes are compared only on the same items.
 """
@@ -23,8 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from . import benchmark
-from .config import Settings, digest
+from . import evaluation
+from .settings import Settings, digest
 from .records import EvalResult, FetchedSource
 
 
@@ -42,7 +42,7 @@ def with_stats(outcomes: dict[str, dict] | None, scores: dict[str, float] | None
 
 
 def _context(settings: Settings, split: str, limit):
-    return benchmark.context(settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update={
+    return evaluation.context(settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update={
         "eval": settings.pipeline.eval.model_copy(update={"split": split, "limit": limit})})}))
 
 
@@ -52,20 +52,20 @@ def validation_fingerprint(settings: Settings) -> dict:
     fp = {"suite": cfg.suite, "limit": s.limit, "skills": cfg.skills, "split": "validation"}
     if cfg.suite == "lm-eval":
         if not s.tasks:
-            raise benchmark.BenchmarkError("pipeline.search.tasks is empty: name the lm-eval tasks candidates are "
+            raise evaluation.BenchmarkError("pipeline.search.tasks is empty: name the lm-eval tasks candidates are "
                                            "chosen on (a validation split; never the test tasks)")
-        fp.update(tasks=list(s.tasks), metric=cfg.metric, **benchmark.lmeval_model_settings(cfg))
+        fp.update(tasks=list(s.tasks), metric=cfg.metric, **evaluation.lmeval_model_settings(cfg))
         if cfg.include_path:
             inc = settings.resolve(cfg.include_path)
-            fp["include"] = benchmark.files_digest(p for p in inc.rglob("*") if p.is_file())
+            fp["include"] = evaluation.files_digest(p for p in inc.rglob("*") if p.is_file())
         return fp
-    fp["callable"] = benchmark.scorer_name(cfg)
-    scorer = benchmark.load_scorer(settings)
+    fp["callable"] = evaluation.scorer_name(cfg)
+    scorer = evaluation.load_scorer(settings)
     if hasattr(scorer, "fingerprint"):
         try:
             fp.update(scorer.fingerprint(_context(settings, "validation", s.limit)))
         except FileNotFoundError as exc:
-            raise benchmark.BenchmarkError(str(exc)) from exc
+            raise evaluation.BenchmarkError(str(exc)) from exc
     return fp
 
 
@@ -74,12 +74,12 @@ def _lmeval_outcomes(res: dict, names: dict[str, str], metric: str) -> dict[str,
     for task, label in names.items():
         samples = (res.get("samples") or {}).get(task)
         if not samples:
-            raise benchmark.BenchmarkError(f"lm-eval returned no samples for task {task!r}")
+            raise evaluation.BenchmarkError(f"lm-eval returned no samples for task {task!r}")
         items = {}
         for s in samples:
             value = s.get(metric)
             if value is None:
-                raise benchmark.BenchmarkError(f"task {task!r}: samples have no metric {metric!r}")
+                raise evaluation.BenchmarkError(f"task {task!r}: samples have no metric {metric!r}")
             items[f"{s['doc_id']}:{str(s.get('doc_hash', ''))[:12]}"] = float(value)
         out[label] = items
     return out
@@ -89,7 +89,7 @@ def _lmeval(settings: Settings, base_dir, adapter_dir, tasks: list[str], limit) 
     import lm_eval
 
     # the same model settings as the scores-only benchmark (dtype, model_args, chat template, few-shot, device)
-    return lm_eval.simple_evaluate(**benchmark.lmeval_kwargs(settings, base_dir, adapter_dir, tasks, limit),
+    return lm_eval.simple_evaluate(**evaluation.lmeval_kwargs(settings, base_dir, adapter_dir, tasks, limit),
                                    log_samples=True)
 
 
@@ -103,7 +103,7 @@ def _parse(got: dict, who: str):
         else:
             scores[str(task)] = float(value)
     if outcomes and scores:
-        raise benchmark.BenchmarkError(f"{who}: return per-item outcomes for every task or for none")
+        raise evaluation.BenchmarkError(f"{who}: return per-item outcomes for every task or for none")
     return outcomes or None, scores
 
 
@@ -113,13 +113,13 @@ def score_split(settings: Settings, base_dir, adapter_dir, split: str, limit, ta
     if cfg.suite == "lm-eval":
         res = _lmeval(settings, base_dir, adapter_dir, tasks or cfg.tasks, limit)
         return with_stats(_lmeval_outcomes(res, {t: t for t in (tasks or cfg.tasks)}, cfg.metric))
-    scorer = benchmark.load_scorer(settings)
+    scorer = evaluation.load_scorer(settings)
     ctx = _context(settings, split, limit)
-    extra = {"context": ctx} if benchmark._wants_context(scorer) else {}
+    extra = {"context": ctx} if evaluation._wants_context(scorer) else {}
     adapter = adapter_dir and str(adapter_dir)
     if hasattr(scorer, "outcomes"):
         return with_stats(scorer.outcomes(str(base_dir), adapter, split, limit, **extra))
-    outcomes, scores = _parse(scorer(str(base_dir), adapter, split, limit, **extra), benchmark.scorer_name(cfg))
+    outcomes, scores = _parse(scorer(str(base_dir), adapter, split, limit, **extra), evaluation.scorer_name(cfg))
     return with_stats(outcomes, scores)
 
 
@@ -131,7 +131,7 @@ def score_validation(settings: Settings, base_dir, adapter_dir, threads: int | N
 
         torch.set_num_threads(int(threads))
     if settings.pipeline.eval.suite == "lm-eval":
-        with benchmark._EVAL_LOCK:
+        with evaluation._EVAL_LOCK:
             return score_split(settings, base_dir, adapter_dir, "validation", s.limit, list(s.tasks))
     return score_split(settings, base_dir, adapter_dir, "validation", s.limit)
 
@@ -141,23 +141,23 @@ TEST_READS: list[str] = []  # labels of test-split evaluations this process actu
 
 def score_test(settings: Settings, base: FetchedSource, adapter_dir, label: str) -> EvalResult:
     """Test-split scores with per-sample outcomes, cached by content; the scores-only record goes to the eval cache
-    too (the same key as :func:`tasks.benchmark.evaluate_cached`)."""
-    fingerprint = benchmark.benchmark_fingerprint(settings)
-    key = benchmark.eval_key(settings, base.sha256, adapter_dir, fingerprint)
+    too (the same key as :func:`pipeline.evaluation.evaluate_cached`)."""
+    fingerprint = evaluation.benchmark_fingerprint(settings)
+    key = evaluation.eval_key(settings, base.sha256, adapter_dir, fingerprint)
     path = settings.work / "eval-samples" / f"{key[:32]}.json"
     if path.is_file():
         return EvalResult(**json.loads(path.read_text()), label=label, cached=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    for t in list(benchmark._PREWARM):
+    for t in list(evaluation._PREWARM):
         t.join()
     t0 = time.time()
     cfg = settings.pipeline.eval
-    with benchmark._EVAL_LOCK:
+    with evaluation._EVAL_LOCK:
         rec = score_split(settings, base.path, adapter_dir, cfg.split, cfg.limit)
     TEST_READS.append(label)
     if not rec["scores"]:
-        raise benchmark.BenchmarkError(f"{label}: the benchmark returned no scores")
+        raise evaluation.BenchmarkError(f"{label}: the benchmark returned no scores")
     rec = {"key": key, **rec, "seconds": round(time.time() - t0, 2)}
     _write_json(path, rec)
     plain = settings.work / "eval-cache" / f"{key[:32]}.json"

@@ -104,7 +104,7 @@ class MlflowSettings(_Section):
 class GateSettings(_Section):
     metric: Literal["mean"] = "mean"  # the aggregate compared with the champion (only the mean so far)
     min_delta: float = 0.0  # promote when the mean gain over the champion is >= min_delta ...
-    alpha: float = Field(0.05, gt=0, lt=1)  # ... and significant at this level (paired test, tasks/gate.py)
+    alpha: float = Field(0.05, gt=0, lt=1)  # ... and significant at this level (paired test, pipeline/gate.py)
     iters: int = Field(20000, ge=100)  # Monte Carlo draws of the paired randomization test (fixed seed)
     seed: int = 0
     floor: float = 0.0  # ... and no task below this score
@@ -115,7 +115,7 @@ class GateSettings(_Section):
 
 
 class SearchSettings(_Section):
-    """Scoring the candidates of a search space (``merge:`` with lists, tasks/search.py) on the validation split."""
+    """Scoring the candidates of a search space (``merge:`` with lists, pipeline/search.py) on the validation split."""
 
     limit: PositiveInt | None = None  # validation items per task (None: all)
     tasks: list[str] = []  # eval.suite lm-eval: the lm-eval tasks candidates are chosen on (validation, not test)
@@ -123,7 +123,7 @@ class SearchSettings(_Section):
 
 
 class NotifySettings(_Section):
-    """Notifications through a Prefect notification block (tasks/notify.py)."""
+    """Notifications through a Prefect notification block (pipeline/notify.py)."""
 
     block: str | None = None  # a saved block, e.g. "slack-webhook/team-ml"
     webhook_url: str | None = None  # or a plain URL: POST {"subject", "body"} (CustomWebhookNotificationBlock)
@@ -148,7 +148,7 @@ class DvcSettings(_Section):
     # exp: each night is a DVC experiment (`dvc exp save`: dvc exp show / metrics diff compare nights); none: only
     # the workspace dvc.lock
     history: Literal["exp", "none"] = "exp"
-    # the one-off suite build (tasks/suite.py): independent stages (a foreach's items) run this many at once
+    # the one-off suite build (pipeline/build.py): independent stages (a foreach's items) run this many at once
     build_jobs: PositiveInt = 1
 
 
@@ -232,7 +232,7 @@ class Settings(BaseModel):
     merge: dict  # the ``merge:`` section as written (plus overrides): what DVC's params and MLflow's params record
     recipe: pico.Recipe  # the same, validated by pico; for a search space: the chosen candidate (before: the first)
     catalog: Catalog
-    search: bool = False  # merge: is a search space (tasks/search.py): the recipe is chosen on validation
+    search: bool = False  # merge: is a search space (pipeline/search.py): the recipe is chosen on validation
 
     def with_recipe(self, recipe: dict) -> "Settings":
         """These settings with the search's chosen recipe (``merge`` keeps the section as written)."""

@@ -3,8 +3,8 @@ inputs (the skills suite: data, base, adapters), reproduced through DVC's API (`
 
 from __future__ import annotations
 
-from . import benchmark, dvcio
-from .config import Settings
+from . import evaluation, dvcio
+from .settings import Settings
 
 
 def missing_inputs(settings: Settings) -> list[str]:
@@ -14,7 +14,7 @@ def missing_inputs(settings: Settings) -> list[str]:
     wanted = [e.source[len("dvc://"):].partition("@")[0] for e in entries
               if e.source.startswith("dvc://") and "@" not in e.source]
     need = [p for p in wanted if not (settings.project / p).exists()]
-    for p in benchmark.scorer_inputs(settings):
+    for p in evaluation.scorer_inputs(settings):
         if not p.exists():
             try:
                 need.append(str(p.relative_to(settings.project)))

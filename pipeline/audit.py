@@ -23,7 +23,7 @@ from pico.adapters import Source
 from pico.writer import sha256_file
 
 from . import dvcio
-from .config import Settings, load_settings
+from .settings import Settings, load_settings
 
 
 @dataclass
@@ -85,7 +85,7 @@ def check_source(project: Path, src: dict) -> Check:
         return Check(what, "OK" if ok else "MISMATCH",
                      f"{src['uri']}: sha256 {_short(digest)} recomputed from DVC objects of {dvc['out']} "
                      f"({dvc['out_md5']}, {where})" + ("" if ok else f" != registered {_short(src['sha256'])}"))
-    from .fetch import adapter_files
+    from .sources import adapter_files
 
     if src["uri"].startswith("hf://"):
         try:
@@ -239,11 +239,11 @@ def walk(settings: Settings, model: str | None = None, ref: str = "champion") ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``pico lineage`` (and ``python -m tasks.audit``)."""
+    """Entry point of ``pico lineage`` (and ``python -m pipeline.audit``)."""
     import argparse
     import sys
 
-    from .config import quiet_env
+    from .settings import quiet_env
 
     quiet_env()
     ap = argparse.ArgumentParser(prog="pico lineage", description="Walk a registered merge back to its sources and "

@@ -22,7 +22,7 @@ from pico.adapters import (CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, Source, 
 from pico.writer import sha256_file
 
 from . import dvcio
-from .config import CatalogEntry, Settings
+from .settings import CatalogEntry, Settings
 from .errors import PipelineError
 from .records import FetchedSource
 

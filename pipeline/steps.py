@@ -14,8 +14,8 @@ from prefect.cache_policies import NO_CACHE
 
 import pico
 
-from . import benchmark, fetch, merging, promotion, versioning
-from .config import CatalogEntry, Settings
+from . import evaluation, sources, merging, promotion, versioning
+from .settings import CatalogEntry, Settings
 from .errors import is_permanent
 from .records import (ChampionRecord, Decision, DvcRecord, EvalResult, FetchedSource, Lineage, MergeResult,
                       Registration)
@@ -42,7 +42,7 @@ def mlflow_preflight(settings: Settings) -> str:
 @task(name="fetch", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2, retry_condition_fn=transient,
       task_run_name="fetch-{entry.name}")
 def fetch_adapter(settings: Settings, entry: CatalogEntry) -> FetchedSource:
-    rec = fetch.fetch_entry(settings, entry)
+    rec = sources.fetch_entry(settings, entry)
     get_run_logger().info("%s: %s -> %s sha256 %s%s", entry.name, entry.source, rec.path, rec.sha256[:16],
                           " (pin ok)" if rec.pinned else "")
     return rec
@@ -50,7 +50,7 @@ def fetch_adapter(settings: Settings, entry: CatalogEntry) -> FetchedSource:
 
 @task(name="fetch-base", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2, retry_condition_fn=transient)
 def fetch_base(settings: Settings) -> FetchedSource | None:
-    return fetch.fetch_base(settings)
+    return sources.fetch_base(settings)
 
 
 @task(name="validate", cache_policy=NO_CACHE)
@@ -99,7 +99,7 @@ def write(settings: Settings, key: str, aset: pico.AdapterSet, groups: list[list
 
 @task(name="benchmark", cache_policy=NO_CACHE, task_run_name="benchmark-{label}")
 def run_benchmark(settings: Settings, base: FetchedSource, adapter_dir: str | None, label: str) -> EvalResult:
-    rec = benchmark.evaluate_cached(settings, base, adapter_dir, label)
+    rec = evaluation.evaluate_cached(settings, base, adapter_dir, label)
     get_run_logger().info("%s: mean %.4f %s%s", label, rec.mean, rec.scores,
                           " (cached)" if rec.cached else f" ({rec.seconds} s)")
     return rec
@@ -114,7 +114,7 @@ def champion(settings: Settings, base: FetchedSource, fingerprint: str) -> Champ
         return rec
     dest = settings.work / "registry-cache" / f"v{rec.version}-{(rec.merge_key or 'x')[:12]}"
     path = promotion.download_version(settings, rec.source, dest)
-    ev = benchmark.evaluate_cached(settings, base, path, f"champion v{rec.version}")
+    ev = evaluation.evaluate_cached(settings, base, path, f"champion v{rec.version}")
     get_run_logger().info("champion v%s re-scored on this benchmark: mean %.4f", rec.version, ev.mean)
     return rec.model_copy(update={"scores": ev.scores, "mean": ev.mean, "fingerprint": fingerprint})
 
@@ -188,7 +188,7 @@ def champion_outcomes(settings: Settings, base: FetchedSource, champ: ChampionRe
 @task(name="gate", cache_policy=NO_CACHE)
 def statistical_gate(settings: Settings, result: EvalResult, champ: ChampionRecord | None,
                      champ_eval: EvalResult | None):
-    """The paired test (tasks/gate.py) when per-sample outcomes exist; None: the scorer gives plain scores, and the
+    """The paired test (pipeline/gate.py) when per-sample outcomes exist; None: the scorer gives plain scores, and the
     promotion step compares means."""
     from . import gate
 

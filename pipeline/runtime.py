@@ -13,8 +13,8 @@ import threading
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from . import benchmark
-from .config import Settings
+from . import evaluation
+from .settings import Settings
 
 
 def make_task_runner(settings: Settings):
@@ -66,7 +66,7 @@ def warm_up(settings: Settings) -> threading.Thread | None:
     """Start the run's fixed costs side by side instead of one after the other: Prefect's ephemeral API (a
     subprocess, ~15 s here), the lm-eval import (~12 s) and opening the MLflow store. Returns the thread starting the
     API (join it before the flow runs); the others finish on their own (their steps wait for them or redo them)."""
-    benchmark.prewarm(settings)
+    evaluation.prewarm(settings)
 
     def _mlflow():
         with contextlib.suppress(Exception):  # the flow's pre-flight step reports problems

@@ -1,5 +1,5 @@
 """The records passed between the nightly steps, typed and validated where they are made (built by the steps, and by
-:mod:`tasks.runlog` for what the run logs).
+:mod:`pipeline.runlog` for what the run logs).
 
 Each record is a pydantic model with ``extra="forbid"``; ``model_dump()`` gives the JSON the run stores (lineage.json,
 eval.json, the ``--json`` summary), key for key what the untyped pipeline wrote before.
@@ -24,7 +24,7 @@ class FetchedSource(Record):
     sha256: str
     pinned: bool = False
     files: dict[str, str] = {}
-    dvc: dict | None = None  # what DVC recorded for it (tasks.dvcio.recorded_files), None when not DVC-tracked
+    dvc: dict | None = None  # what DVC recorded for it (pipeline.dvcio.recorded_files), None when not DVC-tracked
 
 
 class EvalResult(Record):
@@ -167,9 +167,9 @@ class NightlyResult(Record):
     timings: dict[str, float]
     tracking_uri: str
     model: str
-    recipe_label: str = ""  # the night's recipe (tasks.search.label)
+    recipe_label: str = ""  # the night's recipe (pipeline.search.label)
     search: dict | None = None  # the recipe search: chosen, why, margin, runner-up, candidates' leaderboard
-    gate: dict | None = None  # the paired test's statistics (tasks.gate.Verdict.to_dict)
+    gate: dict | None = None  # the paired test's statistics (pipeline.gate.Verdict.to_dict)
     mlflow_url: str | None = None
     flow_run_id: str | None = None
     artifacts: list[str] = []  # keys of the Prefect artifacts created

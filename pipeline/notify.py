@@ -95,7 +95,7 @@ def on_failure_hook(flow, flow_run, state) -> None:
     try:
         from prefect.runtime import flow_run as runtime_run
 
-        from .config import load_settings
+        from .settings import load_settings
 
         p = flow_run.parameters or {}
         cfg = None

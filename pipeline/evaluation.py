@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pico.writer import sha256_file
 
-from .config import EvalSettings, Settings, digest
+from .settings import EvalSettings, Settings, digest
 from .errors import PipelineError
 from .records import EvalResult, FetchedSource
 

@@ -1,5 +1,5 @@
 """MLflow I/O of the nightly run: the run record, the registered model version with its lineage, the champion, and
-gated promotion (the policy itself is :mod:`tasks.gate`, pure).
+gated promotion (the policy itself is :mod:`pipeline.gate`, pure).
 
 Embedded default: a SQLite backend store and a local artifact folder under build/mlflow (``pipeline.mlflow``);
 ``MLFLOW_TRACKING_URI`` points everything at any tracking server instead.  HTTP retries are capped
@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import Settings, digest
+from .settings import Settings, digest
 from .errors import PipelineError
 from .gate import CANDIDATE, CHAMPION, decide  # noqa: F401  (re-exported: the alias names)
 from .records import ChampionRecord, Decision, FetchedSource, Lineage, Registration
@@ -204,7 +204,7 @@ def score_metrics(scores: dict[str, float], stderr: dict[str, float] | None = No
 
 
 def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lineage: Lineage) -> str:
-    """The merged adapter as an MLflow logged model of the run: the pyfunc of tasks/pyfunc_model.py (model code plus
+    """The merged adapter as an MLflow logged model of the run: the pyfunc of pipeline/pyfunc_model.py (model code plus
     the adapter files; the base is named in its config, never copied). Client calls only: no global tracking URI, so
     runs against different stores in one process never cross. Returns the model id."""
     import importlib.metadata as md
@@ -391,7 +391,7 @@ def promote(settings: Settings, version: str, scores: dict[str, float], fingerpr
     ``champion`` is the champion as read earlier, with its scores on this benchmark (None: no champion). Under the
     lock the alias is read again: if a concurrent run moved it meanwhile, the gate compares against the new champion
     (its recorded scores, when it was scored on this same benchmark; otherwise the step fails and nothing moves).
-    ``verdict``: the paired test against ``champion`` (:func:`tasks.gate.judge`), decisive instead of the means; it
+    ``verdict``: the paired test against ``champion`` (:func:`pipeline.gate.judge`), decisive instead of the means; it
     needs that champion's per-sample outcomes, so if the champion moved meanwhile the step fails and nothing moves."""
     c = client(settings)
     name = settings.model_name
