@@ -133,7 +133,7 @@ def test_pin_mismatch_stops_before_merge_and_is_not_retried(plain_project, monke
     cat.write_text(yaml.safe_dump(data))
     calls = []
     real = sources.fetch_entry
-    monkeypatch.setattr(fetch, "fetch_entry", lambda s, e: calls.append(e.name) or real(s, e))
+    monkeypatch.setattr(sources, "fetch_entry", lambda s, e: calls.append(e.name) or real(s, e))
     with pytest.raises(sources.PinMismatch, match="code: sha256 pin mismatch"):
         nightly(plain_project, fetch={"retry_delay_s": 0})
     assert calls.count("code") == 1  # permanent: not retried
@@ -161,7 +161,7 @@ def test_transient_fetch_failure_is_retried(plain_project, monkeypatch):
             raise ConnectionError("simulated network hiccup")
         return real(settings, entry)
 
-    monkeypatch.setattr(fetch, "fetch_entry", flaky)
+    monkeypatch.setattr(sources, "fetch_entry", flaky)
     out = nightly(plain_project, fetch={"retry_delay_s": 0})
     assert calls.count("med") == 2 and out["decision"]["promoted"]
 
