@@ -5,7 +5,7 @@
     python bench/nightly_timing.py --json out.json
 
 Needs the skills suite built (`dvc repro` or `python -m flows.nightly` builds it). Clearing the caches removes only
-the content-addressed caches under build/pipeline (store, eval-cache, eval-samples, search-cache, prefect-results);
+the content-addressed caches under build/pipeline (store, eval-samples, search-cache, prefect-results);
 MLflow and DVC keep their history, so a cold run of an unchanged recipe registers into the version it already has.
 """
 
@@ -43,17 +43,18 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    from pipeline.settings import load_settings, quiet_env
+    from pipeline.runtime import quiet_env
 
     quiet_env()
+    from pipeline.settings import load_settings
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows.nightly import parse_set
 
     overrides = parse_set(args.set) or None
     settings = load_settings(args.project, overrides=overrides)
     from flows.nightly import nightly_merge
-    from pipeline.runtime import warm_up
     from pipeline.build import ensure_suite
+    from pipeline.runtime import warm_up
 
     import_s = time.perf_counter() - t0
     if not args.no_build:
@@ -64,14 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         api.join()
     warm_s = time.perf_counter() - t
     if not args.keep_cache:
-        for sub in ("store", "eval-cache", "eval-samples", "search-cache", "prefect-results"):
+        for sub in ("store", "eval-samples", "search-cache", "prefect-results"):
             shutil.rmtree(settings.work / sub, ignore_errors=True)
     runs = []
     for i in range(args.runs):
         load = os.getloadavg()[0]
         cpu0 = _cpu()
         t = time.perf_counter()
-        summary = nightly_merge(project=str(settings.project), overrides=overrides)
+        summary = nightly_merge(project=str(settings.project), overrides=overrides).model_dump()
         wall = time.perf_counter() - t
         runs.append({"run": i + 1, "cold": i == 0 and not args.keep_cache, "wall_s": round(wall, 2),
                      "cpu_s": round(_cpu() - cpu0, 2), "load_before": round(load, 2),

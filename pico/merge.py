@@ -108,14 +108,19 @@ def merge_batch(cal: CalibratedBatch, recipe: Recipe, *, to_cpu: bool = True) ->
     return results
 
 
+def check_weights(aset: AdapterSet, recipe: Recipe) -> None:
+    """One weight per adapter, checked before any work (a recipe is valid on its own; this is about the set)."""
+    if recipe.weights is not None and len(recipe.weights) != len(aset):
+        raise AdapterError(f"{len(recipe.weights)} weights given for {len(aset)} adapters")
+
+
 def merge(aset: AdapterSet, recipe: Recipe, out: str | Path, *, device: str = "auto", overwrite: bool = False,
           progress: bool = True, dtype: torch.dtype = torch.float32) -> dict:
     """Merge ``aset`` with ``recipe`` into the PEFT adapter directory ``out`` and return its manifest.
 
     Atomic: ``out`` appears complete or not at all. Deterministic: same inputs and recipe give the same bytes.
     """
-    if recipe.weights is not None and len(recipe.weights) != len(aset):
-        raise AdapterError(f"{len(recipe.weights)} weights given for {len(aset)} adapters")
+    check_weights(aset, recipe)
     dev = resolve_device(device)
     batches = plan_batches(aset, recipe.space, CUDA_BATCH_BYTES if dev.type == "cuda" else BATCH_BYTES)
     # Merged one batch ahead of the writer in a worker thread (torch and file I/O release the GIL), so reading and
@@ -159,9 +164,7 @@ def write_merged(aset: AdapterSet, recipe: Recipe, batches: list[list[str]], res
     it is computed). Used by :func:`merge` and by pipelines that compute the batches elsewhere (mapped tasks);
     the same batches and results give the same bytes either way.
     """
-    T = len(aset)
-    if recipe.weights is not None and len(recipe.weights) != T:
-        raise AdapterError(f"{len(recipe.weights)} weights given for {T} adapters")
+    check_weights(aset, recipe)
     hasher = threading.Thread(target=aset.hash_sources, daemon=True)  # hashes inputs while the merge computes
     hasher.start()
     plan = []

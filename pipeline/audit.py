@@ -13,17 +13,24 @@ Checks (each OK, MISMATCH or MISSING; INFO lines never fail the verdict):
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pico.adapters import Source
+from pico import Recipe
+from pico.adapters import Source, resolve_source
 from pico.writer import sha256_file
 
 from . import dvcio
+from .runtime import quiet_env
 from .settings import Settings, load_settings
+from .sources import adapter_files
+from .tracking.client import client
+from .tracking.models import adapter_dir, files_uri
 
 
 @dataclass
@@ -85,12 +92,8 @@ def check_source(project: Path, src: dict) -> Check:
         return Check(what, "OK" if ok else "MISMATCH",
                      f"{src['uri']}: sha256 {_short(digest)} recomputed from DVC objects of {dvc['out']} "
                      f"({dvc['out_md5']}, {where})" + ("" if ok else f" != registered {_short(src['sha256'])}"))
-    from .sources import adapter_files
-
     if src["uri"].startswith("hf://"):
         try:
-            from pico.adapters import resolve_source
-
             path = resolve_source(src["uri"]).path
         except Exception as exc:  # offline and not cached
             return Check(what, "MISSING", f"{src['uri']}: not in the local hub cache ({exc})")
@@ -133,9 +136,7 @@ def resolve_version(c, name: str, ref: str):
 
 def walk(settings: Settings, model: str | None = None, ref: str = "champion") -> tuple[bool, list[str]]:
     """The lineage report of one registered version: (everything matches, printable lines)."""
-    from . import promotion
-
-    c = promotion.client(settings)
+    c = client(settings)
     name = model or settings.model_name
     v = resolve_version(c, name, str(ref))
     tags = v.tags
@@ -170,8 +171,6 @@ def walk(settings: Settings, model: str | None = None, ref: str = "champion") ->
                             f"differ from the run's lineage/manifest: {', '.join(bad)}" if bad else
                             "equal to the run's lineage.json and merge_manifest.json"))
         # 2. recipe hash recomputed
-        from pico import Recipe
-
         try:
             recomputed = Recipe.from_dict(manifest["recipe"]).hash()
             ok = recomputed == manifest["recipe_hash"]
@@ -183,8 +182,8 @@ def walk(settings: Settings, model: str | None = None, ref: str = "champion") ->
             checks.append(Check("recipe", "MISMATCH", f"cannot rebuild the recipe: {exc}"))
         # 3. the MLflow copy of the merged adapter
         try:
-            uri = promotion.files_uri(c, v.source)  # a logged model: where its files live
-            local = promotion.adapter_dir(Path(mlflow.artifacts.download_artifacts(
+            uri = files_uri(c, v.source)  # a logged model: where its files live
+            local = adapter_dir(Path(mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=str(Path(tmp) / "src"), tracking_uri=settings.tracking_uri)))
             bad = [n for n, sha in manifest["output"]["files"].items()
                    if not (local / n).is_file() or sha256_file(local / n) != sha]
@@ -213,9 +212,7 @@ def walk(settings: Settings, model: str | None = None, ref: str = "champion") ->
                             + ("" if proc.returncode == 0 else " is not in this repository")))
     # 7. where dvc.lock stands now (informational)
     if lineage.get("dvc_lock") and dvc_md5 and dvc_md5 != "none":
-        from .versioning import lock_entries
-
-        now = lock_entries(project, list(lineage["dvc_lock"]))
+        now = dvcio.lock_entries(project, list(lineage["dvc_lock"]))
         out_path = tags.get("output.dvc_path")
         current = next((e.get(out_path) for e in now.values() if out_path in e), None)
         checks.append(Check("dvc.lock", "INFO", f"{out_path} is this version ({dvc_md5})" if current == dvc_md5 else
@@ -240,11 +237,6 @@ def walk(settings: Settings, model: str | None = None, ref: str = "champion") ->
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pico lineage`` (and ``python -m pipeline.audit``)."""
-    import argparse
-    import sys
-
-    from .settings import quiet_env
-
     quiet_env()
     ap = argparse.ArgumentParser(prog="pico lineage", description="Walk a registered merge back to its sources and "
                                  "recipe, recompute every hash from what MLflow and DVC hold, say whether all match.")

@@ -1,10 +1,16 @@
-"""The main command's one-off build: the DVC stages producing the catalog's ``dvc://`` sources and the scorer's
-inputs (the skills suite: data, base, adapters), reproduced through DVC's API (``Repo.reproduce``) when any is missing."""
+"""The one suite builder (the main command's one-off build; ``python -m flows.nightly --build-only``): the DVC stages
+producing the catalog's ``dvc://`` sources and the scorer's inputs (the skills suite: data, base, adapters),
+reproduced through DVC's API (``Repo.reproduce``) when any is missing."""
 
 from __future__ import annotations
 
-from . import evaluation, dvcio
+from . import dvcio, evaluation
+from .errors import PipelineError
 from .settings import Settings
+
+
+class BuildError(PipelineError):
+    permanent = True
 
 
 def missing_inputs(settings: Settings) -> list[str]:
@@ -30,7 +36,7 @@ def ensure_suite(settings: Settings) -> None:
         return
     stages = dvcio.stages_producing(settings.project, need)
     if not stages:
-        raise SystemExit(f"missing {', '.join(need)} and no DVC stage produces it; build the suite first")
+        raise BuildError(f"missing {', '.join(need)} and no DVC stage produces it; build the suite first")
     jobs = settings.pipeline.dvc.build_jobs
     print(f"building the suite: dvc repro {' '.join(sorted(stages))} (one-off, minutes"
           + (f"; independent stages {jobs} at a time" if jobs > 1 else "") + ")", flush=True)

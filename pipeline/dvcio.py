@@ -6,8 +6,8 @@ whatever its kind: a folder, S3, SSH, ...) and ``dvc.api.DVCFileSystem``: no ``d
 dvc.lock, ``.dvc/config`` or cache layout. So config from every level (system, global, repo, local) and
 ``.dvcignore`` apply as DVC applies them, and an audit on a fresh clone reads what only the remote holds.
 
-Writes run under a project-wide file lock so concurrent pipeline runs never interleave DVC writes (DVC's own repo
-lock fails fast instead of waiting).
+Writes run under a project-wide file lock (pipeline.files.project_lock) so concurrent pipeline runs never interleave
+DVC writes (DVC's own repo lock fails fast instead of waiting).
 """
 
 from __future__ import annotations
@@ -380,17 +380,6 @@ def exp_save(project: Path, name: str, stages: list[str], include: list[str]) ->
 def exp_name(stamp: str, md5: str | None) -> str:
     """A valid experiment name per night: nightly-YYYYMMDD-HHMMSS-<md5 prefix>."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"nightly-{stamp}-{(md5 or 'none')[:8]}")
-
-
-@contextmanager
-def project_lock(work: Path, name: str = "dvc", timeout: float = 900):
-    """A cross-process lock (flock) under the work folder: serialises DVC writes on one host."""
-    from filelock import FileLock
-
-    lock_dir = work / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_dir / f"{name}.lock"), timeout=timeout):
-        yield
 
 
 def cache_path(project: Path, md5: str) -> Path:

@@ -29,3 +29,15 @@ def is_permanent(exc: BaseException | None) -> bool:
     from pico.errors import PicoError
 
     return isinstance(exc, PicoError)
+
+
+class SearchError(PipelineError, ValueError):
+    """The ``merge:`` section cannot be read as a recipe or a search space (names the key)."""
+
+    permanent = True
+
+
+class GateError(PipelineError, ValueError):
+    """Outcomes the gate cannot compare (different items, empty tasks, values other than 0/1)."""
+
+    permanent = True

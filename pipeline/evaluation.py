@@ -1,19 +1,25 @@
-"""Benchmark: lm-eval on any task list, or a scorer plugged in through ``pipeline.eval.callable``; cached by content.
+"""Evaluation: one path for every score the night reads. lm-eval on any task list, or a scorer plugged in through
+``pipeline.eval.callable``, on the test split (the benchmark: cached by content) or the validation split (choosing a
+recipe: the candidate's record is its cache, :mod:`pipeline.search`).
 
 Suites (``pipeline.eval.suite``):
 - ``callable``: ``callable: "module:name"`` names a scorer, called as ``scorer(base_dir, adapter_dir, split, limit)``
-  and returning ``{task: score}``. A scorer that declares a keyword ``context`` also gets a :class:`SuiteContext`
-  (project, params file, work folder, the eval settings), and it may offer three optional methods the pipeline uses
-  when present: ``fingerprint(context) -> dict`` (what else its scores depend on, e.g. its data files' digest),
+  and returning ``{task: score}`` or per-item outcomes (``{task: {item: 0/1}}`` or ``{task: [0/1, ...]}``). A
+  scorer that declares a keyword ``context`` also gets a :class:`SuiteContext` (project, params file, work folder,
+  the eval settings of the split), and it may offer optional methods the pipeline uses when present:
+  ``outcomes(base_dir, adapter_dir, split, limit, *, context)`` (per-item outcomes, preferred over the call),
+  ``fingerprint(context) -> dict`` (what else its scores depend on, e.g. its data files' digest),
   ``inputs(context) -> list[Path]`` (what it reads; the main command builds missing ones with ``dvc repro``) and
   ``prewarm(context)`` (run in a background thread while fetch and merge run).
 - ``skills``: the embedded skills suite, an alias of ``callable: skills.scorer:suite`` (this package imports
   nothing from skills/).
-- ``lm-eval``: ``tasks`` (+ ``include_path``, ``metric``) through ``lm_eval.simple_evaluate``.
+- ``lm-eval``: ``lm_eval.simple_evaluate(log_samples=True)`` on ``eval.tasks`` (test) or ``search.tasks``
+  (validation), the per-sample ``metric`` read from each sample.
 
-The cache key hashes the base model's files, the adapter's files (None for the bare base), the evaluation settings
-and the benchmark's data (the scorer's fingerprint, or the include path's task files), so an unchanged model on an
-unchanged benchmark is never evaluated twice: reruns and the leaderboard's baselines cost nothing.
+Items are named by lm-eval's doc id and document hash (or the scorer's ids): two models' outcomes are compared only
+on the same items. The test split's cache key hashes the base model, the adapter's files (None for the bare base)
+and the benchmark's fingerprint (settings and data), so an unchanged model on an unchanged benchmark is evaluated
+once: reruns, baselines, the champion and the DVC eval stage read the same record.
 """
 
 from __future__ import annotations
@@ -27,17 +33,23 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from pico.writer import sha256_file
+import torch
 
-from .settings import EvalSettings, Settings, digest
+from pico.writer import json_digest, sha256_file
+
 from .errors import PipelineError
-from .records import EvalResult, FetchedSource
+from .files import write_json
+from .gate import summarize
+from .records import EvalResult, FetchedSource, Outcomes, Validation
+from .settings import EvalSettings, Settings
 
+Split = Literal["test", "validation"]
 SKILLS_SCORER = "skills.scorer:suite"  # what `suite: skills` means
 
 
-class BenchmarkError(PipelineError):
+class EvaluationError(PipelineError):
     permanent = True
 
 
@@ -48,11 +60,20 @@ class SuiteContext:
     project: Path
     params_path: Path
     work: Path
-    eval: EvalSettings
+    eval: EvalSettings  # of the split scored: split and limit are the validation's for the search
 
 
-def context(settings: Settings) -> SuiteContext:
-    return SuiteContext(settings.project, settings.params_path, settings.work, settings.pipeline.eval)
+def split_settings(settings: Settings, split: Split) -> tuple[EvalSettings, list[str]]:
+    """The eval settings as a scorer sees them on ``split``, and the lm-eval tasks of that split."""
+    cfg = settings.pipeline.eval
+    if split == "test":
+        return cfg, list(cfg.tasks)
+    s = settings.pipeline.search
+    return cfg.model_copy(update={"split": "validation", "limit": s.limit}), list(s.tasks)
+
+
+def context(settings: Settings, split: Split = "test") -> SuiteContext:
+    return SuiteContext(settings.project, settings.params_path, settings.work, split_settings(settings, split)[0])
 
 
 def scorer_name(cfg: EvalSettings) -> str | None:
@@ -73,7 +94,7 @@ def load_scorer(settings: Settings):
         try:
             _SCORERS[name] = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
-            raise BenchmarkError(f"pipeline.eval.callable {name!r} cannot be loaded: {exc}") from exc
+            raise EvaluationError(f"pipeline.eval.callable {name!r} cannot be loaded: {exc}") from exc
     return _SCORERS[name]
 
 
@@ -85,30 +106,45 @@ def _wants_context(fn) -> bool:
 
 
 def files_digest(paths) -> str:
-    return digest({str(p): sha256_file(p) for p in sorted(paths)})
+    return json_digest({str(p): sha256_file(p) for p in sorted(paths)})
 
 
-def benchmark_fingerprint(settings: Settings) -> dict:
-    """What the scores depend on besides the model: the eval settings and the benchmark's data."""
-    cfg = settings.pipeline.eval
-    keep = cfg.model_dump(include={"suite", "skills", "split", "limit", "tasks", "metric", "batch_size"})
+def adapter_digest(path: str | Path | None) -> str | None:
+    """The adapter's files (its manifest aside: the merge's record, not its bytes); None for the bare base."""
+    if path is None:
+        return None
+    return files_digest(f for f in Path(path).iterdir() if f.is_file() and f.name != "merge_manifest.json")
+
+
+def fingerprint(settings: Settings, split: Split = "test") -> dict:
+    """What the scores on ``split`` depend on besides the model: the eval settings and the benchmark's data."""
+    cfg, s, test = settings.pipeline.eval, settings.pipeline.search, split == "test"
+    if test:
+        fp = cfg.model_dump(include={"suite", "skills", "split", "limit", "tasks", "metric", "batch_size"})
+    else:
+        fp = {"suite": cfg.suite, "limit": s.limit, "skills": cfg.skills, "split": "validation"}
     if cfg.suite == "lm-eval":
-        if not cfg.tasks:
-            raise BenchmarkError("pipeline.eval.tasks is empty: name the lm-eval tasks to run (or suite: skills)")
-        keep.update(lmeval_model_settings(cfg))  # the model settings change lm-eval's scores too
+        if test and not cfg.tasks:
+            raise EvaluationError("pipeline.eval.tasks is empty: name the lm-eval tasks to run (or suite: skills)")
+        if not test and not s.tasks:
+            raise EvaluationError("pipeline.search.tasks is empty: name the lm-eval tasks candidates are chosen on "
+                                  "(a validation split; never the test tasks)")
+        if not test:
+            fp.update(tasks=list(s.tasks), metric=cfg.metric)
+        fp.update(lmeval_model_settings(cfg))  # the model settings change lm-eval's scores too
         if cfg.include_path:
             inc = settings.resolve(cfg.include_path)
-            keep["include"] = files_digest(p for p in inc.rglob("*") if p.is_file())
-        return keep
-    if cfg.suite == "callable":
-        keep["callable"] = cfg.callable
+            fp["include"] = files_digest(p for p in inc.rglob("*") if p.is_file())
+        return fp
+    if not test or cfg.suite == "callable":
+        fp["callable"] = scorer_name(cfg) if not test else cfg.callable
     scorer = load_scorer(settings)
     if hasattr(scorer, "fingerprint"):
         try:
-            keep.update(scorer.fingerprint(context(settings)))
+            fp.update(scorer.fingerprint(context(settings, split)))
         except FileNotFoundError as exc:
-            raise BenchmarkError(str(exc)) from exc
-    return keep
+            raise EvaluationError(str(exc)) from exc
+    return fp
 
 
 def scorer_inputs(settings: Settings) -> list[Path]:
@@ -117,17 +153,6 @@ def scorer_inputs(settings: Settings) -> list[Path]:
         return []
     scorer = load_scorer(settings)
     return list(scorer.inputs(context(settings))) if hasattr(scorer, "inputs") else []
-
-
-def model_digest(path: str | Path | None) -> str | None:
-    if path is None:
-        return None
-    path = Path(path)
-    return files_digest(f for f in path.iterdir() if f.is_file() and f.name != "merge_manifest.json")
-
-
-def eval_key(settings: Settings, base_sha: str, adapter: str | Path | None, fingerprint: dict) -> str:
-    return digest({"base": base_sha, "adapter": model_digest(adapter), "bench": fingerprint})
 
 
 _PREWARM: list[threading.Thread] = []
@@ -165,7 +190,7 @@ def prewarm(settings: Settings) -> threading.Thread | None:
     def guarded():
         try:
             work()
-        except Exception:  # the benchmark step reports problems itself
+        except Exception:  # the evaluation reports problems itself
             pass
 
     t = threading.Thread(target=guarded, name="prewarm-benchmark", daemon=True)
@@ -196,82 +221,99 @@ def lmeval_model_settings(cfg: EvalSettings) -> dict:
     return cfg.model_dump(include={"dtype", "model_args", "apply_chat_template", "num_fewshot", "batch_size"})
 
 
+def stats(outcomes: Outcomes | None, scores: dict[str, float] | None = None) -> Validation:
+    """Scores with their stderr, mean ± stderr and n per task from per-sample outcomes; or plain scores."""
+    if outcomes:
+        return Validation(**summarize(outcomes), outcomes=outcomes)
+    scores = dict(sorted((scores or {}).items()))
+    return Validation(scores=scores, mean=sum(scores.values()) / max(1, len(scores)))
+
+
+def _lmeval_outcomes(res: dict, tasks: list[str], metric: str) -> Outcomes:
+    out = {}
+    for task in tasks:
+        samples = (res.get("samples") or {}).get(task)
+        if not samples:
+            raise EvaluationError(f"lm-eval returned no samples for task {task!r}")
+        items = {}
+        for s in samples:
+            value = s.get(metric)
+            if value is None:
+                raise EvaluationError(f"task {task!r}: samples have no metric {metric!r}")
+            items[f"{s['doc_id']}:{str(s.get('doc_hash', ''))[:12]}"] = float(value)
+        out[task] = items
+    return out
+
+
+def _parse(got: dict, who: str) -> tuple[Outcomes | None, dict[str, float]]:
+    outcomes, scores = {}, {}
+    for task, value in got.items():
+        if isinstance(value, dict):
+            outcomes[str(task)] = {str(k): float(v) for k, v in value.items()}
+        elif isinstance(value, (list, tuple)):
+            outcomes[str(task)] = {str(i): float(v) for i, v in enumerate(value)}
+        else:
+            scores[str(task)] = float(value)
+    if outcomes and scores:
+        raise EvaluationError(f"{who}: return per-item outcomes for every task or for none")
+    return outcomes or None, scores
+
+
+def score(settings: Settings, base_dir, adapter_dir, split: Split = "test") -> Validation:
+    """Base (+ adapter) on ``split``, with per-sample outcomes where the scorer has them: the one place that calls
+    lm-eval or the plugged-in scorer. Uncached (see :func:`evaluate`)."""
+    cfg, tasks = split_settings(settings, split)
+    if cfg.suite == "lm-eval":
+        import lm_eval
+
+        res = lm_eval.simple_evaluate(**lmeval_kwargs(settings, base_dir, adapter_dir, tasks, cfg.limit),
+                                      log_samples=True)
+        return stats(_lmeval_outcomes(res, tasks, cfg.metric))
+    scorer = load_scorer(settings)
+    extra = {"context": context(settings, split)} if _wants_context(scorer) else {}
+    adapter = adapter_dir and str(adapter_dir)
+    if hasattr(scorer, "outcomes"):
+        return stats(scorer.outcomes(str(base_dir), adapter, cfg.split, cfg.limit, **extra))
+    return stats(*_parse(scorer(str(base_dir), adapter, cfg.split, cfg.limit, **extra), scorer_name(cfg)))
+
+
 _EVAL_LOCK = threading.Lock()  # lm-eval and torch threads: one evaluation at a time per process
+TEST_READS: list[str] = []  # labels of test-split evaluations this process actually ran (not cache hits)
 
 
-def run_benchmark(settings: Settings, base_dir: str | Path,
-                  adapter_dir: str | Path | None) -> tuple[dict[str, float], dict[str, float]]:
-    """Scores per task in [0, 1], and their standard errors where the benchmark reports them: the plugged-in scorer
-    (scores only), or lm-eval's task list (its ``<metric>_stderr`` when numeric)."""
-    cfg = settings.pipeline.eval
+def evaluate(settings: Settings, base: FetchedSource, adapter_dir: str | Path | None, label: str) -> EvalResult:
+    """The test split (the benchmark) of base (+ adapter), with per-sample outcomes; from the cache when this exact
+    model was evaluated on this exact benchmark."""
+    key = json_digest({"base": base.sha256, "adapter": adapter_digest(adapter_dir),
+                       "bench": fingerprint(settings, "test")})
+    path = settings.work / "eval-samples" / f"{key[:32]}.json"
+    if path.is_file():
+        return EvalResult(**json.loads(path.read_text()), label=label, cached=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     for t in list(_PREWARM):  # let the background import/indexing finish rather than race it
         t.join()
+    t0 = time.time()
     with _EVAL_LOCK:
         if os.environ.get("TQDM_DISABLE") == "1":
-            try:
-                from transformers.utils import logging as hf_logging
+            from transformers.utils import logging as hf_logging
 
-                hf_logging.disable_progress_bar()
-            except Exception:
-                pass
-        if cfg.suite != "lm-eval":
-            scorer = load_scorer(settings)
-            extra = {"context": context(settings)} if _wants_context(scorer) else {}
-            scores = scorer(str(base_dir), adapter_dir and str(adapter_dir), cfg.split, cfg.limit, **extra)
-            return {str(k): float(v) for k, v in scores.items()}, {}
-        import lm_eval
-
-        res = lm_eval.simple_evaluate(**lmeval_kwargs(settings, base_dir, adapter_dir, cfg.tasks, cfg.limit))
-        scores, stderr = {}, {}
-        for task in cfg.tasks:
-            metrics = res["results"].get(task)
-            if metrics is None:
-                raise BenchmarkError(f"lm-eval returned no results for task {task!r}")
-            value = next((v for k, v in metrics.items() if k.split(",")[0] == cfg.metric), None)
-            if value is None:
-                raise BenchmarkError(f"task {task!r} has no metric {cfg.metric!r} (has: {', '.join(metrics)})")
-            scores[task] = float(value)
-            err = next((v for k, v in metrics.items() if k.split(",")[0] == f"{cfg.metric}_stderr"), None)
-            if isinstance(err, (int, float)):  # "N/A" when lm-eval computed none (bootstrap_iters=0)
-                stderr[task] = float(err)
-        return scores, stderr
-
-
-def evaluate_cached(settings: Settings, base: FetchedSource, adapter_dir: str | Path | None,
-                    label: str) -> EvalResult:
-    """Scores of base (+ adapter), from the cache when this exact model was evaluated on this exact benchmark."""
-    fingerprint = benchmark_fingerprint(settings)
-    key = eval_key(settings, base.sha256, adapter_dir, fingerprint)
-    path = settings.work / "eval-cache" / f"{key[:32]}.json"
-    if path.is_file():
-        return EvalResult(**json.loads(path.read_text()), label=label, cached=True)
-    t0 = time.time()
-    scores, stderr = run_benchmark(settings, base.path, adapter_dir)
-    if not scores:
-        raise BenchmarkError(f"{label}: the benchmark returned no scores")
-    record = {"key": key, "scores": dict(sorted(scores.items())), "mean": sum(scores.values()) / len(scores),
-              "seconds": round(time.time() - t0, 2)}
-    if stderr:
-        record["stderr"] = dict(sorted(stderr.items()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-    tmp.replace(path)
+            hf_logging.disable_progress_bar()
+        rec = score(settings, base.path, adapter_dir, "test")
+    TEST_READS.append(label)
+    if not rec.scores:
+        raise EvaluationError(f"{label}: the benchmark returned no scores")
+    record = {"key": key, **rec.model_dump(), "seconds": round(time.time() - t0, 2)}
+    write_json(path, record)
     return EvalResult(**record, label=label, cached=False)
 
 
-def resolve_base(settings: Settings, fetched_base: FetchedSource | None, adapter_path: str | Path) -> FetchedSource:
-    """The base model to evaluate on: the catalog's ``base:``, else the adapters' base_model_name_or_path."""
-    if fetched_base is not None:
-        return fetched_base
-    cfg = json.loads((Path(adapter_path) / "adapter_config.json").read_text())
-    name = cfg.get("base_model_name_or_path")
-    if not name:
-        raise BenchmarkError("no base model: add `base:` to the catalog (the adapters name none)")
-    path = settings.resolve(name)
-    if not path.is_dir():
-        raise BenchmarkError(f"base model {name!r} (from adapter_config.json) is not a local directory; add `base:` "
-                             "to the catalog")
-    return FetchedSource(name="base", uri=name, path=str(path), revision=None, sha256=model_digest(path))
+def validate(settings: Settings, base_dir, adapter_dir, threads: int | None = 1) -> Validation:
+    """The validation split of base + adapter (a search candidate), with per-sample outcomes where the scorer has
+    them; torch pinned to ``threads`` (the candidate's merge ran with them)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    if settings.pipeline.eval.suite == "lm-eval":
+        with _EVAL_LOCK:
+            return score(settings, base_dir, adapter_dir, "validation")
+    return score(settings, base_dir, adapter_dir, "validation")

@@ -27,12 +27,12 @@ McNemar p < ``alpha``). The first night, with no champion, promotes on the floor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import GateError
+from .records import ChampionRecord, Comparison, Decision, Scores, Verdict
 from .settings import GateSettings
-from .records import ChampionRecord, Decision
 
 CHAMPION, CANDIDATE = "champion", "candidate"
 
@@ -41,13 +41,19 @@ def mean(scores: dict[str, float]) -> float:
     return sum(scores.values()) / len(scores)
 
 
+NO_CHAMPION = "no champion yet; every task at or above its floor"
+
+
+def below_floors(scores: dict[str, float], cfg: GateSettings) -> list[str]:
+    """The floor rule of both gates: each task under its floor, as a reason."""
+    return [f"{task} {value:.3f} is below its floor {cfg.floor_of(task):.3f}"
+            for task, value in sorted(scores.items()) if value < cfg.floor_of(task)]
+
+
 def gate(scores: dict[str, float], champion: ChampionRecord | None, cfg: GateSettings) -> tuple[bool, list[str]]:
-    """The promotion gate: mean not below the champion's (+ min_delta), no task below its floor."""
-    reasons = []
-    for task, value in sorted(scores.items()):
-        floor = cfg.floor_of(task)
-        if value < floor:
-            reasons.append(f"{task} {value:.3f} is below its floor {floor:.3f}")
+    """The promotion gate on means (a scorer with plain scores): mean not below the champion's (+ min_delta), no task
+    below its floor."""
+    reasons = below_floors(scores, cfg)
     if champion is not None:
         need = champion.mean + cfg.min_delta
         if mean(scores) < need - 1e-9:  # a tie is not "below": means re-read from MLflow may differ in the last bits
@@ -57,7 +63,7 @@ def gate(scores: dict[str, float], champion: ChampionRecord | None, cfg: GateSet
 
 
 def decide(version: str, scores: dict[str, float], champion: ChampionRecord | None, cfg: GateSettings,
-           verdict: "Verdict | None" = None) -> Decision:
+           verdict: Verdict | None = None) -> Decision:
     """The decision for ``version`` against the current ``champion`` (None: there is none). ``verdict``: the paired
     test's outcome against that same champion (:func:`judge`), used instead of comparing means."""
     if champion is not None and champion.version == str(version):
@@ -70,19 +76,12 @@ def decide(version: str, scores: dict[str, float], champion: ChampionRecord | No
                         previous_champion=champion.version if champion else None)
     passed, reasons = gate(scores, champion, cfg)
     if passed and champion is None:
-        reasons = ["no champion yet; every task at or above its floor"]
+        reasons = [NO_CHAMPION]
     elif passed:
         reasons = [f"mean {mean(scores):.4f} >= champion v{champion.version} {champion.mean:.4f}"
                    + (f" + {cfg.min_delta}" if cfg.min_delta else "") + "; every task at or above its floor"]
     return Decision(promoted=passed, alias=CHAMPION if passed else CANDIDATE, version=version, unchanged=False,
                     reasons=reasons, previous_champion=champion.version if champion else None)
-
-
-DEFAULTS = {"alpha": 0.05, "iters": 20000, "seed": 0, "min_delta": 0.0, "floor": 0.0, "floors": {}}
-
-
-class GateError(ValueError):
-    """The outcomes cannot be compared (different items, empty tasks, values other than 0/1)."""
 
 
 def accuracy_stderr(values) -> tuple[float, float]:
@@ -130,18 +129,8 @@ def _check(outcomes: dict[str, dict], who: str) -> None:
             raise GateError(f"{who}: task {task!r} item {bad[0]!r} has outcome {items[bad[0]]!r}; the gate needs 0/1")
 
 
-@dataclass
-class Comparison:
-    """Candidate minus champion on the same items."""
-
-    gain: float  # mean over tasks of the accuracy difference
-    gain_stderr: float  # paired standard error of that gain
-    p_gain: float  # one-sided: P(gain this large | no difference), randomization test
-    tasks: dict = field(default_factory=dict)  # task -> {diff, stderr, won, lost, n, p_worse, p_better}
-
-
-def compare(candidate: dict[str, dict], champion: dict[str, dict], *, iters: int = DEFAULTS["iters"],
-            seed: int = DEFAULTS["seed"]) -> Comparison:
+def compare(candidate: dict[str, dict], champion: dict[str, dict], *, iters: int = GateSettings().iters,
+            seed: int = GateSettings().seed) -> Comparison:
     """The paired comparison of two models' per-sample outcomes on the same tasks and items."""
     _check(candidate, "candidate")
     _check(champion, "champion")
@@ -178,63 +167,28 @@ def compare(candidate: dict[str, dict], champion: dict[str, dict], *, iters: int
     return Comparison(gain=gain, gain_stderr=math.sqrt(var), p_gain=p_gain, tasks=tasks)
 
 
-@dataclass
-class Verdict:
-    promote: bool
-    reasons: list[str]
-    candidate: dict  # summarize(candidate)
-    champion: dict | None = None  # summarize(champion)
-    comparison: Comparison | None = None
-
-    def to_dict(self) -> dict:
-        out = {"promote": self.promote, "reasons": self.reasons, "candidate": self.candidate,
-               "champion": self.champion}
-        if self.comparison is not None:
-            c = self.comparison
-            out["comparison"] = {"gain": c.gain, "gain_stderr": c.gain_stderr, "p_gain": c.p_gain, "tasks": c.tasks}
-        return out
-
-
-def config(cfg: GateSettings | dict | None) -> dict:
-    """The gate settings with defaults filled in, checked (a bad value names the key)."""
-    if isinstance(cfg, GateSettings):
-        cfg = cfg.model_dump()
-    out = {**DEFAULTS, **{k: v for k, v in (cfg or {}).items() if k in DEFAULTS}}
-    if not 0 < float(out["alpha"]) < 1:
-        raise ValueError(f"pipeline.gate.alpha must be in (0, 1), got {out['alpha']}")
-    if int(out["iters"]) < 100:
-        raise ValueError(f"pipeline.gate.iters must be >= 100, got {out['iters']}")
-    return out
-
-
-def judge(candidate: dict[str, dict], champion: dict[str, dict] | None, cfg: GateSettings | dict | None = None, *,
-           champion_name: str = "the champion") -> Verdict:
+def judge(candidate: dict[str, dict], champion: dict[str, dict] | None, cfg: GateSettings = GateSettings(), *,
+          champion_name: str = "the champion") -> Verdict:
     """Promote or not, with the reasons (each failed condition, or why it passed)."""
-    cfg = config(cfg)
     _check(candidate, "candidate")
-    cand = summarize(candidate)
-    reasons = []
-    for task, value in cand["scores"].items():
-        floor = float((cfg.get("floors") or {}).get(task, cfg["floor"]))
-        if value < floor:
-            reasons.append(f"{task} {value:.3f} is below its floor {floor:.3f}")
+    cand = Scores(**summarize(candidate))
+    reasons = below_floors(cand.scores, cfg)
     if champion is None:
-        if reasons:
-            return Verdict(False, reasons, cand)
-        return Verdict(True, ["no champion yet; every task at or above its floor"], cand)
-    comp = compare(candidate, champion, iters=int(cfg["iters"]), seed=int(cfg["seed"]))
-    alpha = float(cfg["alpha"])
-    champ = summarize(champion)
+        return Verdict(promote=not reasons, reasons=reasons or [NO_CHAMPION], candidate=cand)
+    comp = compare(candidate, champion, iters=cfg.iters, seed=cfg.seed)
+    alpha = cfg.alpha
+    champ = Scores(**summarize(champion))
     gain = f"mean gain {comp.gain:+.4f} ± {comp.gain_stderr:.4f} over {champion_name}"
-    if comp.gain < float(cfg["min_delta"]):
-        reasons.append(f"{gain} is below min_delta {float(cfg['min_delta']):g}")
+    if comp.gain < cfg.min_delta:
+        reasons.append(f"{gain} is below min_delta {cfg.min_delta:g}")
     elif comp.p_gain >= alpha:
         reasons.append(f"{gain} is not significant (paired randomization p = {comp.p_gain:.3f} >= alpha {alpha:g})")
     for task, t in comp.tasks.items():
         if t["p_worse"] < alpha:
             reasons.append(f"{task} is significantly worse than {champion_name}: {t['diff']:+.3f} ({t['lost']} items "
                            f"lost, {t['won']} won; McNemar p = {t['p_worse']:.4f} < alpha {alpha:g})")
-    if reasons:
-        return Verdict(False, reasons, cand, champ, comp)
-    return Verdict(True, [f"{gain} is significant (p = {comp.p_gain:.4f} < {alpha:g}); no task significantly worse; "
-                           "every task at or above its floor"], cand, champ, comp)
+    promote = not reasons
+    if promote:
+        reasons = [f"{gain} is significant (p = {comp.p_gain:.4f} < {alpha:g}); no task significantly worse; every "
+                   "task at or above its floor"]
+    return Verdict(promote=promote, reasons=reasons, candidate=cand, champion=champ, comparison=comp)

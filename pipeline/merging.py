@@ -1,4 +1,5 @@
-"""Validate, plan, calibrate/merge per group, write: the merge as steps a flow can map over workers.
+"""Validate, plan, calibrate/merge per group, write: the merge as steps a flow can map over workers, and
+:func:`merge_into_store`, the one sequence the search, the DVC stage and the flow all run.
 
 The merged adapter lives in a content-addressed store, ``<work>/store/<key>``, where the key hashes everything that
 decides its bytes (the sources' sha256 in order, the recipe hash, pico's version, the dtype).  A rerun with unchanged
@@ -12,17 +13,18 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 import pico
-from pico.merge import MANIFEST_NAME, natural_key, plan_batches, write_merged
-from pico.writer import sha256_file
+from pico.merge import MANIFEST_NAME, check_weights, natural_key, plan_batches, write_merged
+from pico.writer import AtomicDir, json_digest, sha256_file
 
-from . import dvcio
 from .errors import PipelineError
-from .settings import Settings, digest
-from .records import FetchedSource
+from .files import project_lock
+from .records import FetchedSource, MergeResult
+from .settings import Settings
 
 
 def load_set(fetched: list[FetchedSource]) -> pico.AdapterSet:
@@ -42,7 +44,7 @@ def pico_code_digest() -> str:
     global _CODE_DIGEST
     if _CODE_DIGEST is None:
         root = Path(pico.__file__).parent
-        _CODE_DIGEST = digest({p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*.py"))})
+        _CODE_DIGEST = json_digest({p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*.py"))})
     return _CODE_DIGEST
 
 
@@ -62,7 +64,7 @@ def device_class(settings: Settings) -> str:
 def merge_key(fetched: list[FetchedSource], recipe: pico.Recipe, dtype: str, device: str = "cpu") -> str:
     """Everything that decides the merged bytes: the sources' bytes in order, the recipe, pico's code, the dtype,
     the device class."""
-    return digest({"sources": [f.sha256 for f in fetched], "recipe": recipe.hash(), "pico": pico.__version__,
+    return json_digest({"sources": [f.sha256 for f in fetched], "recipe": recipe.hash(), "pico": pico.__version__,
                    "pico_code": pico_code_digest(), "dtype": dtype, "device": device})
 
 
@@ -152,7 +154,7 @@ def write_store(settings: Settings, key: str, aset: pico.AdapterSet, recipe: pic
                 results, dtype: str) -> tuple[Path, dict, bool]:
     """Write the merged adapter into the store under the key's lock. Returns (dir, manifest, reused)."""
     out = store_dir(settings, key)
-    with dvcio.project_lock(settings.work, f"merge-{out.name}"):
+    with project_lock(settings.work, f"merge-{out.name}"):
         manifest = verify_dir(out)
         if manifest is not None:  # another run finished the same merge meanwhile
             return out, manifest, True
@@ -174,6 +176,41 @@ def check_sources(manifest: dict, fetched: list[FetchedSource]) -> None:
         if src["sha256"] != f.sha256:
             raise SourceChanged(f"{f.name}: {f.uri} changed during the run (fetched {f.sha256[:12]}, merged "
                                 f"{src['sha256'][:12]}); nothing was registered")
+
+
+Groups = list[list[str]]
+ComputeGroups = Callable[[pico.AdapterSet, Groups, pico.Recipe], list]
+
+
+def compute_groups(settings: Settings) -> ComputeGroups:
+    """Calibrate and merge each group here, one after the other (the search's candidates, the DVC stage); the flow
+    maps the same two functions over its task runner's workers instead."""
+    p = settings.pipeline
+
+    def compute(aset: pico.AdapterSet, groups: Groups, recipe: pico.Recipe) -> list:
+        return [merge_group(calibrate_group(aset, g, recipe, p.device, p.calibrate.threads), recipe,
+                            p.calibrate.threads) for g in groups]
+
+    return compute
+
+
+def merge_into_store(settings: Settings, aset: pico.AdapterSet, fetched: list[FetchedSource], recipe: pico.Recipe,
+                     compute: ComputeGroups | None = None, key: str | None = None) -> MergeResult:
+    """The merged adapter of ``recipe`` in the content-addressed store: a verified copy if there is one, else planned,
+    calibrated and merged group by group (``compute``; default: here, sequentially), written under the key's lock,
+    and checked against the fetched bytes. ``key``: the merge key when the caller has it already."""
+    p = settings.pipeline
+    check_weights(aset, recipe)
+    key = key or merge_key(fetched, recipe, p.dtype, device_class(settings))
+    store = store_dir(settings, key)
+    manifest = verify_dir(store)
+    cached = manifest is not None
+    if not cached:
+        groups = plan_groups(aset, recipe, p.calibrate.layers_per_group)
+        results = (compute or compute_groups(settings))(aset, groups, recipe)
+        store, manifest, _ = write_store(settings, key, aset, recipe, groups, results, p.dtype)  # _: by a concurrent run
+    check_sources(manifest, fetched)
+    return MergeResult(key=key, store=str(store), manifest=manifest, cached=cached)
 
 
 def diagnostics(manifest: dict) -> dict:
@@ -224,8 +261,6 @@ def plot_diagnostics(manifest: dict, path: Path) -> Path:
 
 def materialize(src: Path, dest: Path) -> None:
     """Replace ``dest`` with a copy of ``src`` atomically (the DVC stage output is a plain folder, not a link)."""
-    from pico.writer import AtomicDir
-
     with AtomicDir(dest, overwrite=True) as tmp:
         for f in sorted(Path(src).iterdir()):
             if f.is_file():

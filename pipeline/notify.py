@@ -1,6 +1,6 @@
 """Notifications on failure and on promotion, through a Prefect notification block (a webhook).
 
-``pipeline.notify`` in params.yaml::
+``pipeline.notify`` in params.yaml (:class:`pipeline.settings.NotifySettings`)::
 
     notify:
       block: custom-webhook/pico-nightly     # a saved Prefect notification block (any kind: Slack, Teams, ...)
@@ -9,56 +9,44 @@
 
 Nothing is configured by default (no block, no URL): the night sends nothing. A notification that cannot be
 delivered is logged as a warning and never fails the night (a promotion has already happened by then; a failure
-is already a failure).
+is already a failure). The messages are :mod:`pipeline.render`'s.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-EVENTS = ("failure", "promotion")
-DEFAULTS = {"block": None, "webhook_url": None, "events": list(EVENTS), "timeout_s": 10}
+import yaml
+
+from .render import failure_message
+from .settings import NotifySettings, load_settings
 
 log = logging.getLogger("pico.notify")
 
 
-def config(cfg) -> dict:
-    """``pipeline.notify`` (typed settings or a plain dict) with defaults, checked."""
-    if hasattr(cfg, "model_dump"):
-        cfg = cfg.model_dump()
-    out = {**DEFAULTS, **(cfg or {})}
-    unknown = set(out) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"pipeline.notify: unknown keys {', '.join(sorted(unknown))} (known: {', '.join(DEFAULTS)})")
-    bad = [e for e in out["events"] if e not in EVENTS]
-    if bad:
-        raise ValueError(f"pipeline.notify.events: unknown events {bad} (known: {', '.join(EVENTS)})")
-    return out
-
-
-def block_for(cfg: dict):
+def block_for(cfg: NotifySettings):
     """The notification block: the saved one named by ``block``, else a webhook block for ``webhook_url``."""
-    if cfg.get("block"):
+    if cfg.block:
         from prefect.blocks.core import Block
 
-        return Block.load(cfg["block"])
-    if cfg.get("webhook_url"):
+        return Block.load(cfg.block)
+    if cfg.webhook_url:
         from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
         # the URL comes from the project's own params.yaml, so a private address (a chat bridge on the LAN, a
         # receiver on 127.0.0.1) is what the user asked for, not a request forgery
-        return CustomWebhookNotificationBlock(name="pico-nightly", url=cfg["webhook_url"], method="POST",
+        return CustomWebhookNotificationBlock(name="pico-nightly", url=cfg.webhook_url, method="POST",
                                               json_data={"subject": "{{subject}}", "body": "{{body}}"},
-                                              timeout=float(cfg["timeout_s"]), allow_private_urls=True)
+                                              timeout=float(cfg.timeout_s), allow_private_urls=True)
     return None
 
 
-def send(cfg, event: str, subject: str, body: str) -> bool:
+def send(cfg: NotifySettings, event: str, subject: str, body: str) -> bool:
     """Send one notification if ``event`` is enabled and a block is configured. True when it was delivered."""
-    cfg = config(cfg)
-    if event not in EVENTS:
+    if event not in NotifySettings.model_fields["events"].default:
         raise ValueError(f"unknown notification event {event!r}")
-    if event not in cfg["events"]:
+    if event not in cfg.events:
         return False
     try:
         block = block_for(cfg)
@@ -71,23 +59,15 @@ def send(cfg, event: str, subject: str, body: str) -> bool:
         return False
 
 
-def promotion_message(summary: dict) -> tuple[str, str]:
-    """(subject, body) of a promotion, from the night's summary."""
-    d, ev = summary["decision"], summary["eval"]
-    subject = f"pico nightly: {summary['model']} v{d['version']} promoted to champion"
-    recipe = (summary.get("search") or {}).get("chosen") or summary.get("recipe_label") or ""
-    lines = [subject, f"recipe: {recipe}",
-             f"test mean {ev['mean']:.4f}" + (f" ± {ev['mean_stderr']:.4f}" if ev.get("mean_stderr") else ""),
-             "why: " + "; ".join(d["reasons"])]
-    if summary.get("mlflow_url"):
-        lines.append(f"MLflow: {summary['mlflow_url']}")
-    return subject, "\n".join(lines)
-
-
-def failure_message(flow_name: str, run_name: str, error: str, url: str | None = None) -> tuple[str, str]:
-    subject = f"pico nightly FAILED: {flow_name} / {run_name}"
-    body = f"{subject}\n{error}\nNo alias was moved." + (f"\nPrefect: {url}" if url else "")
-    return subject, body
+def _settings_of(p: dict) -> NotifySettings:
+    """The failed run's notify settings; from the raw params.yaml when the settings themselves are what failed."""
+    try:
+        return load_settings(p.get("project", "."), p.get("params", "params.yaml"), p.get("overrides")).pipeline.notify
+    except Exception as exc:  # noqa: BLE001 - a broken params.yaml is a failure worth reporting too
+        path = Path(p.get("project", ".")) / p.get("params", "params.yaml")
+        raw = ((yaml.safe_load(path.read_text()) or {}).get("pipeline") or {}).get("notify") if path.is_file() else None
+        log.info("settings unreadable (%s); notifying from the raw params.yaml", exc)
+        return NotifySettings.model_validate(raw or {})
 
 
 def on_failure_hook(flow, flow_run, state) -> None:
@@ -95,22 +75,7 @@ def on_failure_hook(flow, flow_run, state) -> None:
     try:
         from prefect.runtime import flow_run as runtime_run
 
-        from .settings import load_settings
-
-        p = flow_run.parameters or {}
-        cfg = None
-        try:
-            cfg = load_settings(p.get("project", "."), p.get("params", "params.yaml"),
-                                p.get("overrides")).pipeline.notify
-        except Exception as exc:  # noqa: BLE001 - a broken params.yaml is a failure worth reporting too
-            import yaml
-            from pathlib import Path
-
-            path = Path(p.get("project", ".")) / p.get("params", "params.yaml")
-            with_notify = ((yaml.safe_load(path.read_text()) or {}).get("pipeline") or {}).get("notify") \
-                if path.is_file() else None
-            cfg = with_notify
-            log.info("settings unreadable (%s); notifying from the raw params.yaml", exc)
+        cfg = _settings_of(flow_run.parameters or {})
         error = state.message or state.name
         try:
             state.result()
@@ -121,7 +86,6 @@ def on_failure_hook(flow, flow_run, state) -> None:
             url = runtime_run.ui_url
         except Exception:  # noqa: BLE001
             pass
-        subject, body = failure_message(flow.name, flow_run.name, error, url)
-        send(cfg, "failure", subject, body)
+        send(cfg, "failure", *failure_message(flow.name, flow_run.name, error, url))
     except Exception as exc:  # noqa: BLE001 - hooks must never raise
         log.warning("failure notification hook: %s: %s", type(exc).__name__, exc)

@@ -1,4 +1,5 @@
-"""Where the night runs: the task runner of the calibrate/merge map, and the warm-up of the run's fixed costs.
+"""Where the night runs: the process environment, torch's thread count, the task runner of the calibrate/merge map,
+and the warm-up of the run's fixed costs.
 
 The warm-up starts Prefect's ephemeral API itself (Prefect's ``SubprocessASGIServer``, not a public API: with a
 persistent ``prefect server start`` and ``PREFECT_API_URL`` set, none of this runs), side by side with the lm-eval
@@ -10,15 +11,48 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 
-from prefect.task_runners import ThreadPoolTaskRunner
+import torch
 
 from . import evaluation
 from .settings import Settings
+from .tracking.client import preflight
+
+
+def quiet_env() -> None:
+    """Defaults that keep the embedded components offline, quiet and quick (explicit settings win)."""
+    for key, value in {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # the first start on a busy 2-core box is slow
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "DO_NOT_TRACK": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TQDM_DISABLE": "1",  # a nightly job's log, not a terminal: no progress bars
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def torch_threads():
+    """Give torch's intra-op thread count back after a block whose tasks pinned it (for identical bytes, every
+    calibrate/merge task and candidate runs with ``pipeline.calibrate.threads``; the rest of the run keeps its own)."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_task_runner(settings: Settings):
     """The task runner of the calibrate/merge map: threads (default) or Dask (prefect-dask)."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     cfg = settings.pipeline.task_runner
     if cfg.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
@@ -70,9 +104,7 @@ def warm_up(settings: Settings) -> threading.Thread | None:
 
     def _mlflow():
         with contextlib.suppress(Exception):  # the flow's pre-flight step reports problems
-            from . import promotion
-
-            promotion.preflight(settings)
+            preflight(settings)
 
     threading.Thread(target=_mlflow, name="prewarm-mlflow", daemon=True).start()
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
@@ -84,3 +116,25 @@ def warm_up(settings: Settings) -> threading.Thread | None:
     api = threading.Thread(target=SubprocessASGIServer().start, name="prewarm-prefect-api", daemon=True)
     api.start()
     return api
+
+
+class Clock:
+    """Wall times of the night's steps (seconds since the previous mark): Prefect shows each task run's duration;
+    these are the subflows', logged with the run and printed."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.marks: list[tuple[str, float]] = []
+
+    def mark(self, step: str, value=None):
+        """Mark the end of ``step``; returns ``value`` (``x = clock.mark("step", run_step())``)."""
+        self.marks.append((step, time.perf_counter()))
+        return value
+
+    def durations(self) -> dict[str, float]:
+        out, prev = {}, self.start
+        for step, at in self.marks:
+            out[step] = round(at - prev, 2)
+            prev = at
+        out["total"] = round(prev - self.start, 2)
+        return out

@@ -1,213 +1,127 @@
-"""The recipe search space: ``merge:`` in params.yaml as one recipe, or as grids whose fields may be lists.
+"""The recipe search: every candidate of the space merged (into the content-addressed store) and scored on the
+validation split; the validation argmax is the night's recipe.
 
-    merge:                                   # one recipe (as before): one candidate
-      {method: ties, space: full, lam: 2.0, params: {density: 0.7}}
-
-    merge:                                   # one grid: the product of its list-valued fields
-      {method: [ta, ties], space: core, lam: [0.5, 1.0], params: {density: [0.5, 0.7]}}
-
-    merge:                                   # the union of several grids, in order
-      search:
-        - {method: ties, space: full, lam: [1.5, 2.0]}
-        - {method: ta, calibrate: pico, rescale: [pre, post]}
-      defaults: {seed: 0}                    # fields every grid shares unless it sets them
-      max_candidates: 32                     # a typo that explodes the product is an error, not a long night
-
-Every field of ``pico.Recipe`` may be a list (``weights``: a list of lists, since one value is already a list), and
-so may every method parameter under ``params``. Each combination is validated by ``pico.Recipe`` itself (the
-method registry decides which spaces and parameter values a method accepts); a combination it rejects is skipped
-with its reason, not an error. A method parameter applies only to the grid's methods that have it (``density`` is
-a TIES/DARE parameter; for TA it is dropped, not an error). Combinations that would write the same bytes as another
-are skipped as duplicates with the reason: lambda under ``rescale: post`` (the merged norm is pinned, lambda cancels),
-``kappa``/``gamma`` without calibration.
-
-Pure Python over pico's public API (Recipe, the method registry): no Prefect, MLflow or lm-eval imports.
+A candidate's record is cached by its content key: the merge key (sources' bytes, recipe, pico's code, dtype,
+device class), the base model's digest and the validation fingerprint (scorer, settings, validation data). An
+unchanged night finds every record and recomputes nothing; a changed adapter, recipe list or validation set
+recomputes exactly the candidates it touches. The merged adapter goes to the same store the night's merge uses
+(:func:`pipeline.merging.merge_into_store`), so the chosen candidate is not merged again.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-from dataclasses import dataclass, field
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
 
-from pico import Recipe
-from pico.registry import METHODS, get_method
+import pico
+from pico.writer import json_digest
 
-RECIPE_FIELDS = tuple(Recipe.__dataclass_fields__)
-SEARCH_KEYS = {"search", "defaults", "max_candidates"}
-MAX_CANDIDATES = 32
+from . import evaluation, merging
+from .errors import SearchError
+from .files import write_json
+from .records import Candidate, CandidateRecord, FetchedSource, SearchResult, SearchSpace, SearchSummary
+from .render import candidate_rows
+from .settings import Settings
 
-
-class SearchError(ValueError):
-    """The ``merge:`` section cannot be read as a recipe or a search space (names the key)."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    recipe: dict  # Recipe.to_dict(): every field, method parameters with their defaults
-    label: str
-    index: int  # position in the expanded order (ties on validation go to the earlier candidate)
-
-    @property
-    def key(self) -> str:
-        return Recipe.from_dict(self.recipe).hash()
-
-    def recipe_obj(self) -> Recipe:
-        return Recipe.from_dict(self.recipe)
+T = TypeVar("T")
 
 
-@dataclass
-class Space:
-    candidates: list[Candidate]
-    skipped: list[dict] = field(default_factory=list)  # {"recipe": {...}, "reason": "..."}
-    single: bool = False  # merge: was one plain recipe
-
-    def describe(self) -> str:
-        lines = [f"{len(self.candidates)} candidates" + (f", {len(self.skipped)} combinations skipped"
-                                                          if self.skipped else "")]
-        lines += [f"  {c.index:>2} {c.label}" for c in self.candidates]
-        lines += [f"  skipped {_short(s['recipe'])}: {s['reason']}" for s in self.skipped]
-        return "\n".join(lines)
+def rank(scored: list[tuple[T, float]]) -> list[tuple[T, float]]:
+    """Best first by validation score; ties go to the earlier candidate (``.index``, the space's order)."""
+    return sorted(scored, key=lambda cs: (-cs[1], cs[0].index))
 
 
-def label(recipe: Recipe) -> str:
-    """ties/full lam=2 density=0.7 | ta/core +pico k=5 (pre) lam=0.8: the fields that tell candidates apart."""
-    s = recipe.label()
-    if recipe.rescale != "post":
-        s += f" lam={recipe.lam:g}"
-    for name, value in sorted(recipe.method_params().items()):
-        s += f" {name}={value:g}" if isinstance(value, float) else f" {name}={value}"
-    if recipe.rank is not None:
-        s += f" rank={recipe.rank}"
-    if recipe.weights is not None:
-        s += " w=" + ",".join(f"{w:g}" for w in recipe.weights)
-    return s
-
-
-def _short(d: dict) -> str:
-    return json.dumps(d, sort_keys=True, default=str)
-
-
-def _values(key: str, value) -> list:
-    """A field's alternatives: a list is a choice (weights: a list of lists), anything else one value."""
-    if key == "weights":
-        if isinstance(value, list) and value and all(isinstance(v, list) or v is None for v in value):
-            return value
-        return [value]
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def is_search(section: dict | None) -> bool:
-    """Whether ``merge:`` is a search space (grids or list-valued fields), not one plain recipe."""
-    if not section:
-        return False
-    if set(section) & SEARCH_KEYS:
-        return True
-    for key, value in section.items():
-        if key == "params":
-            if any(isinstance(v, (list, tuple)) for v in (value or {}).values()):
-                return True
-        elif len(_values(key, value)) != 1 or isinstance(value, (list, tuple)) and key != "weights":
-            return True
-    return False
-
-
-def _grids(section: dict) -> tuple[list[dict], int]:
-    if not isinstance(section, dict):
-        raise SearchError(f"merge: must be a mapping (a recipe or a search space), got {type(section).__name__}")
-    if not set(section) & SEARCH_KEYS:
-        return [section], MAX_CANDIDATES
-    unknown = set(section) - SEARCH_KEYS
-    if unknown:
-        raise SearchError(f"merge: unknown keys {', '.join(sorted(unknown))} beside search: (put recipe fields in "
-                          "a grid under search:, or shared ones under defaults:)")
-    grids = section.get("search")
-    if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
-        raise SearchError("merge.search: must be a non-empty list of grids (mappings of recipe fields)")
-    defaults = section.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        raise SearchError("merge.defaults: must be a mapping of recipe fields")
-    out = []
-    for g in grids:
-        merged = {**defaults, **g}
-        if "params" in defaults and "params" in g:
-            merged["params"] = {**(defaults["params"] or {}), **(g["params"] or {})}
-        out.append(merged)
-    limit = section.get("max_candidates", MAX_CANDIDATES)
-    if not isinstance(limit, int) or limit < 1:
-        raise SearchError(f"merge.max_candidates: must be a positive integer, got {limit!r}")
-    return out, limit
-
-
-def _duplicate_reason(recipe: Recipe) -> str | None:
-    """Why this recipe writes the same bytes as a simpler one in the same space (None: it does not)."""
-    if recipe.rescale == "post" and recipe.lam != 1.0:
-        return f"lam={recipe.lam:g} has no effect under rescale=post (the merged norm is pinned); lam=1 stands for it"
-    if recipe.calibrate == "none" and (recipe.kappa is not None or recipe.gamma != 1.0):
-        return "kappa/gamma apply only with a calibration; the uncalibrated recipe stands for it"
-    return None
-
-
-def expand(section: dict | None) -> Space:
-    """The candidates of ``merge:`` in order (duplicates removed), and the skipped combinations with reasons."""
-    if not section:
-        raise SearchError("merge: is empty; give a recipe (method, space, ...) or a search space")
-    single = not is_search(section)
-    grids, limit = _grids(section)
-    candidates: list[Candidate] = []
-    skipped: list[dict] = []
-    seen: set[str] = set()
-    for gi, grid in enumerate(grids):
-        where = "merge" if len(grids) == 1 and "search" not in section else f"merge.search[{gi}]"
-        unknown = set(grid) - set(RECIPE_FIELDS)
-        if unknown:
-            raise SearchError(f"{where}: unknown recipe keys {', '.join(sorted(unknown))} (known: "
-                              f"{', '.join(RECIPE_FIELDS)})")
-        params = grid.get("params") or {}
-        if not isinstance(params, dict):
-            raise SearchError(f"{where}.params: must be a mapping of method parameters")
-        fields = {k: _values(k, v) for k, v in grid.items() if k != "params"}
-        fields.setdefault("method", [Recipe.method])
-        pnames = sorted(params)
-        pvalues = [_values(p, params[p]) for p in pnames]
-        if any(not v for v in list(fields.values()) + pvalues):
-            raise SearchError(f"{where}: an empty list leaves nothing to search")
-        names = list(fields)
-        for combo in itertools.product(*fields.values(), *pvalues):
-            kw = dict(zip(names, combo[: len(names)]))
-            chosen = dict(zip(pnames, combo[len(names):]))
-            method = kw["method"]
-            if method in METHODS:  # a parameter of some other method of the grid: not this one's
-                known_somewhere = {p for m in fields["method"] if m in METHODS for p in get_method(m).params}
-                chosen = {p: v for p, v in chosen.items() if p in get_method(method).params or p not in known_somewhere}
-            raw = {**kw, "params": chosen}
-            try:
-                recipe = Recipe.from_dict(raw)
-            except (TypeError, ValueError) as exc:
-                skipped.append({"recipe": raw, "reason": str(exc)})
-                continue
-            reason = _duplicate_reason(recipe)
-            if reason:
-                skipped.append({"recipe": raw, "reason": reason})
-                continue
-            key = recipe.hash()
-            if key in seen:
-                continue  # the same recipe again (e.g. a parameter dropped for a method without it)
-            seen.add(key)
-            candidates.append(Candidate(recipe.to_dict(), label(recipe), len(candidates)))
-    if not candidates:
-        reasons = "; ".join(sorted({s["reason"] for s in skipped}))[:600]
-        raise SearchError(f"merge: no valid candidate ({len(skipped)} combinations skipped: {reasons})")
-    if len(candidates) > limit:
-        raise SearchError(f"merge: {len(candidates)} candidates exceed max_candidates {limit}; narrow the lists "
-                          "or raise merge.max_candidates")
-    return Space(candidates, skipped, single)
-
-
-def best(scored: list[tuple[Candidate, float]]) -> tuple[Candidate, float, float | None]:
+def best(scored: list[tuple[T, float]]) -> tuple[T, float, float | None]:
     """The validation argmax (ties: the earlier candidate), its score, and the margin over the runner-up."""
     if not scored:
         raise SearchError("no scored candidates")
-    ranked = sorted(scored, key=lambda cs: (-cs[1], cs[0].index))
+    ranked = rank(scored)
     margin = ranked[0][1] - ranked[1][1] if len(ranked) > 1 else None
     return ranked[0][0], ranked[0][1], margin
+
+
+def candidate_key(merge_key: str, base_sha: str, val_fingerprint: dict) -> str:
+    return json_digest({"merge": merge_key, "base": base_sha, "validation": val_fingerprint})
+
+
+def record_path(settings: Settings, key: str) -> Path:
+    return settings.work / "search-cache" / f"{key[:32]}.json"
+
+
+def run_candidate(settings: Settings, aset: pico.AdapterSet, fetched: list[FetchedSource], base: FetchedSource,
+                  candidate: Candidate, merge_key: str, key: str) -> CandidateRecord:
+    """Merge + validation score of one candidate (``key``: its :func:`candidate_key`), cached by content."""
+    path = record_path(settings, key)
+    if path.is_file():
+        return CandidateRecord(**json.loads(path.read_text()), cached=True)
+    t0 = time.perf_counter()
+    merged = merging.merge_into_store(settings, aset, fetched, candidate.recipe_obj(), key=merge_key)
+    t1 = time.perf_counter()
+    val = evaluation.validate(settings, base.path, merged.store, settings.pipeline.calibrate.threads)
+    rec = CandidateRecord(key=key, merge_key=merge_key, store=merged.store, label=candidate.label,
+                          index=candidate.index, recipe=candidate.recipe, validation=val, merge_s=round(t1 - t0, 2),
+                          score_s=round(time.perf_counter() - t1, 2))
+    write_json(path, rec.to_file())
+    return rec
+
+
+Job = tuple[Candidate, str, str]  # a candidate, its merge key, its record's key
+ScoreAll = Callable[[Settings, list[Job]], list[CandidateRecord]]
+
+
+def run_rounds(settings: Settings, space: SearchSpace, fetched: list[FetchedSource], base: FetchedSource,
+               score_all: ScoreAll) -> SearchResult:
+    """Score every candidate (``score_all(settings, jobs)``: each record with ``cached`` set); with
+    ``pipeline.search.limit`` and ``finalists: k``, the top k of that screening are scored again on the whole
+    validation split and the choice is made among them. The validation argmax (:func:`best`) is chosen."""
+    t0 = time.perf_counter()
+    cfg, p = settings.pipeline.search, settings.pipeline
+    device = merging.device_class(settings)
+    merge_keys = {c.index: merging.merge_key(fetched, c.recipe_obj(), p.dtype, device) for c in space.candidates}
+
+    def jobs(st: Settings, cands: list[Candidate]) -> list[Job]:
+        fp = evaluation.fingerprint(st, "validation")
+        return [(c, merge_keys[c.index], candidate_key(merge_keys[c.index], base.sha256, fp)) for c in cands]
+
+    scored_on = f"first {cfg.limit} validation items" if cfg.limit else "all validation items"
+    records = [r.model_copy(update={"scored_on": scored_on}) for r in score_all(settings, jobs(settings,
+                                                                                               space.candidates))]
+    cached = {r.index for r in records if r.cached}
+    pool = records
+    if cfg.finalists and cfg.limit:
+        top = rank([(r, r.validation.mean) for r in records])[: int(cfg.finalists)]
+        full = settings.model_copy(update={"pipeline": p.model_copy(update={
+            "search": cfg.model_copy(update={"limit": None})})})
+        by_index = {c.index: c for c in space.candidates}
+        pool = [r.model_copy(update={"scored_on": "all validation items (finalist)"})
+                for r in score_all(full, jobs(full, [by_index[r.index] for r, _ in top]))]
+        finalists = {r.index for r in pool}
+        records = pool + [r for r in records if r.index not in finalists]
+        cached -= {r.index for r in pool if not r.cached}  # cached: every round of it was
+    chosen, _, margin = best([(r, r.validation.mean) for r in pool])
+    runner_up = rank([(r, r.validation.mean) for r in pool])[1][0] if len(pool) > 1 else None
+    why = (f"validation argmax: mean {chosen.validation.mean:.4f}"
+           + (f", {margin:+.4f} over the runner-up {runner_up.label} ({runner_up.validation.mean:.4f})"
+              if runner_up else "")
+           + f" among {len(pool)} " + ("finalists" if pool is not records else "candidates"))
+    return SearchResult(records=records, chosen=chosen, runner_up=runner_up, margin=margin, why=why,
+                        cached=len(cached), seconds=round(time.perf_counter() - t0, 2))
+
+
+def run_search_plain(settings: Settings, aset: pico.AdapterSet, fetched: list[FetchedSource],
+                     base: FetchedSource) -> SearchResult:
+    """The same search without Prefect, one candidate after the other (the DVC ``merge`` stage)."""
+    def score_all(st: Settings, jobs: list[Job]) -> list[CandidateRecord]:
+        return [run_candidate(st, aset, fetched, base, *job) for job in jobs]
+
+    return run_rounds(settings, settings.space, fetched, base, score_all)
+
+
+def summary(found: SearchResult, space: SearchSpace) -> SearchSummary:
+    """The search as the night's summary shows it."""
+    return SearchSummary(chosen=found.chosen.label, why=found.why, margin=found.margin,
+                         runner_up=found.runner_up.label if found.runner_up else None, candidates=len(found.records),
+                         cached=found.cached, seconds=found.seconds, skipped=space.skipped,
+                         leaderboard=candidate_rows(found.records, found.chosen.key))

@@ -18,10 +18,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from .errors import PipelineError
-
 import pico
-from pico.writer import json_digest
+
+from .errors import PipelineError, SearchError
+from .grids import expand
+from .records import SearchSpace
 
 
 class ConfigError(PipelineError, ValueError):
@@ -172,9 +173,6 @@ class PipelineSettings(_Section):
     dvc: DvcSettings = DvcSettings()
 
 
-DEFAULT_RECIPE: dict = {"method": "ta", "space": "core", "calibrate": "none"}
-
-
 class CatalogEntry(_Section):
     name: str
     source: str  # local path, hf://org/name@rev, dvc://path[@rev]
@@ -230,13 +228,13 @@ class Settings(BaseModel):
     params_path: Path
     pipeline: PipelineSettings
     merge: dict  # the ``merge:`` section as written (plus overrides): what DVC's params and MLflow's params record
-    recipe: pico.Recipe  # the same, validated by pico; for a search space: the chosen candidate (before: the first)
+    space: SearchSpace  # the same, expanded and validated once: one candidate, or the search's candidates in order
     catalog: Catalog
-    search: bool = False  # merge: is a search space (pipeline/search.py): the recipe is chosen on validation
 
-    def with_recipe(self, recipe: dict) -> "Settings":
-        """These settings with the search's chosen recipe (``merge`` keeps the section as written)."""
-        return self.model_copy(update={"recipe": pico.Recipe.from_dict(copy.deepcopy(recipe))})
+    @property
+    def search(self) -> bool:
+        """``merge:`` is a search space: the night's recipe is chosen on the validation split (pipeline.search)."""
+        return not self.space.single
 
     def path(self, key: Literal["work", "merged", "eval"]) -> Path:
         return self.resolve(getattr(self.pipeline.paths, key))
@@ -364,43 +362,15 @@ def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
         pipeline = PipelineSettings.model_validate(raw)
     except ValidationError as exc:
         raise config_error(params_path.name, "pipeline", PipelineSettings, exc) from None
-    merge = dict(preset_merge or data.get("merge") or DEFAULT_RECIPE)
+    merge = dict(preset_merge or data.get("merge") or pico.Recipe().to_dict())
     if recipe_over:
         merge.update(recipe_over)
-    from .search import SearchError, expand, is_search
-
-    searching = is_search(merge)
     try:  # validated once: a bad recipe or search space stops the flow before any work
-        recipe = (expand(merge).candidates[0].recipe_obj() if searching
-                  else pico.Recipe.from_dict(copy.deepcopy(merge)))
+        space = expand(merge)
     except SearchError as exc:
         raise ConfigError(f"{params_path.name}: {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{params_path.name}: merge: {exc}") from None
     catalog = load_catalog((project / pipeline.catalog) if not Path(pipeline.catalog).is_absolute()
                            else Path(pipeline.catalog))
-    return Settings(project=project, params_path=params_path, pipeline=pipeline, merge=merge, recipe=recipe,
-                    catalog=catalog, search=searching)
+    return Settings(project=project, params_path=params_path, pipeline=pipeline, merge=merge, space=space,
+                    catalog=catalog)
 
-
-def digest(obj) -> str:
-    """sha256 of a JSON-able object (sorted keys): the content keys of caches and lineage."""
-    return json_digest(obj)
-
-
-def quiet_env() -> None:
-    """Defaults that keep the embedded components offline, quiet and quick (explicit settings win)."""
-    for key, value in {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # the first start on a busy 2-core box is slow
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "DO_NOT_TRACK": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TQDM_DISABLE": "1",  # a nightly job's log, not a terminal: no progress bars
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "GIT_PYTHON_REFRESH": "quiet",
-    }.items():
-        os.environ.setdefault(key, value)

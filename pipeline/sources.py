@@ -13,6 +13,7 @@ from ``pico lineage``.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -22,9 +23,10 @@ from pico.adapters import (CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, Source, 
 from pico.writer import sha256_file
 
 from . import dvcio
-from .settings import CatalogEntry, Settings
 from .errors import PipelineError
+from .files import project_lock
 from .records import FetchedSource
+from .settings import CatalogEntry, Settings
 
 
 class PinMismatch(PipelineError):
@@ -64,7 +66,7 @@ def _resolve_dvc(settings: Settings, spec: str) -> tuple[Path, str | None, dict 
     if recorded is None:
         raise SourceError(f"dvc://{path}: DVC tracks no output holding {path} (not in dvc.lock or a .dvc file)")
     if not local.exists() or (recorded["files"] and any(not (local / f).is_file() for f in recorded["files"])):
-        with dvcio.project_lock(settings.work):
+        with project_lock(settings.work):
             dvcio.pull(project, [recorded["out"]])
         recorded = dvcio.recorded_files(project, path)
     if recorded["files"]:
@@ -88,52 +90,77 @@ def _resolve_hub(src: str, patterns: tuple[str, ...] | None = (CONFIG_NAME, SAFE
         raise SourceError(f"{src}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
 
 
-def fetch_entry(settings: Settings, entry: CatalogEntry) -> FetchedSource:
-    """Resolve one catalog entry to a local directory; hash it; enforce the pin."""
+def _resolve(settings: Settings, entry: CatalogEntry, hub_patterns) -> tuple[Path, str | None, dict | None]:
+    """A catalog entry's local directory, git/hub revision and what DVC recorded for it: the one dispatcher over
+    ``dvc://``, ``hf://`` and local paths, for adapters and the base model alike."""
     src = entry.source
-    dvc = None
     if src.startswith("dvc://"):
-        path, revision, dvc = _resolve_dvc(settings, src[len("dvc://"):])
-    elif src.startswith("hf://"):
-        path, revision = _resolve_hub(src)
-    else:
-        path, revision = settings.resolve(src), None
-        if not path.exists():
-            raise SourceError(f"{entry.name}: {src}: no such adapter directory")
-        if dvcio.is_dvc_repo(settings.project):
-            try:
-                dvc = dvcio.recorded_files(settings.project, path.relative_to(settings.project))
-            except ValueError:  # outside the project
-                dvc = None
-    path = Path(path)
+        return _resolve_dvc(settings, src[len("dvc://"):])
+    if src.startswith("hf://"):
+        return (*_resolve_hub(src, hub_patterns), None)
+    path = settings.resolve(src)
+    adapter = hub_patterns is not None
+    if not (path.exists() if adapter else path.is_dir()):
+        raise SourceError(f"{entry.name if adapter else 'base'}: {src}: no such {'adapter' if adapter else 'model'} "
+                          "directory")
+    dvc = None
+    if adapter and dvcio.is_dvc_repo(settings.project):  # an adapter inside a DVC-tracked folder
+        try:
+            dvc = dvcio.recorded_files(settings.project, path.relative_to(settings.project))
+        except ValueError:  # outside the project
+            dvc = None
+    return path, None, dvc
+
+
+def _check_pin(entry: CatalogEntry, sha: str, what: str, kind: str) -> None:
+    if entry.sha256 and entry.sha256 != sha:
+        raise PinMismatch(f"{what}: sha256 pin mismatch for {entry.source}: the catalog pins {entry.sha256} but the "
+                          f"fetched {kind} hashes to {sha}; refusing to merge (update the pin only if the new {kind} "
+                          "is intended)")
+
+
+def fetch_entry(settings: Settings, entry: CatalogEntry) -> FetchedSource:
+    """Resolve one catalog adapter to a local directory; hash it; enforce the pin."""
+    path, revision, dvc = _resolve(settings, entry, (CONFIG_NAME, SAFETENSORS_NAME, *PICKLE_NAMES))
     files = adapter_files(path)
     if not files:
-        raise SourceError(f"{entry.name}: {src}: no adapter files ({CONFIG_NAME}, {SAFETENSORS_NAME}) in {path}")
-    sha = Source(name=entry.name, uri=src, path=path, revision=revision, files=files).sha256
-    if entry.sha256 and entry.sha256 != sha:
-        raise PinMismatch(f"{entry.name}: sha256 pin mismatch for {src}: the catalog pins {entry.sha256} but the "
-                          f"fetched adapter hashes to {sha}; refusing to merge (update the pin only if the new "
-                          "adapter is intended)")
-    return FetchedSource(name=entry.name, uri=src, path=str(path), revision=revision, sha256=sha,
+        raise SourceError(f"{entry.name}: {entry.source}: no adapter files ({CONFIG_NAME}, {SAFETENSORS_NAME}) in "
+                          f"{path}")
+    sha = Source(name=entry.name, uri=entry.source, path=path, revision=revision, files=files).sha256
+    _check_pin(entry, sha, entry.name, "adapter")
+    return FetchedSource(name=entry.name, uri=entry.source, path=str(path), revision=revision, sha256=sha,
                          pinned=entry.sha256 is not None, files=files, dvc=dvc)
 
 
+def model_source(name: str, uri: str, path: Path, revision: str | None = None, dvc: dict | None = None
+                 ) -> FetchedSource:
+    """A base model directory as a source: pico's source digest over every file of it (the one base-model digest)."""
+    files = {f.name: sha256_file(f) for f in sorted(Path(path).iterdir()) if f.is_file()}
+    sha = Source(name="base", uri=uri, path=Path(path), revision=revision, files=files).sha256
+    return FetchedSource(name=name, uri=uri, path=str(path), revision=revision, sha256=sha, dvc=dvc)
+
+
 def fetch_base(settings: Settings) -> FetchedSource | None:
-    """The catalog's base model (for evaluation): resolved like an adapter, hashed over its weight/config files."""
+    """The catalog's base model (for evaluation): resolved like an adapter (every file of a hub model)."""
     entry = settings.catalog.base
     if entry is None:
         return None
-    src = entry.source
-    if src.startswith("dvc://"):
-        path, revision, dvc = _resolve_dvc(settings, src[len("dvc://"):])
-    elif src.startswith("hf://"):
-        (path, revision), dvc = _resolve_hub(src, None), None  # every file of the model
-    else:
-        path, revision, dvc = settings.resolve(src), None, None
-        if not path.is_dir():
-            raise SourceError(f"base: {src}: no such model directory")
-    files = {f.name: sha256_file(f) for f in sorted(Path(path).iterdir()) if f.is_file()}
-    sha = Source(name="base", uri=src, path=Path(path), revision=revision, files=files).sha256
-    if entry.sha256 and entry.sha256 != sha:
-        raise PinMismatch(f"base: sha256 pin mismatch for {src}: pinned {entry.sha256}, fetched {sha}")
-    return FetchedSource(name=entry.name, uri=src, path=str(path), revision=revision, sha256=sha, dvc=dvc)
+    path, revision, dvc = _resolve(settings, entry, None)
+    base = model_source(entry.name, entry.source, Path(path), revision, dvc)
+    _check_pin(entry, base.sha256, "base", "model")
+    return base
+
+
+def resolve_base(settings: Settings, fetched_base: FetchedSource | None, adapter_path: str | Path) -> FetchedSource:
+    """The base model to evaluate on: the catalog's ``base:``, else the adapters' base_model_name_or_path."""
+    if fetched_base is not None:
+        return fetched_base
+    cfg = json.loads((Path(adapter_path) / CONFIG_NAME).read_text())
+    name = cfg.get("base_model_name_or_path")
+    if not name:
+        raise SourceError("no base model: add `base:` to the catalog (the adapters name none)")
+    path = settings.resolve(name)
+    if not path.is_dir():
+        raise SourceError(f"base model {name!r} (from adapter_config.json) is not a local directory; add `base:` to "
+                          "the catalog")
+    return model_source("base", name, path)

@@ -1,28 +1,37 @@
-"""The nightly pipeline's Prefect tasks: thin wrappers over the plain step modules, each with its retries and logs.
+"""Every Prefect task of the nightly pipeline: thin wrappers over the plain modules, each with its retries and logs.
 
-Prefect's own result cache is off (``NO_CACHE``): caching is content-addressed inside the steps (the merge store and
-the eval cache are keyed on sha256 of the inputs' bytes), which also holds across processes, task runners, Prefect
-servers and the DVC stages.
+Prefect's own result cache is off (``NO_CACHE``) except for a search candidate: caching is content-addressed inside
+the steps (the merge store, the eval cache and the candidates' records are keyed on sha256 of the inputs' bytes),
+which also holds across processes, task runners, Prefect servers and the DVC stages. A candidate's content key is
+also its task's ``cache_key_fn`` (results as JSON under ``<work>/prefect-results``), so an unchanged night shows
+every candidate ``Cached`` in the Prefect UI.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.filesystems import LocalFileSystem
+from prefect.runtime import flow_run
 
 import pico
+from pico.writer import json_digest
 
-from . import evaluation, sources, merging, promotion, versioning
-from .settings import CatalogEntry, Settings
+from . import evaluation, gate, merging, notify, render, search, sources, versioning
 from .errors import is_permanent
-from .records import (ChampionRecord, Decision, DvcRecord, EvalResult, FetchedSource, Lineage, MergeResult,
-                      Registration)
+from .records import (Candidate, CandidateRecord, ChampionRecord, Decision, DvcRecord, EvalResult, Evaluation,
+                      FetchedSource, MergeResult, NightlyResult, Registration, SearchResult, Sources, Verdict)
+from .settings import CatalogEntry, Settings
+from .tracking import client as mlflow_client
+from .tracking import lineage, promote as registry, runs
 
 
 def transient(task_, task_run, state) -> bool:
-    """Retry condition: retry anything but a permanent error (``PipelineError.permanent``, pico's AdapterError)."""
+    """Retry condition: retry anything but a permanent error (``PipelineError.permanent``, pico's errors)."""
     exc = state.data if isinstance(state.data, BaseException) else None
     if exc is None:
         try:
@@ -32,9 +41,13 @@ def transient(task_, task_run, state) -> bool:
     return not is_permanent(exc)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Fetch the sources
+
+
 @task(name="mlflow-preflight", cache_policy=NO_CACHE)
 def mlflow_preflight(settings: Settings) -> str:
-    exp = promotion.preflight(settings)
+    exp = mlflow_client.preflight(settings)
     get_run_logger().info("MLflow %s reachable (experiment %s)", settings.tracking_uri, exp)
     return exp
 
@@ -53,26 +66,16 @@ def fetch_base(settings: Settings) -> FetchedSource | None:
     return sources.fetch_base(settings)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Choose and merge
+
+
 @task(name="validate", cache_policy=NO_CACHE)
-def validate(settings: Settings, fetched: list[FetchedSource]) -> tuple[pico.AdapterSet, list[list[str]], str,
-                                                                       MergeResult | None]:
-    """pico's checks on the set; the merge plan; the content key; a verified cached merge if there is one."""
-    recipe = settings.recipe
+def load_set(fetched: list[FetchedSource]) -> pico.AdapterSet:
+    """pico's checks on the set (same base, shapes, PEFT fields understood)."""
     aset = merging.load_set(fetched)
-    if recipe.weights is not None and len(recipe.weights) != len(aset):
-        raise ValueError(f"merge.weights has {len(recipe.weights)} entries for {len(aset)} adapters")
-    groups = merging.plan_groups(aset, recipe, settings.pipeline.calibrate.layers_per_group)
-    key = merging.merge_key(fetched, recipe, settings.pipeline.dtype, merging.device_class(settings))
-    store = merging.store_dir(settings, key)
-    manifest = merging.verify_dir(store)
-    log = get_run_logger()
-    log.info("%d adapters valid: %d modules in %d groups; merge key %s%s", len(aset), len(aset.modules), len(groups),
-             key[:16], " (cached)" if manifest else "")
-    if manifest is None:
-        return aset, groups, key, None
-    merging.check_sources(manifest, fetched)
-    log.info("merge cache hit: %s (same sources, recipe and pico version)", store)
-    return aset, groups, key, MergeResult(key=key, store=str(store), manifest=manifest, cached=True)
+    get_run_logger().info("%d adapters valid: %d modules", len(aset), len(aset.modules))
+    return aset
 
 
 @task(name="calibrate", cache_policy=NO_CACHE, task_run_name="calibrate-{modules[0]}")
@@ -86,37 +89,81 @@ def merge_group(cal, recipe: pico.Recipe, threads: int | None = 1):
     return merging.merge_group(cal, recipe, threads)
 
 
-@task(name="write", cache_policy=NO_CACHE)
-def write(settings: Settings, key: str, aset: pico.AdapterSet, groups: list[list[str]], results,
-          fetched: list[FetchedSource]) -> MergeResult:
-    store, manifest, reused = merging.write_store(settings, key, aset, settings.recipe, groups, results,
-                                                  settings.pipeline.dtype)
-    merging.check_sources(manifest, fetched)
-    get_run_logger().info("merged adapter %s (%d modules, rank <= %d)%s", store, manifest["output"]["modules"],
-                          manifest["output"]["max_rank"], " (written by a concurrent run)" if reused else "")
-    return MergeResult(key=key, store=str(store), manifest=manifest, cached=False)
+def _candidate_key(ctx, params) -> str:
+    return f"pico-candidate-{params['cache_key']}"
+
+
+@task(name="candidate", cache_key_fn=_candidate_key, persist_result=True, result_serializer="json",
+      task_run_name="candidate-{candidate.index}")
+def score_candidate(settings: Settings, aset: pico.AdapterSet, fetched: list[FetchedSource], base: FetchedSource,
+                    candidate: Candidate, merge_key: str, key: str, cache_key: str) -> CandidateRecord:
+    """One candidate merged and scored on validation (``cache_key``: its record's key and the project)."""
+    rec = search.run_candidate(settings, aset, fetched, base, candidate, merge_key, key)
+    get_run_logger().info("%-40s validation mean %.4f%s", candidate.label, rec.validation.mean,
+                          " (cached)" if rec.cached else f" (merge {rec.merge_s} s, score {rec.score_s} s)")
+    return rec
+
+
+def result_storage(settings: Settings):
+    """The candidates' Prefect results: a local store under the project's work dir, saved as a block named after it
+    (Prefect 3 wants result storage persisted server-side); None when it cannot be saved."""
+    path = settings.work / "prefect-results"
+    path.mkdir(parents=True, exist_ok=True)
+    block = LocalFileSystem(basepath=str(path))
+    with contextlib.suppress(Exception):
+        block.save(f"pico-results-{json_digest(str(path))[:12]}", overwrite=True)
+        return block
+    return None
+
+
+def cache_key(settings: Settings, key: str) -> str:
+    return json_digest({"candidate": key, "project": str(settings.work)})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Benchmark and judge
 
 
 @task(name="benchmark", cache_policy=NO_CACHE, task_run_name="benchmark-{label}")
-def run_benchmark(settings: Settings, base: FetchedSource, adapter_dir: str | None, label: str) -> EvalResult:
-    rec = evaluation.evaluate_cached(settings, base, adapter_dir, label)
-    get_run_logger().info("%s: mean %.4f %s%s", label, rec.mean, rec.scores,
+def benchmark(settings: Settings, base: FetchedSource, adapter_dir: str | None, label: str) -> EvalResult:
+    """The test split with per-sample outcomes (lm-eval ``log_samples``, or the scorer's), cached by content."""
+    rec = evaluation.evaluate(settings, base, adapter_dir, label)
+    get_run_logger().info("%s: test mean %s %s%s", label, render.pm(rec.mean, rec.mean_stderr), rec.scores,
                           " (cached)" if rec.cached else f" ({rec.seconds} s)")
     return rec
 
 
 @task(name="champion", cache_policy=NO_CACHE)
-def champion(settings: Settings, base: FetchedSource, fingerprint: str) -> ChampionRecord | None:
-    """The current champion with its scores on *this* benchmark (re-evaluated from its artifacts if it was scored on
-    another one)."""
-    rec = promotion.champion_record(settings)
-    if rec is None or rec.fingerprint == fingerprint:
-        return rec
-    dest = settings.work / "registry-cache" / f"v{rec.version}-{(rec.merge_key or 'x')[:12]}"
-    path = promotion.download_version(settings, rec.source, dest)
-    ev = evaluation.evaluate_cached(settings, base, path, f"champion v{rec.version}")
-    get_run_logger().info("champion v%s re-scored on this benchmark: mean %.4f", rec.version, ev.mean)
-    return rec.model_copy(update={"scores": ev.scores, "mean": ev.mean, "fingerprint": fingerprint})
+def champion(settings: Settings, base: FetchedSource, fingerprint: str) -> tuple[ChampionRecord | None,
+                                                                                  EvalResult | None]:
+    """The current champion, with its scores and per-sample outcomes on *this* benchmark: its merged adapter (the
+    local store, else MLflow) evaluated once (a cache hit when it was scored here before)."""
+    rec = registry.champion_record(settings)
+    if rec is None:
+        return None, None
+    ev = evaluation.evaluate(settings, base, str(registry.champion_adapter(settings, rec)), f"champion v{rec.version}")
+    if rec.fingerprint != fingerprint:  # scored on another benchmark when it was registered
+        get_run_logger().info("champion v%s re-scored on this benchmark: mean %.4f", rec.version, ev.mean)
+        rec = rec.model_copy(update={"scores": ev.scores, "mean": ev.mean, "fingerprint": fingerprint})
+    return rec, ev
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def judge(settings: Settings, result: EvalResult, champ: ChampionRecord | None,
+          champ_eval: EvalResult | None) -> Verdict | None:
+    """The paired test (pipeline/gate.py) when per-sample outcomes exist; None: the scorer gives plain scores, and the
+    promotion step compares means."""
+    if not result.outcomes or (champ is not None and not (champ_eval and champ_eval.outcomes)):
+        get_run_logger().warning("no per-sample outcomes from the scorer: the gate compares means (no test)")
+        return None
+    verdict = gate.judge(result.outcomes, champ_eval.outcomes if champ is not None else None, settings.pipeline.gate,
+                         champion_name=f"the champion v{champ.version}" if champ else "the champion")
+    get_run_logger().info("gate: %s: %s", "promote" if verdict.promote else "refuse", "; ".join(verdict.reasons))
+    return verdict
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Version, register and promote
 
 
 @task(name="version-dvc", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=3, retry_condition_fn=transient)
@@ -135,85 +182,46 @@ def version_dvc(settings: Settings, store: str, scores: dict[str, float]) -> Dvc
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register(settings: Settings, lineage: Lineage, store: str, base: FetchedSource, params: dict, metrics: dict,
-             stderr: dict[str, float], artifacts: dict) -> Registration:
-    rec = promotion.register(settings, lineage=lineage, store=Path(store), base=base, params=params, metrics=metrics,
-                             stderr=stderr, artifacts=artifacts)
+def register(settings: Settings, srcs: Sources, merged: MergeResult, found: SearchResult | None, ev: Evaluation,
+             dvc: DvcRecord, timings: dict[str, float]) -> Registration:
+    """The night's lineage, its MLflow run and model version (reused when the same identity exists); the candidates'
+    child runs, the outcomes table and the gate's statistics."""
+    lin = lineage.build_lineage(settings, srcs.adapters, srcs.base, merged, ev.benchmark, ev.merged, dvc)
+    rec = runs.register(settings, lin, merged, srcs.base, ev, found, timings)
     get_run_logger().info("MLflow run %s; %s version %s%s", rec.run_id, rec.model, rec.version,
                           " (existing version: same bytes, same benchmark; nothing uploaded)" if rec.reused else "")
+    runs.record_search_and_gate(settings, rec, ev, found)
     return rec
 
 
 @task(name="promote", cache_policy=NO_CACHE)
-def promote(settings: Settings, version: str, scores: dict[str, float], fingerprint: str,
-            champ: ChampionRecord | None, verdict=None) -> Decision:
-    decision = promotion.promote(settings, version, scores, fingerprint, champ, verdict)
+def promote(settings: Settings, version: str, ev: Evaluation) -> Decision:
+    decision = registry.promote(settings, version, ev.merged.scores, ev.fingerprint, ev.champion, ev.verdict)
     get_run_logger().info("promotion: v%s -> %s: %s", version, decision.alias, "; ".join(decision.reasons))
     return decision
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Per-sample outcomes, the statistical gate, and the search's MLflow records
-
-
-@task(name="benchmark-test", cache_policy=NO_CACHE, task_run_name="benchmark-test-{label}")
-def run_test_benchmark(settings: Settings, base: FetchedSource, adapter_dir: str | None, label: str) -> EvalResult:
-    """The test split with per-sample outcomes (lm-eval ``log_samples``, or the scorer's), cached by content."""
-    from . import scoring
-
-    rec = scoring.score_test(settings, base, adapter_dir, label)
-    get_run_logger().info("%s: test mean %.4f%s %s%s", label, rec.mean,
-                          f" ± {rec.mean_stderr:.4f}" if rec.mean_stderr is not None else "", rec.scores,
-                          " (cached)" if rec.cached else f" ({rec.seconds} s)")
-    return rec
-
-
-@task(name="champion-outcomes", cache_policy=NO_CACHE)
-def champion_outcomes(settings: Settings, base: FetchedSource, champ: ChampionRecord) -> EvalResult:
-    """The champion's per-sample test outcomes: its merged adapter from the local store (same merge key, verified)
-    or from MLflow, scored on this benchmark (a cache hit when it was scored here before)."""
-    from . import scoring
-
-    path = None
-    if champ.merge_key:
-        local = merging.store_dir(settings, champ.merge_key)
-        if merging.verify_dir(local) is not None:
-            path = local
-    if path is None:
-        dest = settings.work / "registry-cache" / f"v{champ.version}-{(champ.merge_key or 'x')[:12]}"
-        path = promotion.download_version(settings, champ.source, dest)
-    return scoring.score_test(settings, base, str(path), f"champion v{champ.version}")
-
-
-@task(name="gate", cache_policy=NO_CACHE)
-def statistical_gate(settings: Settings, result: EvalResult, champ: ChampionRecord | None,
-                     champ_eval: EvalResult | None):
-    """The paired test (pipeline/gate.py) when per-sample outcomes exist; None: the scorer gives plain scores, and the
-    promotion step compares means."""
-    from . import gate
-
-    if not result.outcomes or (champ is not None and not (champ_eval and champ_eval.outcomes)):
-        get_run_logger().warning("no per-sample outcomes from the scorer: the gate compares means (no test)")
-        return None
-    verdict = gate.judge(result.outcomes, champ_eval.outcomes if champ is not None else None, settings.pipeline.gate,
-                         champion_name=f"the champion v{champ.version}" if champ else "the champion")
-    get_run_logger().info("gate: %s: %s", "promote" if verdict.promote else "refuse", "; ".join(verdict.reasons))
-    return verdict
-
-
-@task(name="record-search-and-gate", cache_policy=NO_CACHE)
-def record_search_and_gate(settings: Settings, registered: Registration, found: dict | None, result: EvalResult,
-                           champ: ChampionRecord | None, champ_eval: EvalResult | None, verdict) -> None:
-    """Child runs per candidate, the outcomes table and gate statistics on the night's run, tags on the version."""
-    from . import scoring, tracking
-
-    if found is not None:
-        tracking.log_candidates(settings, registered.run_id, found)
-    models = {"merged": result}
-    if champ_eval is not None:
-        models[f"champion v{champ.version}"] = champ_eval
-    tracking.log_night(settings, registered.run_id, outcomes_table=scoring.outcomes_table(models), search=found,
-                       gate=verdict.to_dict() if verdict is not None else None)
-    tags = tracking.search_tags(found, result)
-    if tags and not registered.reused:
-        tracking.tag_version(settings, registered.version, tags)
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(settings: Settings, night: NightlyResult) -> NightlyResult:
+    """The night's Prefect artifacts (stable keys: each night adds a version to the same artifact's history) and the
+    promotion notification; the result, with the flow run and the artifacts' keys."""
+    board = registry.leaderboard(settings, limit=8, fingerprint=night.fingerprint)
+    made = []
+    if night.search:
+        create_table_artifact(key="pico-candidates", table=night.search.leaderboard,
+                              description="Recipe search: candidates by validation mean (the argmax is the night's "
+                                          "merge)")
+        made.append("pico-candidates")
+    create_table_artifact(key="pico-leaderboard", table=render.leaderboard_table(night, board),
+                          description="Registered versions by test mean ± stderr (same benchmark), then baselines")
+    create_markdown_artifact(key="pico-decision", markdown=render.decision_markdown(night),
+                             description="The night's recipe and promotion decision")
+    made += ["pico-leaderboard", "pico-decision"]
+    if night.mlflow_url:
+        create_link_artifact(key="pico-mlflow-run", link=night.mlflow_url,
+                             link_text=f"MLflow run {night.registered.run_id}",
+                             description="The night's MLflow run (child runs: one per candidate)")
+        made.append("pico-mlflow-run")
+    if night.decision.promoted and not night.decision.unchanged:
+        notify.send(settings.pipeline.notify, "promotion", *render.promotion_message(night))
+    return night.model_copy(update={"artifacts": made, "flow_run_id": str(flow_run.id)})

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 from . import dvcio
-from .settings import Settings, load_settings
+from .files import project_lock, write_text
 from .merging import materialize
 from .records import DvcRecord
+from .settings import Settings, load_settings
 
 
 def metrics_json(scores: dict[str, float]) -> str:
@@ -29,17 +30,7 @@ def metrics_json(scores: dict[str, float]) -> str:
 
 
 def write_metrics(path: Path, scores: dict[str, float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(metrics_json(scores))
-    tmp.replace(path)
-
-
-lock_entries = dvcio.lock_entries  # (stage -> {path: md5} of dvc.lock, through DVC's index)
-
-
-def dvc_stages(project: Path) -> set[str]:
-    return dvcio.stage_names(project)
+    write_text(path, metrics_json(scores))
 
 
 def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -> DvcRecord:
@@ -51,11 +42,11 @@ def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -
         return DvcRecord(enabled=False, reason="pipeline.dvc.enabled is false")
     if not dvcio.is_dvc_repo(project):
         return DvcRecord(enabled=False, reason=f"{project} is not a DVC repository")
-    stages = [s for s in cfg.stages if s in dvc_stages(project)]
+    stages = [s for s in cfg.stages if s in dvcio.stage_names(project)]
     missing = sorted(set(cfg.stages) - set(stages))
     if missing:
         raise dvcio.DvcError(f"dvc.yaml has no stage(s) {', '.join(missing)} (pipeline.dvc.stages)")
-    with dvcio.project_lock(settings.work, "dvc"):
+    with project_lock(settings.work, "dvc"):
         materialize(store, merged)
         write_metrics(metrics, scores)
         dvcio.commit(project, stages)
@@ -63,7 +54,7 @@ def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -
         if cfg.push and dvcio.has_remote(project):
             dvcio.push(project, stages)  # raises (DVC's message) when the remote is down: nothing registered
             pushed = True
-        entries = lock_entries(project, stages)
+        entries = dvcio.lock_entries(project, stages)
         rel = merged.relative_to(project).as_posix()
         md5 = next((e[rel] for e in entries.values() if rel in e), None)
         exp = None

@@ -18,7 +18,7 @@ def test_dask_local_cluster_matches_threads(project, tmp_path):
     from pipeline.settings import load_settings
 
     settings = load_settings(project)
-    recipe = settings.recipe
+    recipe = settings.space.candidates[0].recipe_obj()
     fetched = [sources.fetch_entry(settings, e) for e in settings.catalog.adapters]
     aset = merging.load_set(fetched)
     groups = merging.plan_groups(aset, recipe, layers_per_group=1)  # one task per (shape, layer): 8 tasks

@@ -40,7 +40,7 @@ def test_nightly_promotes_reuses_bytes_and_traces_lineage(project, tmp_path):
     c = client(project)
     run_ = c.get_run(first["registered"]["run_id"])
     assert run_.data.params["merge.method"] == "ties" and run_.data.metrics["score.mean"] == pytest.approx(0.6)
-    assert "time.calibrate_merge_s" in run_.data.metrics
+    assert "time.choose_merge_s" in run_.data.metrics
     arts = {a.path for a in c.list_artifacts(run_.info.run_id)}
     assert {"merge_manifest.json", "diagnostics.json", "lineage.json", "eval.json", "plots"} <= arts
     assert {a.path for a in c.list_artifacts(run_.info.run_id, "plots")} == {"plots/diagnostics.png"}
@@ -111,7 +111,8 @@ def test_gate_worse_eval_and_floors_never_promote(project):
 
     # versions sort by their mean metric: MLflow's own search orders the logged models, the leaderboard follows it
     from pipeline.settings import load_settings
-    from pipeline.promotion import leaderboard, model_id
+    from pipeline.tracking.models import model_id
+    from pipeline.tracking.promote import leaderboard
 
     c = client(project)
     by_model = {model_id(v): str(v.version) for v in c.search_model_versions("name = 'merged-test'")}
@@ -216,7 +217,7 @@ def test_crash_mid_merge_leaves_nothing_and_next_run_completes(project, monkeypa
 
 
 def test_mlflow_unreachable_fails_clearly_and_moves_no_alias(project, monkeypatch):
-    from pipeline.promotion import RegistryUnavailable
+    from pipeline.tracking.client import RegistryUnavailable
 
     nightly(project)
     assert champion_version(project) == "1"

@@ -14,7 +14,7 @@ def test_lm_eval_task_list_scores_and_cache(tmp_path, monkeypatch, adapters, bas
     from skills.tokenizer import build_tokenizer
     from pipeline import evaluation
     from pipeline.settings import load_settings
-    from pipeline.records import FetchedSource
+    from pipeline.sources import model_source
 
     set_env(monkeypatch, tmp_path)
     model = tmp_path / "base-tok"
@@ -37,16 +37,16 @@ def test_lm_eval_task_list_scores_and_cache(tmp_path, monkeypatch, adapters, bas
                                   "limit": 4, "batch_size": 4, "baselines": False}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     settings = load_settings(project)
-    base_rec = FetchedSource(name="base", uri=str(model), path=str(model), sha256=evaluation.model_digest(model))
+    base_rec = model_source("base", str(model), model)
 
-    first = evaluation.evaluate_cached(settings, base_rec, adapters[0], "math")
+    first = evaluation.evaluate(settings, base_rec, adapters[0], "math")
     assert set(first.scores) == {"tiny_copy"} and 0.0 <= first.scores["tiny_copy"] <= 1.0
     assert not first.cached
-    again = evaluation.evaluate_cached(settings, base_rec, adapters[0], "math")
+    again = evaluation.evaluate(settings, base_rec, adapters[0], "math")
     assert again.cached and again.scores == first.scores
     # the benchmark's data is part of the key: a changed task file is evaluated afresh
     data.write_text(data.read_text() + json.dumps({"prompt": "ab=", "answer": "zz"}) + "\n")
-    assert not evaluation.evaluate_cached(settings, base_rec, adapters[0], "math").cached
+    assert not evaluation.evaluate(settings, base_rec, adapters[0], "math").cached
 
 
 def test_skills_suite_plugs_in_through_the_callable_hook(tmp_path, monkeypatch, adapters, base):
@@ -60,8 +60,9 @@ def test_skills_suite_plugs_in_through_the_callable_hook(tmp_path, monkeypatch, 
     from skills.tiny import tiny_params
     from skills.tokenizer import build_tokenizer
     from pipeline import evaluation
-    from pipeline.settings import digest, load_settings
-    from pipeline.records import FetchedSource
+    from pico.writer import json_digest
+    from pipeline.settings import load_settings
+    from pipeline.sources import model_source
 
     set_env(monkeypatch, tmp_path)
     model = tmp_path / "base-tok"
@@ -76,17 +77,17 @@ def test_skills_suite_plugs_in_through_the_callable_hook(tmp_path, monkeypatch, 
     settings = load_settings(project)
 
     assert evaluation.scorer_name(settings.pipeline.eval) == "skills.scorer:suite"
-    fp = evaluation.benchmark_fingerprint(settings)
+    fp = evaluation.fingerprint(settings)
     files = {str(p): sha256_file(p) for p in sorted((project / "suite-data").glob("*/test.jsonl"))}
-    assert len(files) == 6 and fp["data"] == digest(files)
+    assert len(files) == 6 and fp["data"] == json_digest(files)
     assert fp["suite"] == "skills" and fp["skills"] == ["rev", "add"] and "callable" not in fp
     assert evaluation.scorer_inputs(settings) == [project / "suite-data"]
 
-    base_rec = FetchedSource(name="base", uri=str(model), path=str(model), sha256=evaluation.model_digest(model))
-    rec = evaluation.evaluate_cached(settings, base_rec, adapters[0], "math")
+    base_rec = model_source("base", str(model), model)
+    rec = evaluation.evaluate(settings, base_rec, adapters[0], "math")
     assert set(rec.scores) == {"add", "rev"} and all(0.0 <= v <= 1.0 for v in rec.scores.values())
     assert (project / "build" / "pipeline" / "lm_eval_tasks").is_dir()  # task YAMLs under the project's work dir
 
     shutil.rmtree(project / "suite-data")
-    with pytest.raises(evaluation.BenchmarkError, match=r"skills suite data .*suite-data is missing"):
-        evaluation.benchmark_fingerprint(settings)
+    with pytest.raises(evaluation.EvaluationError, match=r"skills suite data .*suite-data is missing"):
+        evaluation.fingerprint(settings)

@@ -67,10 +67,10 @@ def candidate_records(project: Path) -> list[dict]:
 
 
 def test_search_and_gate_on_a_user_lm_eval_task_folder(lmeval_project):
-    from pipeline import scoring
+    from pipeline import evaluation
 
     project = lmeval_project
-    reads = len(scoring.TEST_READS)
+    reads = len(evaluation.TEST_READS)
     night = nightly(project)
 
     # every candidate was scored on the validation task, item by item, and only there
@@ -89,7 +89,7 @@ def test_search_and_gate_on_a_user_lm_eval_task_folder(lmeval_project):
     assert night["recipe_label"] == best["label"]
 
     # the test task was read once, for the chosen merge, with per-sample outcomes: the gate ran on them
-    assert scoring.TEST_READS[reads:] == ["merged"]
+    assert evaluation.TEST_READS[reads:] == ["merged"]
     assert set(night["eval"]["scores"]) == {"user_test"} and night["eval"]["n"] == {"user_test": TEST_N}
     assert night["gate"] is not None and night["gate"]["candidate"]["n"] == {"user_test": TEST_N}
     assert night["decision"]["promoted"]  # no champion yet: the floors alone (floor 0)
@@ -111,7 +111,7 @@ def test_search_and_gate_on_a_user_lm_eval_task_folder(lmeval_project):
 def test_validation_and_test_use_the_same_lm_eval_model_settings(lmeval_project, monkeypatch):
     """The search's validation scoring reads the model settings the benchmark reads (dtype, model_args, chat
     template, few-shot), and they are in the candidates' cache key: changing one re-scores the candidates."""
-    from pipeline import evaluation, scoring
+    from pipeline import evaluation
     from pipeline.settings import load_settings
 
     monkeypatch.setattr(benchmark, "_task_manager", lambda include: include)  # indexing lm-eval's tasks: seconds
@@ -119,7 +119,7 @@ def test_validation_and_test_use_the_same_lm_eval_model_settings(lmeval_project,
     kw = evaluation.lmeval_kwargs(settings, "/b", "/a", ["user_val"], 3)
     assert kw["model_args"] == "pretrained=/b,tokenizer=/b,dtype=float32,peft=/a" and kw["limit"] == 3
     assert kw["task_manager"] == str(lmeval_project / "user_tasks")
-    before = scoring.validation_fingerprint(settings)
+    before = evaluation.fingerprint(settings, "validation")
     for change in ({"dtype": "bfloat16"}, {"model_args": "attn_implementation=eager"}, {"num_fewshot": 2},
                    {"apply_chat_template": True}):
         other = load_settings(lmeval_project, overrides={"eval": change})
@@ -128,4 +128,4 @@ def test_validation_and_test_use_the_same_lm_eval_model_settings(lmeval_project,
                                                                   change.get("apply_chat_template", False))
         assert ("dtype=bfloat16" in kw["model_args"]) == ("dtype" in change)
         assert ("attn_implementation=eager" in kw["model_args"]) == ("model_args" in change)
-        assert scoring.validation_fingerprint(other) != before, change
+        assert evaluation.fingerprint(other, "validation") != before, change

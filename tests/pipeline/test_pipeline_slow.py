@@ -35,7 +35,7 @@ def server_versions(url: str, model: str = "merged-test") -> tuple[list[str], st
 def test_real_mlflow_server_outage_moves_no_alias(project, tmp_path, monkeypatch):
     from pipeline.settings import load_settings
     from pipeline.audit import walk
-    from pipeline.promotion import RegistryUnavailable
+    from pipeline.tracking.client import RegistryUnavailable
 
     server = MlflowServer(tmp_path / "mlflow-server").start()
     try:

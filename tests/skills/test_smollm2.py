@@ -212,10 +212,10 @@ def test_pipeline_lmeval_path_passes_the_chat_template_and_model_settings(mini_s
                      "include_path": mini_smollm2["tasks"], "apply_chat_template": True, "batch_size": 8,
                      "model_args": "max_length=512"}}
     settings = load_settings(REPO_ROOT, overrides=over)
-    got, stderr = evaluation.run_benchmark(settings, mini_smollm2["base"], adapter)  # scores, stderr (when reported)
-    assert got == {"smollm2_json": ref["json"], "smollm2_math": ref["math"]}
-    assert set(stderr) <= set(got)
-    fp = evaluation.benchmark_fingerprint(settings)
+    got = evaluation.score(settings, mini_smollm2["base"], adapter)  # from lm-eval's per-sample outcomes
+    assert got.scores == pytest.approx({"smollm2_json": ref["json"], "smollm2_math": ref["math"]})
+    assert set(got.stderr) <= set(got.scores)
+    fp = evaluation.fingerprint(settings)
     assert fp["apply_chat_template"] is True and fp["model_args"] == "max_length=512"
 
 
@@ -327,11 +327,11 @@ def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2,
         "eval": {"suite": "callable", "callable": "skills.smollm2.scorer:suite", "skills": ["math", "json"]}})
     assert [a.name for a in settings.catalog.adapters] == ["math", "code", "finance", "dosage", "json", "letters"]
     adapter = mini_smollm2["adapters"]["math"]
-    got, _ = evaluation.run_benchmark(settings, mini_smollm2["base"], adapter)  # (scores, stderr)
+    got = evaluation.score(settings, mini_smollm2["base"], adapter).scores
     ref = evaluate(mini_smollm2["base"], adapter, ["math", "json"], data_dir=mini_smollm2["data"],
                    tasks_dir=tmp_path / "ref_tasks", settings=tiny_params()["eval"])
     assert got == ref
-    fp = evaluation.benchmark_fingerprint(settings)
+    fp = evaluation.fingerprint(settings)
     assert fp["callable"] == "skills.smollm2.scorer:suite" and len(fp["data"]) == 64
     assert evaluation.scorer_inputs(settings) == [Path(mini_smollm2["data"])]
 
@@ -339,15 +339,16 @@ def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2,
     from skills.smollm2.common import score
     from skills.smollm2.data import read_jsonl
     from skills.smollm2.report import SmolEvaluator
-    from pipeline.scoring import score_split
-
-    rec = score_split(settings, mini_smollm2["base"], adapter, "test", None)
-    assert rec["scores"] == ref and set(rec["outcomes"]) == {"math", "json"}
-    assert all(len(v) == 4 and set(v.values()) <= {0.0, 1.0} for v in rec["outcomes"].values())
-    val = score_split(settings, mini_smollm2["base"], adapter, "validation", 3)
+    rec = evaluation.score(settings, mini_smollm2["base"], adapter, "test")
+    assert rec.scores == ref and set(rec.outcomes) == {"math", "json"}
+    assert all(len(v) == 4 and set(v.values()) <= {0.0, 1.0} for v in rec.outcomes.values())
+    val = evaluation.score(load_settings(tmp_path, overrides={
+        "catalog": "adapters-smollm2.yaml", "search": {"limit": 3},
+        "eval": {"suite": "callable", "callable": "skills.smollm2.scorer:suite", "skills": ["math", "json"]}}),
+        mini_smollm2["base"], adapter, "validation")
     ev = SmolEvaluator(mini_smollm2["base"], mini_smollm2["data"], ["math", "json"], settings=tiny_params()["eval"])
     model = ev._model(adapter)
     for skill in ("math", "json"):
         recs = read_jsonl(Path(mini_smollm2["data"]) / skill / "validation.jsonl")[:3]
-        assert val["scores"][skill] == pytest.approx(score(model, ev.tok, recs, 6, 8))
-        assert len(val["outcomes"][skill]) == 3
+        assert val.scores[skill] == pytest.approx(score(model, ev.tok, recs, 6, 8))
+        assert len(val.outcomes[skill]) == 3

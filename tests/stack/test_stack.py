@@ -153,8 +153,8 @@ def _restart_postgres() -> None:
 
 PROMOTE = """
 import sys, time
-from pipeline import promotion
 from pipeline.settings import load_settings
+from pipeline.tracking import promote as promotion
 project, work, version, mean = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 settings = load_settings(project, overrides={"paths": {"work": work}})
 real = promotion.get_alias
@@ -202,7 +202,7 @@ def test_two_workers_promoting_at_once_leave_one_champion(stack_project, tmp_pat
 def test_postgres_restarted_mid_night_moves_no_alias_and_the_next_night_completes(stack_project, monkeypatch):
     """PostgreSQL (MLflow's backend) restarts between versioning and registration: the night either completes
     (the server reconnects) or fails clearly; no alias moves on failure; the next night completes."""
-    from pipeline import promotion as registry
+    from pipeline.tracking import client, runs as registry
 
     name = model_name(stack_project)
     original = registry.register
@@ -223,7 +223,7 @@ def test_postgres_restarted_mid_night_moves_no_alias_and_the_next_night_complete
     assert restarted
     print(f"PostgreSQL restarted mid-night: the night {'failed: ' + repr(failed)[:300] if failed else 'completed'}")
     if failed is not None:
-        assert isinstance(failed, registry.RegistryUnavailable), repr(failed)
+        assert isinstance(failed, client.RegistryUnavailable), repr(failed)
         assert champion(name) is None
     else:
         assert out["decision"]["promoted"] and champion(name) == out["registered"]["version"]
