@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from harness import now
@@ -118,9 +117,9 @@ def child_knots_full(spec):
     """The official KnOTS-TIES path on one module (spec section 2): X = [dW_1 | .. | dW_T] (m x Tn) in float64,
     thin SVD, keep s > 1e-5, TIES (trim/elect/disjoint mean) on diag(s) V_t^T, output factors (U, merged)."""
     import torch
+    from reference import ties_cores
 
     import pico
-    from reference import ties_cores
 
     dev = spec["device"]
     aset = pico.load_adapters(spec["paths"])
@@ -163,11 +162,11 @@ def child_peft(spec):
     """PEFT add_weighted_adapter (cat / svd / ties_svd at svd_rank = R, density 0.7) through PEFT's own code:
     PeftModel.from_pretrained / load_adapter on the module tree, then LoraModel.add_weighted_adapter. Per-module
     times come from a timer around PEFT's own per-module function (its code path is unchanged)."""
+    import warnings
+
     import torch
     from peft import LoraConfig, PeftModel
     from peft.tuners.lora.model import LoraModel
-
-    import warnings
 
     warnings.filterwarnings("ignore")
     dev = spec["device"]
@@ -268,20 +267,17 @@ def child_check(spec):
     """Every module (or a sample) of a Pico + TIES output against the float64 reference; and, given a second
     output, the largest difference between the two (CPU versus GPU)."""
     import torch
-    from safetensors import safe_open
 
-    import pico
-    from reference import pico_ties_module, relative_difference
 
     del torch
     return _check(spec)
 
 
 def _check(spec):
+    from reference import pico_ties_module, relative_difference
     from safetensors import safe_open
 
     import pico
-    from reference import pico_ties_module, relative_difference
 
     aset = pico.load_adapters(spec["paths"])
     modules = aset.modules

@@ -45,8 +45,17 @@ for p in (str(ROOT), str(BENCH)):
         sys.path.insert(0, p)
 
 from competitors import CHILDREN, DENSITY, KINDS, SHAPES, manifest_format_time, sample_modules  # noqa: E402
-from harness import (Runner, dir_bytes, files_identical, git_commit, layer_adapters, machine,  # noqa: E402
-                     make_mergekit_base, mib, vm_hwm)
+from harness import (  # noqa: E402
+    Runner,
+    dir_bytes,
+    files_identical,
+    git_commit,
+    layer_adapters,
+    machine,
+    make_mergekit_base,
+    mib,
+    vm_hwm,
+)
 from render_8b import goals, goals_text, render  # noqa: E402
 
 
@@ -86,7 +95,6 @@ def main(argv=None):
         Path(args.child_result).write_text(json.dumps(result))
         return 0
 
-    import torch
 
     from workload import Shape, ensure_adapters, write_adapter  # noqa: F401
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from competitors import KINDS, SHAPES
 from harness import mib
 
+
 def goals(res: dict) -> dict:
     main = res["configs"][0]
     runs, comp = main["runs"], main.get("competitors", {})

@@ -26,7 +26,6 @@ from prefect.schedules import Cron
 from flows.nightly import nightly_merge
 from pipeline.settings import load_settings
 
-
 CODE_ROOT = Path(__file__).resolve().parent.parent  # where `flows` and `tasks` live (the worker starts runs here)
 
 

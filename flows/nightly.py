@@ -136,8 +136,8 @@ def benchmark_and_judge(settings: Settings, srcs: Sources, merged: MergeResult) 
         baselines += [benchmark.submit(settings, srcs.base, b.path, b.name) for b in srcs.baselines]
     fingerprint = json_digest(bench)
     champion, champion_eval = steps.champion(settings, srcs.base, fingerprint)
-    return Evaluation(benchmark=bench, fingerprint=fingerprint, merged=result, baselines=[f.result() for f in baselines],
-                      champion=champion, champion_eval=champion_eval,
+    return Evaluation(benchmark=bench, fingerprint=fingerprint, merged=result,
+                      baselines=[f.result() for f in baselines], champion=champion, champion_eval=champion_eval,
                       verdict=steps.judge(settings, result, champion, champion_eval))
 
 

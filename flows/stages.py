@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import pico
 from pipeline import evaluation, merging, search, sources, versioning
@@ -22,14 +23,15 @@ from pipeline.settings import Settings, load_settings
 def stage_merge(settings: Settings) -> MergeResult:
     fetched = [sources.fetch_entry(settings, e) for e in settings.catalog.adapters]
     aset = merging.load_set(fetched)
-    chosen = settings.space.candidates[0]
+    recipe = settings.space.candidates[0].recipe
     if settings.search:  # the same search as the flow (every candidate's record cached by content: free after it)
         base = sources.resolve_base(settings, sources.fetch_base(settings), fetched[0].path)
         chosen = search.run_search_plain(settings, aset, fetched, base).chosen
         print(f"recipe search: chosen on validation: {chosen.label}")
-    merged = merging.merge_into_store(settings, aset, fetched, pico.Recipe.from_dict(chosen.recipe))
+        recipe = chosen.recipe
+    merged = merging.merge_into_store(settings, aset, fetched, pico.Recipe.from_dict(recipe))
     out = settings.path("merged")
-    merging.materialize(merged.store, out)
+    merging.materialize(Path(merged.store), out)
     print(f"merged {len(aset)} adapters -> {out} ({merged.manifest['output']['modules']} modules)")
     return merged
 

@@ -8,10 +8,11 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .adapters import load_adapters
 from .calibrations import CALIBRATIONS
 from .errors import PicoError, RecipeError
+from .merge import inspect_adapters, merge
 from .recipe import RESCALES, Recipe
 from .registry import METHODS, all_params
 from .spaces import SPACES
@@ -118,8 +119,6 @@ def build_parser(added: dict | None = None) -> argparse.ArgumentParser:
 def cmd_merge(args) -> int:
     import torch
 
-    from .merge import merge
-
     params = {k.removeprefix("param_"): v for k, v in vars(args).items() if k.startswith("param_")}
     weights = None
     if args.weights:
@@ -155,8 +154,6 @@ def cmd_merge(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .merge import inspect_adapters
-
     aset = load_adapters(args.sources, common_modules_only=args.common_modules, allow_pickle=args.allow_pickle)
     diag = inspect_adapters(aset, device=args.device, kappa=args.kappa)
     print(f"{len(aset)} adapters, {len(diag)} modules. c_1: top collision degree of B (share of B energy in its "

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .adapters import AdapterError, AdapterSet
 from .batch import CalibratedBatch, load_batch  # noqa: F401  (CalibratedBatch, load_batch: part of this module's API)
 from .calibrate import calibrate, overlap_diagnostics

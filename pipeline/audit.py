@@ -44,10 +44,15 @@ def _short(h: str | None) -> str:
     return (h or "none")[:16]
 
 
-def _hash_objects(project: Path, files_md5: dict[str, str]) -> tuple[dict[str, str] | None, list[str], str]:
+Shas = dict[str, str | None]  # file -> sha256, as pico's Source takes them
+
+
+def _hash_objects(project: Path, files_md5: dict[str, str]) -> tuple[Shas | None, list[str], str]:
     """sha256 per file of DVC objects (streamed from the cache, else the remote), after checking each object's md5;
     problems listed; where the objects were read."""
-    out, problems, where = {}, [], set()
+    out: Shas = {}
+    problems: list[str] = []
+    where: set[str] = set()
     for rel, md5 in sorted(files_md5.items()):
         try:
             got, sha, at = dvcio.hash_object(project, md5)

@@ -6,6 +6,8 @@ permanent (retrying cannot change the bytes or the file); a network or DVC-remot
 
 from __future__ import annotations
 
+from pico.errors import PicoError
+
 
 class PipelineError(RuntimeError):
     """A pipeline step failed. ``permanent``: a retry cannot fix it (class default; an instance may override)."""
@@ -26,8 +28,6 @@ def is_permanent(exc: BaseException | None) -> bool:
         return False
     if isinstance(exc, PipelineError):
         return exc.permanent
-    from pico.errors import PicoError
-
     return isinstance(exc, PicoError)
 
 

@@ -87,6 +87,8 @@ _SCORERS: dict = {}
 def load_scorer(settings: Settings):
     """The scorer object named by the settings (imported once per process; the project is importable)."""
     name = scorer_name(settings.pipeline.eval)
+    if name is None:
+        raise EvaluationError("suite: lm-eval has no scorer to load")
     if name not in _SCORERS:
         if str(settings.project) not in sys.path:  # a scorer module may live in the project
             sys.path.append(str(settings.project))
@@ -274,7 +276,7 @@ def score(settings: Settings, base_dir, adapter_dir, split: Split = "test") -> V
     adapter = adapter_dir and str(adapter_dir)
     if hasattr(scorer, "outcomes"):
         return stats(scorer.outcomes(str(base_dir), adapter, cfg.split, cfg.limit, **extra))
-    return stats(*_parse(scorer(str(base_dir), adapter, cfg.split, cfg.limit, **extra), scorer_name(cfg)))
+    return stats(*_parse(scorer(str(base_dir), adapter, cfg.split, cfg.limit, **extra), str(scorer_name(cfg))))
 
 
 _EVAL_LOCK = threading.Lock()  # lm-eval and torch threads: one evaluation at a time per process

@@ -77,7 +77,7 @@ def decide(version: str, scores: dict[str, float], champion: ChampionRecord | No
     passed, reasons = gate(scores, champion, cfg)
     if passed and champion is None:
         reasons = [NO_CHAMPION]
-    elif passed:
+    elif passed and champion is not None:
         reasons = [f"mean {mean(scores):.4f} >= champion v{champion.version} {champion.mean:.4f}"
                    + (f" + {cfg.min_delta}" if cfg.min_delta else "") + "; every task at or above its floor"]
     return Decision(promoted=passed, alias=CHAMPION if passed else CANDIDATE, version=version, unchanged=False,

@@ -29,7 +29,7 @@ from .settings import Settings
 
 def load_set(fetched: list[FetchedSource]) -> pico.AdapterSet:
     """Validate the fetched adapters together (pico's checks); sources carry their catalog names and URIs."""
-    uris = [f.uri if f.uri.startswith("hf://") else f.path for f in fetched]
+    uris: list[str | Path] = [f.uri if f.uri.startswith("hf://") else f.path for f in fetched]
     aset = pico.load_adapters(uris)
     for adapter, f in zip(aset.adapters, fetched):
         adapter.source.name, adapter.source.uri, adapter.source.revision = f.name, f.uri, f.revision
@@ -96,7 +96,8 @@ def plan_groups(aset: pico.AdapterSet, recipe: pico.Recipe, layers_per_group: in
         return batches
     groups = []
     for batch in batches:
-        current, layers = [], []
+        current: list[str] = []
+        layers: list[int | None] = []
         for module in batch:
             layer = next((int(p) for p in module.split(".") if p.isdigit()), None)
             if layer not in layers:
@@ -205,10 +206,10 @@ def merge_into_store(settings: Settings, aset: pico.AdapterSet, fetched: list[Fe
     store = store_dir(settings, key)
     manifest = verify_dir(store)
     cached = manifest is not None
-    if not cached:
+    if manifest is None:  # (write_store's third value: a concurrent run wrote it meanwhile)
         groups = plan_groups(aset, recipe, p.calibrate.layers_per_group)
         results = (compute or compute_groups(settings))(aset, groups, recipe)
-        store, manifest, _ = write_store(settings, key, aset, recipe, groups, results, p.dtype)  # _: by a concurrent run
+        store, manifest, _ = write_store(settings, key, aset, recipe, groups, results, p.dtype)
     check_sources(manifest, fetched)
     return MergeResult(key=key, store=str(store), manifest=manifest, cached=cached)
 

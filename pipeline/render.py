@@ -26,7 +26,7 @@ def recipe_of(summary: NightlyResult) -> str:
 
 def candidate_rows(records: list[CandidateRecord], chosen_key: str | None = None) -> list[dict]:
     """Candidates by validation mean (finalists first, best first; ties: search order), as table rows."""
-    rows = []
+    rows: list[dict] = []
     finalist = lambda r: "finalist" in r.scored_on  # noqa: E731
     for r in sorted(records, key=lambda r: (not finalist(r), -r.validation.mean, r.index)):
         v = r.validation

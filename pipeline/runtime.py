@@ -60,7 +60,7 @@ def make_task_runner(settings: Settings):
 
     if cfg.address:
         return DaskTaskRunner(address=cfg.address)
-    kwargs = {"n_workers": cfg.n_workers, "threads_per_worker": 1, "processes": cfg.processes,
+    kwargs: dict = {"n_workers": cfg.n_workers, "threads_per_worker": 1, "processes": cfg.processes,
               "dashboard_address": None}
     if cfg.gpu_resource:
         kwargs["resources"] = {cfg.gpu_resource: 1}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Protocol, TypeVar
 
 import pico
 from pico.writer import json_digest
@@ -25,7 +25,12 @@ from .records import Candidate, CandidateRecord, FetchedSource, SearchResult, Se
 from .render import candidate_rows
 from .settings import Settings
 
-T = TypeVar("T")
+
+class Indexed(Protocol):
+    index: int  # the position in the search space: ties go to the earlier one
+
+
+T = TypeVar("T", bound=Indexed)
 
 
 def rank(scored: list[tuple[T, float]]) -> list[tuple[T, float]]:

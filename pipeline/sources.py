@@ -18,8 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
-from pico.adapters import (CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, Source, adapter_file_names,
-                           hub_snapshot)
+from pico.adapters import CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, Source, adapter_file_names, hub_snapshot
 from pico.writer import sha256_file
 
 from . import dvcio
@@ -41,7 +40,7 @@ class SourceError(PipelineError):
     permanent = True
 
 
-def adapter_files(path: Path) -> dict[str, str]:
+def adapter_files(path: Path) -> dict[str, str | None]:
     """sha256 of the files pico hashes for an adapter (config + weights), as in the merge manifest."""
     return {name: sha256_file(path / name) for name in adapter_file_names(path)}
 
@@ -68,7 +67,7 @@ def _resolve_dvc(settings: Settings, spec: str) -> tuple[Path, str | None, dict 
     if not local.exists() or (recorded["files"] and any(not (local / f).is_file() for f in recorded["files"])):
         with project_lock(settings.work):
             dvcio.pull(project, [recorded["out"]])
-        recorded = dvcio.recorded_files(project, path)
+        recorded = dvcio.recorded_files(project, path) or recorded
     if recorded["files"]:
         for rel, md5 in recorded["files"].items():
             f = local / rel if local.is_dir() else local
@@ -135,7 +134,7 @@ def fetch_entry(settings: Settings, entry: CatalogEntry) -> FetchedSource:
 def model_source(name: str, uri: str, path: Path, revision: str | None = None, dvc: dict | None = None
                  ) -> FetchedSource:
     """A base model directory as a source: pico's source digest over every file of it (the one base-model digest)."""
-    files = {f.name: sha256_file(f) for f in sorted(Path(path).iterdir()) if f.is_file()}
+    files: dict[str, str | None] = {f.name: sha256_file(f) for f in sorted(Path(path).iterdir()) if f.is_file()}
     sha = Source(name="base", uri=uri, path=Path(path), revision=revision, files=files).sha256
     return FetchedSource(name=name, uri=uri, path=str(path), revision=revision, sha256=sha, dvc=dvc)
 

@@ -23,11 +23,26 @@ from pico.writer import json_digest
 
 from . import evaluation, gate, merging, notify, render, search, sources, versioning
 from .errors import is_permanent
-from .records import (Candidate, CandidateRecord, ChampionRecord, Decision, DvcRecord, EvalResult, Evaluation,
-                      FetchedSource, MergeResult, NightlyResult, Registration, SearchResult, Sources, Verdict)
+from .records import (
+    Candidate,
+    CandidateRecord,
+    ChampionRecord,
+    Decision,
+    DvcRecord,
+    EvalResult,
+    Evaluation,
+    FetchedSource,
+    MergeResult,
+    NightlyResult,
+    Registration,
+    SearchResult,
+    Sources,
+    Verdict,
+)
 from .settings import CatalogEntry, Settings
 from .tracking import client as mlflow_client
-from .tracking import lineage, promote as registry, runs
+from .tracking import lineage, runs
+from .tracking import promote as registry
 
 
 def transient(task_, task_run, state) -> bool:
@@ -153,10 +168,11 @@ def judge(settings: Settings, result: EvalResult, champ: ChampionRecord | None,
           champ_eval: EvalResult | None) -> Verdict | None:
     """The paired test (pipeline/gate.py) when per-sample outcomes exist; None: the scorer gives plain scores, and the
     promotion step compares means."""
-    if not result.outcomes or (champ is not None and not (champ_eval and champ_eval.outcomes)):
+    champ_outcomes = champ_eval.outcomes if champ is not None and champ_eval is not None else None
+    if not result.outcomes or (champ is not None and not champ_outcomes):
         get_run_logger().warning("no per-sample outcomes from the scorer: the gate compares means (no test)")
         return None
-    verdict = gate.judge(result.outcomes, champ_eval.outcomes if champ is not None else None, settings.pipeline.gate,
+    verdict = gate.judge(result.outcomes, champ_outcomes, settings.pipeline.gate,
                          champion_name=f"the champion v{champ.version}" if champ else "the champion")
     get_run_logger().info("gate: %s: %s", "promote" if verdict.promote else "refuse", "; ".join(verdict.reasons))
     return verdict

@@ -62,7 +62,7 @@ class SkillsSuite:
         from skills.common import greedy
         from skills.data import read_jsonl
 
-        with _LOAD_LOCK:  # transformers' loading (meta-device init) is not thread-safe: one load at a time
+        with LOAD_LOCK:  # transformers' loading (meta-device init) is not thread-safe: one load at a time
             model = load_base(Path(base_dir))
             if adapter_dir is not None:
                 from peft import PeftModel
@@ -74,7 +74,7 @@ class SkillsSuite:
         for skill in skills:
             recs = read_jsonl(data / skill / f"{split}.jsonl")[: limit or None]
             preds = greedy(model, [r["prompt"] for r in recs], max_new=max_new, batch_size=int(context.eval.batch_size))
-            out[skill] = {_item(i, r["prompt"], r["answer"]): float(p.strip() == r["answer"])
+            out[skill] = {item_id(i, r["prompt"], r["answer"]): float(p.strip() == r["answer"])
                           for i, (p, r) in enumerate(zip(preds, recs))}
         return out
 
@@ -111,7 +111,7 @@ def sample_outcomes(res: dict, acc: dict[str, float], tasks: dict[str, str]) -> 
     against lm-eval's own score for it."""
     out = {}
     for skill, task in tasks.items():
-        items = {_item(smp["doc_id"], smp["doc"]["prompt"], smp["doc"]["answer"]): float(smp["exact_match"])
+        items = {item_id(smp["doc_id"], smp["doc"]["prompt"], smp["doc"]["answer"]): float(smp["exact_match"])
                  for smp in res["samples"][task]}
         if abs(sum(items.values()) / len(items) - acc[skill]) > 1e-9:
             raise RuntimeError(f"{skill}: lm-eval's samples disagree with its score {acc[skill]}")
@@ -119,10 +119,10 @@ def sample_outcomes(res: dict, acc: dict[str, float], tasks: dict[str, str]) -> 
     return out
 
 
-def _item(i, prompt: str, answer: str) -> str:
+def item_id(i, prompt: str, answer: str) -> str:
     return f"{i}:{hashlib.sha256(f'{prompt}={answer}'.encode()).hexdigest()[:12]}"
 
 
-_LOAD_LOCK = threading.Lock()
+LOAD_LOCK = threading.Lock()
 
 suite = SkillsSuite()

@@ -16,8 +16,8 @@ handed to the pipeline only through environment variables (build/stack/env.sh, `
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import os
 import pwd
 import secrets

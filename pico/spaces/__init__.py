@@ -16,6 +16,7 @@ import pkgutil
 
 import torch
 
+from ..batch import calibrate_factors, load_batch
 from ..errors import RecipeError
 
 
@@ -42,8 +43,6 @@ class Space:
 
     def calibrate(self, aset, modules: list[str], recipe, device: torch.device, diagnostics: bool = True):
         """Read one batch and apply the recipe's calibration on explicit factors (the general path)."""
-        from ..batch import calibrate_factors, load_batch
-
         return calibrate_factors(modules, aset.shape(modules[0])[2], *load_batch(aset, modules, device), recipe,
                                  diagnostics)
 

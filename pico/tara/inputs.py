@@ -12,6 +12,7 @@ import torch
 from ..writer import json_digest, sha256_file
 from .config import TaraError
 
+
 @dataclass
 class TaskInputs:
     """One task's unlabeled inputs as token id lists, and where they came from (for the manifest)."""

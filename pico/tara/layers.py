@@ -14,6 +14,7 @@ from ..recipe import Recipe
 from ..spaces import project
 from .config import TaraConfig, TaraError
 
+
 class TaraLinear(nn.Module):
     """base(x) + ((x A^T) * c) B^T, with c = coeff[index] (or coeff); for tara-b (fold = (T, k)) the coefficients
     weight the T blocks of A's rows, which are summed: base(x) + x (sum_t diag(c_t) A_t)^T B^T, the same function as

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..adapters import AdapterSet, load_adapters
 from ..errors import OutputExistsError
 from ..output import AdapterWriter, natural_key, round_sig

@@ -10,13 +10,14 @@ from typing import Sequence
 import torch
 
 from ..adapters import AdapterSet
-from ..rng import module_generator
 from ..merge import resolve_device
 from ..output import progress as progress_bar
+from ..rng import module_generator
 from .config import TaraConfig, TaraError
 from .inputs import TaskInputs, tokenize_inputs
 from .layers import TaraLinear, build_layers
 from .objective import aggregate, entropy_sums
+
 
 @dataclass
 class TaraResult:

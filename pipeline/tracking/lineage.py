@@ -9,8 +9,18 @@ from pathlib import Path
 
 from pico.writer import json_digest
 
-from ..records import (DvcRecord, EvalResult, FetchedSource, GitInfo, Lineage, LineageBase, LineageEval,
-                       LineageOutput, LineageSource, MergeResult)
+from ..records import (
+    DvcRecord,
+    EvalResult,
+    FetchedSource,
+    GitInfo,
+    Lineage,
+    LineageBase,
+    LineageEval,
+    LineageOutput,
+    LineageSource,
+    MergeResult,
+)
 from ..settings import Settings
 
 

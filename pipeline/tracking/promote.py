@@ -62,7 +62,7 @@ def champion_adapter(settings: Settings, champ: ChampionRecord) -> Path:
         if verify_dir(local) is not None:
             return local
     dest = settings.work / "registry-cache" / f"v{champ.version}-{(champ.merge_key or 'x')[:12]}"
-    return download_version(settings, champ.source, dest)
+    return download_version(settings, str(champ.source), dest)
 
 
 def promote(settings: Settings, version: str, scores: dict[str, float], fingerprint: str,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..merging import diagnostics, plot_diagnostics
-from ..records import (EvalResult, Evaluation, FetchedSource, Lineage, MergeResult, Registration, SearchResult)
+from ..records import EvalResult, Evaluation, FetchedSource, Lineage, MergeResult, Registration, SearchResult
 from ..settings import Settings
 from .client import client, ensure_experiment, params, registry_errors, registry_guard
 from .lineage import lineage_tags
@@ -74,7 +74,7 @@ def run_tags(lineage: Lineage) -> dict[str, str]:
     return resolve_tags(tags)
 
 
-def _upload(c, run_id: str, artifacts: dict[str, Path | dict | str]) -> None:
+def _upload(c, run_id: str, artifacts: dict[str, Path | dict]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for rel, content in artifacts.items():
             dest = Path(tmp) / rel
@@ -163,7 +163,8 @@ def log_candidates(settings: Settings, parent_run_id: str, found: SearchResult) 
         for r in sorted(found.records, key=lambda r: r.index):
             run = c.create_run(exp_id, run_name=f"candidate-{r.index:02d} {r.label}"[:250],
                                tags={"mlflow.parentRunId": parent_run_id, "pico.candidate": r.label,
-                                     "pico.merge_key": r.merge_key, "pico.chosen": str(r.key == found.chosen.key).lower(),
+                                     "pico.merge_key": r.merge_key,
+                                     "pico.chosen": str(r.key == found.chosen.key).lower(),
                                      "mlflow.source.name": "flows.nightly"})
             v = r.validation
             metrics = {f"val.{t}": s for t, s in v.scores.items()}
@@ -215,7 +216,7 @@ def record_search_and_gate(settings: Settings, registered: Registration, ev: Eva
     if found is not None:
         log_candidates(settings, registered.run_id, found)
     models = {"merged": ev.merged}
-    if ev.champion_eval is not None:
+    if ev.champion is not None and ev.champion_eval is not None:
         models[f"champion v{ev.champion.version}"] = ev.champion_eval
     table = outcomes_table(models)
     c = client(settings)

@@ -54,13 +54,13 @@ class SmolLM2Suite:
         return sample_outcomes(res, acc, {s: task_name(s, split) for s in skills})
 
     def _fast(self, base_dir, adapter_dir, data, skills, split, limit, p) -> dict[str, dict[str, float]]:
-        from skills.scorer import _LOAD_LOCK, _item
+        from skills.scorer import LOAD_LOCK, item_id
         from skills.smollm2.common import greedy, load_base
         from skills.smollm2.data import KINDS, read_jsonl
         from skills.smollm2.extract import correct
 
         cfg = self.settings(p)
-        with _LOAD_LOCK:  # transformers' loading is not thread-safe: one load at a time
+        with LOAD_LOCK:  # transformers' loading is not thread-safe: one load at a time
             model, tok = load_base(base_dir)
             if adapter_dir is not None:
                 from peft import PeftModel
@@ -72,7 +72,7 @@ class SmolLM2Suite:
             recs = read_jsonl(data / skill / f"{split}.jsonl")[: limit or None]
             replies = greedy(model, tok, [r["prompt"] for r in recs], int(cfg.get("max_gen_toks", 40)),
                              int(cfg.get("batch_size", 64)))
-            out[skill] = {_item(i, r["prompt"], r["answer"]): float(correct(KINDS[skill], y, r["answer"]))
+            out[skill] = {item_id(i, r["prompt"], r["answer"]): float(correct(KINDS[skill], y, r["answer"]))
                           for i, (y, r) in enumerate(zip(replies, recs))}
         return out
 

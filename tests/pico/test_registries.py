@@ -221,7 +221,8 @@ def test_a_normal_peft_adapter_with_all_its_fields_merges(copy, adapters, tmp_pa
 def test_the_allow_list_matches_the_installed_peft():
     """Every understood field is a LoraConfig field, its accepted values include PEFT's default, and every field not
     understood defaults to None (so an unset field needs no PEFT import)."""
-    from pico.peft_config import UNDERSTOOD as _UNDERSTOOD, _peft_defaults
+    from pico.peft_config import UNDERSTOOD as _UNDERSTOOD
+    from pico.peft_config import _peft_defaults
 
     _, defaults = _peft_defaults()
     for key, allowed in _UNDERSTOOD.items():

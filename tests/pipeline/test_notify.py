@@ -8,7 +8,7 @@ import pytest
 from notify_receiver import Receiver
 
 from pipeline import notify, render
-from pipeline.records import (Decision, DvcRecord, EvalResult, NightlyResult, Registration, SearchSummary)
+from pipeline.records import Decision, DvcRecord, EvalResult, NightlyResult, Registration, SearchSummary
 from pipeline.settings import NotifySettings
 
 

@@ -4,7 +4,6 @@ threaded runner gives: calibration diagnostics, merged factors, and the written 
 from __future__ import annotations
 
 import torch
-
 from pipeline_helpers import file_hashes, nightly, reference_merge
 
 
@@ -14,7 +13,7 @@ def test_dask_local_cluster_matches_threads(project, tmp_path):
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
-    from pipeline import sources, merging, steps
+    from pipeline import merging, sources, steps
     from pipeline.settings import load_settings
 
     settings = load_settings(project)

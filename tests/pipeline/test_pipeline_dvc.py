@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 
 import yaml
-
 from pipeline_helpers import dvc, file_hashes, nightly
 
 
@@ -121,7 +120,7 @@ def test_parallel_reproduce_names_a_failed_stage_and_keeps_the_others(tmp_path):
 def test_the_suite_build_runs_missing_stages_with_the_configured_jobs_and_build_only_stops(project, monkeypatch,
                                                                                              capsys):
     from flows import nightly
-    from pipeline import dvcio, build
+    from pipeline import build, dvcio
 
     calls = []
     monkeypatch.setattr(build, "missing_inputs", lambda settings: ["build/x"])

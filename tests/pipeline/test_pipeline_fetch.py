@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import yaml
-
 from pipeline_helpers import make_project, set_env
 
 

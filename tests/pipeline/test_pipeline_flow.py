@@ -8,20 +8,27 @@ sets them), so "better" and "worse" merges are chosen by recipe.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-
-from pipeline_helpers import (champion_version, client, file_hashes, free_port, nightly, reference_merge, run,
-                              set_params, versions)
+from pipeline_helpers import (
+    champion_version,
+    client,
+    file_hashes,
+    free_port,
+    nightly,
+    reference_merge,
+    run,
+    set_params,
+    versions,
+)
 
 
 def test_nightly_promotes_reuses_bytes_and_traces_lineage(project, tmp_path):
-    from pipeline.settings import load_settings
     from pipeline.audit import walk
+    from pipeline.settings import load_settings
 
     first = nightly(project)
     assert first["decision"]["promoted"] and first["decision"]["alias"] == "champion"
@@ -232,9 +239,9 @@ def test_mlflow_unreachable_fails_clearly_and_moves_no_alias(project, monkeypatc
 
 
 def test_gate_ties_pass_and_lower_means_or_floors_fail():
-    from pipeline.settings import GateSettings
     from pipeline.gate import decide, gate
     from pipeline.records import ChampionRecord
+    from pipeline.settings import GateSettings
 
     champion = ChampionRecord(version="1", scores={}, mean=(0.1 + 0.2 + 0.3) / 3, fingerprint="")
     scores = {"add": 0.3, "code": 0.2, "fact": 0.1}  # the same mean, summed in another order: 1 ulp lower

@@ -6,15 +6,14 @@ import json
 import shutil
 
 import yaml
-
 from pipeline_helpers import make_project, set_env
 
 
 def test_lm_eval_task_list_scores_and_cache(tmp_path, monkeypatch, adapters, base):
-    from skills.tokenizer import build_tokenizer
     from pipeline import evaluation
     from pipeline.settings import load_settings
     from pipeline.sources import model_source
+    from skills.tokenizer import build_tokenizer
 
     set_env(monkeypatch, tmp_path)
     model = tmp_path / "base-tok"
@@ -55,14 +54,13 @@ def test_skills_suite_plugs_in_through_the_callable_hook(tmp_path, monkeypatch, 
     suite build, and lm-eval scores per skill."""
     import pytest
 
-    from pico.writer import sha256_file
+    from pico.writer import json_digest, sha256_file
+    from pipeline import evaluation
+    from pipeline.settings import load_settings
+    from pipeline.sources import model_source
     from skills.data import write_suite_data
     from skills.tiny import tiny_params
     from skills.tokenizer import build_tokenizer
-    from pipeline import evaluation
-    from pico.writer import json_digest
-    from pipeline.settings import load_settings
-    from pipeline.sources import model_source
 
     set_env(monkeypatch, tmp_path)
     model = tmp_path / "base-tok"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from pipeline_helpers import client, nightly, set_params
 
 VAL_N, TEST_N = 16, 10
@@ -114,7 +113,7 @@ def test_validation_and_test_use_the_same_lm_eval_model_settings(lmeval_project,
     from pipeline import evaluation
     from pipeline.settings import load_settings
 
-    monkeypatch.setattr(benchmark, "_task_manager", lambda include: include)  # indexing lm-eval's tasks: seconds
+    monkeypatch.setattr(evaluation, "_task_manager", lambda include: include)  # indexing lm-eval's tasks: seconds
     settings = load_settings(lmeval_project)
     kw = evaluation.lmeval_kwargs(settings, "/b", "/a", ["user_val"], 3)
     assert kw["model_args"] == "pretrained=/b,tokenizer=/b,dtype=float32,peft=/a" and kw["limit"] == 3

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from pipeline_helpers import (PY, MlflowServer, champion_version, dvc, nightly, set_params, subprocess_env,
-                              versions)
+from pipeline_helpers import PY, MlflowServer, champion_version, dvc, nightly, set_params, subprocess_env, versions
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +31,8 @@ def server_versions(url: str, model: str = "merged-test") -> tuple[list[str], st
 
 
 def test_real_mlflow_server_outage_moves_no_alias(project, tmp_path, monkeypatch):
-    from pipeline.settings import load_settings
     from pipeline.audit import walk
+    from pipeline.settings import load_settings
     from pipeline.tracking.client import RegistryUnavailable
 
     server = MlflowServer(tmp_path / "mlflow-server").start()
@@ -69,8 +67,8 @@ def run_main(project: Path, *args: str, env: dict) -> subprocess.Popen:
 
 
 def test_two_runs_at_once_keep_registry_and_dvc_consistent(project, prefect_api, tmp_path):
-    from pipeline.settings import load_settings
     from pipeline.audit import walk
+    from pipeline.settings import load_settings
 
     env = subprocess_env(prefect_api, PREFECT_LOGGING_LEVEL="WARNING")
     # the same night twice (same inputs) and a different recipe (an override), all at once

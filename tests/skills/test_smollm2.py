@@ -126,8 +126,7 @@ def test_train_step_micro_batches_give_the_batch_loss_and_bf16_frozen_weights_th
 
 def test_replay_is_the_base_own_replies_and_adapters_replay_only_other_skills(mini_smollm2, tmp_path):
     from skills.smollm2.adapters import train_adapter
-    from skills.smollm2.common import load_base
-    from skills.smollm2.common import greedy
+    from skills.smollm2.common import greedy, load_base
     from skills.smollm2.data import read_jsonl
     from skills.smollm2.replay import read_replay, write_replay
     from skills.smollm2.tiny import tiny_params
@@ -154,8 +153,8 @@ def test_replay_is_the_base_own_replies_and_adapters_replay_only_other_skills(mi
 
 
 def test_lmeval_tasks_score_the_miniature_and_equal_the_fast_scorer(mini_smollm2):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from skills.smollm2.common import greedy
     from skills.smollm2.evaluate import evaluate
@@ -199,11 +198,11 @@ def test_lmeval_settings_are_checked(mini_smollm2):
 
 def test_pipeline_lmeval_path_passes_the_chat_template_and_model_settings(mini_smollm2):
     """pipeline/evaluation.py's generic lm-eval path with settings from params gives the suite evaluator's scores."""
+    from pipeline import evaluation
+    from pipeline.settings import load_settings
     from skills.config import REPO_ROOT
     from skills.smollm2.evaluate import evaluate
     from skills.smollm2.tiny import tiny_params
-    from pipeline import evaluation
-    from pipeline.settings import load_settings
 
     adapter = mini_smollm2["adapters"]["json"]
     ref = evaluate(mini_smollm2["base"], adapter, ["json", "math"], data_dir=mini_smollm2["data"],
@@ -311,11 +310,11 @@ def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2,
 
     import yaml
 
+    from pipeline import evaluation
+    from pipeline.settings import load_settings
     from skills.config import REPO_ROOT
     from skills.smollm2.evaluate import evaluate
     from skills.smollm2.tiny import tiny_params
-    from pipeline import evaluation
-    from pipeline.settings import load_settings
 
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["smollm2"]["paths"].update(data=mini_smollm2["data"], base=mini_smollm2["base"])

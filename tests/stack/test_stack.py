@@ -13,17 +13,15 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from stack_support import (REPO, champion, commit_all, mlflow_client, model_name, stack_secrets, use_s3_remote,
-                           versions)
 from pipeline_helpers import dvc, make_project, nightly, run, set_params
+from stack_support import REPO, champion, commit_all, mlflow_client, model_name, stack_secrets, use_s3_remote, versions
 
 
 def test_nights_on_the_stack_history_and_lineage_from_a_fresh_clone(stack_project, tmp_path):
     """Two nights on the stack; each is a DVC experiment (dvc exp show / metrics diff compare them); a fresh clone
     that has only git and the S3 remote verifies the champion ALL MATCH; the lineage is not dirty."""
-    from pipeline.settings import load_settings
     from pipeline.audit import walk
+    from pipeline.settings import load_settings
 
     project, name = stack_project, model_name(stack_project)
     first = nightly(project)
@@ -202,7 +200,8 @@ def test_two_workers_promoting_at_once_leave_one_champion(stack_project, tmp_pat
 def test_postgres_restarted_mid_night_moves_no_alias_and_the_next_night_completes(stack_project, monkeypatch):
     """PostgreSQL (MLflow's backend) restarts between versioning and registration: the night either completes
     (the server reconnects) or fails clearly; no alias moves on failure; the next night completes."""
-    from pipeline.tracking import client, runs as registry
+    from pipeline.tracking import client
+    from pipeline.tracking import runs as registry
 
     name = model_name(stack_project)
     original = registry.register
@@ -239,7 +238,6 @@ def test_a_dask_worker_killed_mid_merge_is_rescheduled_with_identical_bytes(stac
     import threading
 
     from distributed import Client
-
     from pipeline_helpers import file_hashes, reference_merge
 
     project = stack_project
