@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from prefect import serve
+import prefect
 from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{line}\napplied: {deployment_id}" + (f" on work pool {args.pool}" if args.pool else ""))
         return 0
     print(line, flush=True)
-    serve(deployment, pause_on_shutdown=False)  # a restart (upgrade, reboot) must not pause the nightly schedule
+    prefect.serve(deployment, pause_on_shutdown=False)  # a restart (upgrade, reboot) must not pause the nightly schedule
     return 0
 
 

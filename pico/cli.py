@@ -14,7 +14,7 @@ from .calibrations import CALIBRATIONS
 from .errors import PicoError, RecipeError
 from .merge import inspect_adapters, merge
 from .recipe import RESCALES, Recipe
-from .registry import METHODS, all_params
+from .registry import METHODS, Registry, all_params
 from .spaces import SPACES
 from .tara.cli import add_tara_parser, cmd_tara
 
@@ -35,6 +35,14 @@ def _flag(name: str) -> str:
 
 
 COMMANDS_GROUP = "pico.commands"  # entry points named after the command, each a main(argv: list[str]) -> int
+COMMANDS: Registry = Registry("command")  # the built-in commands: name -> fn(args) -> exit status
+
+
+def command(name: str):
+    return lambda fn: COMMANDS.register(name, fn)
+
+
+command("tara")(cmd_tara)  # `pico tara` lives in pico/tara/cli.py
 
 
 def added_commands() -> dict:
@@ -116,6 +124,7 @@ def build_parser(added: dict | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+@command("merge")
 def cmd_merge(args) -> int:
     import torch
 
@@ -153,6 +162,7 @@ def cmd_merge(args) -> int:
     return 0
 
 
+@command("inspect")
 def cmd_inspect(args) -> int:
     aset = load_adapters(args.sources, common_modules_only=args.common_modules, allow_pickle=args.allow_pickle)
     diag = inspect_adapters(aset, device=args.device, kappa=args.kappa)
@@ -205,6 +215,7 @@ def param_text(p) -> str:
     return f"{_flag(p.name)} {p.default}" + (f" (in {p.allowed()})" if p.allowed() else "")
 
 
+@command("methods")
 def cmd_methods(_args) -> int:
     print("methods (--method):")
     for method in sorted(METHODS.values(), key=lambda m: m.name):
@@ -225,13 +236,12 @@ def cmd_methods(_args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"merge": cmd_merge, "inspect": cmd_inspect, "methods": cmd_methods, "tara": cmd_tara}
     added = added_commands()
-    if argv and argv[0] in added and argv[0] not in commands:
+    if argv and argv[0] in added and argv[0] not in COMMANDS:
         return run_added(argv[0], added[argv[0]], argv[1:])
     args = build_parser(added).parse_args(argv)
     try:
-        return commands[args.command](args)
+        return COMMANDS.lookup(args.command)(args)
     except (PicoError, ValueError, FileExistsError) as exc:
         print(f"pico: error: {exc}", file=sys.stderr)
         return 2

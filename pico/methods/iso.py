@@ -2,7 +2,7 @@ from pico.linalg import thin_svd
 from pico.registry import Context, apply_weights, merge_method
 
 
-@merge_method("iso", spaces=("full", "core"))
+@merge_method("iso", spaces=("full", "core"), reference_url="https://arxiv.org/abs/2502.04959")
 def iso_c(taus, weights, ctx: Context):
     """Iso-C: the task sum with its singular values flattened to their mean (isotropic spectrum)."""
     u, s, vh = thin_svd(apply_weights(taus, weights).sum(1))

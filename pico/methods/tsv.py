@@ -4,7 +4,7 @@ from pico.linalg import polar, thin_svd
 from pico.registry import Context, apply_weights, merge_method
 
 
-@merge_method("tsv", spaces=("full", "core"))
+@merge_method("tsv", spaces=("full", "core"), reference_url="https://arxiv.org/abs/2412.00081")
 def tsv_m(taus, weights, ctx: Context):
     """TSV-M: keep each task's top singular triplets, orthogonalise the stacked U and V (polar), sum."""
     x = apply_weights(taus, weights)

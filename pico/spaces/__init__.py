@@ -17,7 +17,7 @@ import pkgutil
 import torch
 
 from ..batch import calibrate_factors, load_batch
-from ..errors import RecipeError
+from ..registry import Registry
 
 
 class Space:
@@ -59,27 +59,20 @@ class Space:
         return contextlib.nullcontext()
 
 
-SPACES: dict[str, Space] = {}
+SPACES: Registry[Space] = Registry("space")
+get_space = SPACES.lookup
 
 
 def space(name: str):
     """Register a :class:`Space` subclass under ``name`` (one instance: a space holds no state between batches)."""
 
     def register(cls: type[Space]) -> type[Space]:
-        if name in SPACES:
-            raise ValueError(f"space {name!r} registered twice")
         obj = cls()
         obj.name, obj.summary = name, (inspect.getdoc(cls) or name).splitlines()[0]
-        SPACES[name] = obj
+        SPACES.register(name, obj)
         return cls
 
     return register
-
-
-def get_space(name: str) -> Space:
-    if name not in SPACES:
-        raise RecipeError(f"unknown space {name!r}; choose from {', '.join(SPACES)}")
-    return SPACES[name]
 
 
 def project(space: str, bs: list[torch.Tensor], as_: list[torch.Tensor]) -> tuple[torch.Tensor, object]:

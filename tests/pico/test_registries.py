@@ -147,10 +147,29 @@ def test_a_new_method_is_one_decorated_function(capsys):
 
         assert "`test_scaled`" in tables()["methods"] and "`--factor 2.0` in [0, 10]" in tables()["methods"]
         with pytest.raises(TypeError, match="needs a default"):
-            merge_method("test_nodefault")(lambda taus, weights, ctx, *, x: taus)
+            merge_method("test_nodefault", spaces=("core",))(lambda taus, weights, ctx, *, x: taus)
     finally:
         METHODS.pop("test_scaled", None)
         METHODS.pop("test_nodefault", None)
+
+
+def test_shared_parameters_are_declared_once_and_methods_cite_their_papers():
+    """density and drop_rate come from one alias beside their primitives (pico/ops.py): every method taking one shows
+    the same range and help; each method links its paper in the README table; an unknown name lists the choices."""
+    from pico.docs import tables
+    from pico.ops import Density, DropRate
+    from pico.registry import _param
+
+    for alias, name in ((Density, "density"), (DropRate, "drop_rate")):
+        users = [m.params[name] for m in METHODS.values() if name in m.params]
+        assert len(users) >= 2 and {(p.allowed(), p.help) for p in users} == {
+            (_param(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY), alias).allowed(), users[0].help)}
+    assert METHODS["cart"].params["rho"].allowed() == "(0, 1]"
+    for m in METHODS.values():
+        assert m.reference_url.startswith("https://arxiv.org/abs/") and f"[`{m.name}`]({m.reference_url})" in \
+            tables()["methods"]
+    with pytest.raises(pico.RecipeError, match=r"unknown space 'nope'; choose from core, full, knots"):
+        pico.Recipe(space="nope")
 
 
 def test_readme_tables_are_generated_from_the_registries():
@@ -158,8 +177,10 @@ def test_readme_tables_are_generated_from_the_registries():
 
     text = (ROOT / "README.md").read_text()
     assert render(text) == text, "README.md registry tables are stale: run `python -m pico.docs`"
-    for name in list(METHODS) + list(pico.SPACES) + list(CALIBRATIONS):
+    for name in list(pico.SPACES) + list(CALIBRATIONS):
         assert f"| `{name}`" in text, name
+    for name in METHODS:
+        assert f"| [`{name}`](" in text, name
 
 
 def test_skills_report_lists_the_registry():
