@@ -13,6 +13,7 @@ from .adapters import load_adapters
 from .calibrations import CALIBRATIONS
 from .errors import PicoError, RecipeError
 from .merge import inspect_adapters, merge
+from .options import add_flags, from_args
 from .recipe import RESCALES, Recipe
 from .registry import METHODS, Registry, all_params
 from .spaces import SPACES
@@ -71,21 +72,7 @@ def build_parser(added: dict | None = None) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("sources", nargs="+", metavar="SRC", help="adapter directory or hf://org/name@revision")
     m.add_argument("--out", required=True, type=Path, help="output directory (must not exist unless --force)")
-    m.add_argument("--method", default="ta", choices=sorted(METHODS), help="merge method (default: ta)")
-    m.add_argument("--space", default="core", choices=list(SPACES),
-                   help="core: exact and cheap (default); knots: KnOTS alignment; full: dense baseline")
-    m.add_argument("--calibrate", default="none", choices=list(CALIBRATIONS),
-                   help="Pico calibration of the B factors before the merge (default: none); pico-* are controls")
-    m.add_argument("--rescale", choices=list(RESCALES),
-                   help="post: match the merged norm to the mean source norm (default with calibration); pre: keep "
-                        "each calibrated adapter's own norm; none")
-    m.add_argument("--kappa", type=float, help="Pico strength: alpha_k = 1/(1 + kappa c_k) (default: T - 1)")
-    m.add_argument("--gamma", type=float, default=1.0, help="raise Pico's alphas to this power (default: 1)")
-    m.add_argument("--lam", type=float, default=1.0,
-                   help="lambda, scales the merged update (default 1; TA is a sum, so 1/T is the mean)")
-    m.add_argument("--weights", help="comma-separated per-adapter weights, in SRC order (default: all 1)")
-    m.add_argument("--rank", type=int, help="full space: SVD truncation rank (default: sum of input ranks)")
-    m.add_argument("--seed", type=int, default=0, help="seed of DARE masks and random controls (default: 0)")
+    add_flags(m, Recipe)  # the recipe's fields (pico/recipe.py)
     for name, users in sorted(all_params().items()):
         p = users[0][1]
         defaults = ", ".join(f"{meth}: {prm.default}" for meth, prm in users)
@@ -129,17 +116,9 @@ def cmd_merge(args) -> int:
     import torch
 
     params = {k.removeprefix("param_"): v for k, v in vars(args).items() if k.startswith("param_")}
-    weights = None
-    if args.weights:
-        try:
-            weights = [float(w) for w in args.weights.split(",")]
-        except ValueError:
-            raise RecipeError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
     if args.threads is not None and args.threads < 1:
         raise RecipeError(f"--threads must be at least 1, got {args.threads}")
-    recipe = Recipe(method=args.method, space=args.space, calibrate=args.calibrate, rescale=args.rescale,
-                    kappa=args.kappa, gamma=args.gamma, lam=args.lam, weights=weights, rank=args.rank,
-                    seed=args.seed, params=params)
+    recipe = from_args(Recipe, args, params=params)
     aset = load_adapters(args.sources, common_modules_only=args.common_modules, allow_pickle=args.allow_pickle)
     if aset.skipped and not args.quiet:
         print(f"merging {len(aset.modules)} common modules; skipped {len(aset.skipped)} not in every adapter: "

@@ -116,7 +116,8 @@ METHODS: Registry[Method] = Registry("merge method", " (`pico methods` lists the
 get_method = METHODS.lookup
 
 
-def _param(p: inspect.Parameter, hint) -> Param:
+def param_of(name: str, hint, default, error: type[Exception] = TypeError) -> Param:
+    """A parameter from its annotation: ``Annotated[type, Gt/Ge/Lt/Le or Interval..., "help"]`` (or a bare type)."""
     help_text, constraints = "", []
     if typing.get_origin(hint) is Annotated:
         hint, *meta = typing.get_args(hint)
@@ -128,9 +129,9 @@ def _param(p: inspect.Parameter, hint) -> Param:
             elif type(m) in _BOUNDS:
                 constraints.append(m)
             else:
-                raise TypeError(f"parameter {p.name}: unsupported annotation {m!r} (use annotated_types Gt/Ge/Lt/Le "
-                                "or Interval, and a help string)")
-    return Param(p.name, hint, p.default, help_text, tuple(constraints))
+                raise error(f"parameter {name}: unsupported annotation {m!r} (use annotated_types Gt/Ge/Lt/Le or "
+                            "Interval, and a help string)")
+    return Param(name, hint, default, help_text, tuple(constraints))
 
 
 def merge_method(name: str, *, spaces: tuple[str, ...], reference_url: str = ""):
@@ -139,8 +140,8 @@ def merge_method(name: str, *, spaces: tuple[str, ...], reference_url: str = "")
 
     def register(fn: Callable) -> Callable:
         hints = typing.get_type_hints(fn, include_extras=True)
-        params = {p.name: _param(p, hints.get(p.name, float)) for p in inspect.signature(fn).parameters.values()
-                  if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        params = {p.name: param_of(p.name, hints.get(p.name, float), p.default)
+                  for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
         for p in params.values():
             if p.default is inspect.Parameter.empty:
                 raise TypeError(f"merge method {name!r}: parameter {p.name} needs a default")

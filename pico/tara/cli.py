@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 from ..adapters import load_adapters
-from .config import LOSSES, POSITIONS, VARIANTS, TaraConfig, TaraError
+from ..options import add_flags, from_args
+from .config import TaraConfig, TaraError
 from .run import tara_merge
 
 EPILOG = """examples:
@@ -22,8 +24,6 @@ per step; the data-free `pico merge` needs neither."""
 
 
 def add_tara_parser(sub) -> None:
-    import argparse
-
     p = sub.add_parser("tara", help="TARA: learn per-direction merge weights from unlabeled inputs (not data-free)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="+", metavar="SRC", help="adapter directory or hf://org/name@revision")
@@ -31,26 +31,7 @@ def add_tara_parser(sub) -> None:
     p.add_argument("--prompts", required=True, nargs="+", type=Path, metavar="JSONL",
                    help="one JSONL of unlabeled prompts per adapter, in SRC order")
     p.add_argument("--out", required=True, type=Path, help="output directory (must not exist unless --force)")
-    p.add_argument("--variant", default="tara-a", choices=list(VARIANTS),
-                   help="tara-a: per rank-1 direction (default); tara-b: per task x singular direction; "
-                        "weight: AdaMerging-style, per task")
-    p.add_argument("--calibrate", default="none", choices=["none", "pico"], help="start from Pico-calibrated factors")
-    p.add_argument("--rescale", default="pre", choices=["pre", "none"],
-                   help="with --calibrate pico: keep each adapter's own update norm (pre, default) or not")
-    p.add_argument("--lam", type=float, help="initial coefficients are lam/T (default: 0.4 T, i.e. 0.4 each)")
-    p.add_argument("--mu", type=float, default=1.0, help="smooth-Tchebycheff smoothing (default 1)")
-    p.add_argument("--preference", help="comma-separated task weights in SRC order (default uniform; normalised)")
-    p.add_argument("--loss", choices=list(LOSSES), help="stch (default for tara-a/b) or linear (default for weight)")
-    p.add_argument("--epochs", type=int, default=10, help="default 10")
-    p.add_argument("--steps-per-epoch", type=int, default=50,
-                   help="at most this many steps per epoch (and at most the smallest task's batch count); default 50")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per task per step (default 16)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
-    p.add_argument("--positions", default="last", choices=list(POSITIONS),
-                   help="entropy of the next-token distribution at the last prompt position (default) or all")
-    p.add_argument("--max-length", type=int, default=256, help="keep the last N tokens of longer prompts")
-    p.add_argument("--seed", type=int, default=0, help="seed of the batch order (default 0)")
+    add_flags(p, TaraConfig)  # TARA's options (pico/tara/config.py)
     p.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the base model's)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -65,18 +46,9 @@ def add_tara_parser(sub) -> None:
 
 
 def cmd_tara(args) -> int:
-    preference = None
-    if args.preference:
-        try:
-            preference = [float(p) for p in args.preference.split(",")]
-        except ValueError:
-            raise TaraError(f"--preference must be comma-separated numbers, got {args.preference!r}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = TaraConfig(variant=args.variant, lam=args.lam, mu=args.mu, preference=preference, loss=args.loss,
-                        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                        lr=args.lr, weight_decay=args.weight_decay, positions=args.positions,
-                        max_length=args.max_length, calibrate=args.calibrate, rescale=args.rescale, seed=args.seed)
+    config = from_args(TaraConfig, args, TaraError)
     aset = load_adapters(args.sources, common_modules_only=args.common_modules)
     config.resolve(len(aset))  # option errors before any model is loaded
     if len(args.prompts) != len(aset):

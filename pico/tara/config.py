@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Annotated, Sequence
 
+from annotated_types import Ge, Gt
+
+from ..calibrations import CALIBRATIONS
 from ..errors import PicoError
+from ..options import Choices, check_fields
 
 VARIANTS = {
     "tara-a": "TARA variant A: one coefficient per rank-1 direction of every adapter (R per module)",
@@ -25,23 +29,32 @@ class TaraError(PicoError, ValueError):
 
 @dataclass
 class TaraConfig:
-    """Everything that decides TARA's output bytes (besides the inputs), validated by :meth:`resolve`."""
+    """Everything that decides TARA's output bytes (besides the inputs), validated by :meth:`resolve`. The fields are
+    the `pico tara` flags (pico/options.py)."""
 
-    variant: str = "tara-a"
-    lam: float | None = None  # None: 0.4 * T (initial coefficient 0.4, the official value)
-    mu: float = 1.0  # STCH smoothing (official stch_alpha)
-    preference: list[float] | None = None  # None: uniform; normalised to sum 1
-    loss: str | None = None  # None: "stch" for tara-a/b, "linear" for weight (as in the official scripts)
-    epochs: int = 10
-    steps_per_epoch: int = 50  # at most; min(this, smallest task's number of batches)
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.01  # torch AdamW default, what the official AdamW(params, lr) uses
-    positions: str = "last"
-    max_length: int = 256  # prompts longer than this keep their last max_length tokens
-    calibrate: str = "none"  # "pico": start from Pico-calibrated factors
-    rescale: str = "pre"  # with calibrate="pico": "pre" keeps each adapter's own update norm, or "none"
-    seed: int = 0
+    variant: Annotated[str, Choices(VARIANTS), "tara-a: per rank-1 direction; tara-b: per task x singular "
+                       "direction; weight: AdaMerging-style, per task"] = "tara-a"
+    lam: Annotated[float | None, "initial coefficients are lam/T (default: 0.4 T, i.e. 0.4 each, the official "
+                   "value)"] = None
+    mu: Annotated[float, Gt(0), "smooth-Tchebycheff smoothing (official stch_alpha)"] = 1.0
+    preference: Annotated[list[float] | None, "comma-separated task weights in SRC order (default uniform; "
+                          "normalised)"] = None
+    loss: Annotated[str | None, Choices(LOSSES), "stch (default for tara-a/b) or linear (default for weight), as in "
+                    "the official scripts"] = None
+    epochs: Annotated[int, Ge(0), "training epochs"] = 10
+    steps_per_epoch: Annotated[int, Ge(1), "at most this many steps per epoch (and at most the smallest task's "
+                               "batch count)"] = 50
+    batch_size: Annotated[int, Ge(1), "prompts per task per step"] = 16
+    lr: Annotated[float, Gt(0), "AdamW learning rate"] = 1e-3
+    weight_decay: Annotated[float, Ge(0), "AdamW weight decay (torch's default, as the official AdamW(params, lr))"] \
+        = 0.01
+    positions: Annotated[str, Choices(POSITIONS), "entropy of the next-token distribution at the last prompt "
+                         "position, or the mean over all"] = "last"
+    max_length: Annotated[int, Ge(1), "keep the last N tokens of longer prompts"] = 256
+    calibrate: Annotated[str, Choices(CALIBRATIONS), "start from calibrated factors (pico)"] = "none"
+    rescale: Annotated[str, Choices(("pre", "none")), "with --calibrate: keep each adapter's own update norm (pre) "
+                       "or not (TARA learns the merged scale itself)"] = "pre"
+    seed: Annotated[int, "seed of the batch order"] = 0
 
     def resolve(self, T: int) -> TaraConfig:
         """A copy with every default filled in for T tasks; raises TaraError naming the problem."""
@@ -52,21 +65,12 @@ class TaraConfig:
             raise TaraError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
         if self.positions not in POSITIONS:
             raise TaraError(f"unknown positions {self.positions!r}; choose from {', '.join(POSITIONS)}")
-        if self.calibrate not in ("none", "pico"):
-            raise TaraError(f"calibrate must be 'none' or 'pico', got {self.calibrate!r}")
+        if self.calibrate not in CALIBRATIONS:
+            raise TaraError(f"unknown calibration {self.calibrate!r}; choose from {', '.join(CALIBRATIONS)}")
         if self.rescale not in ("pre", "none"):
             raise TaraError(f"rescale must be 'pre' or 'none' (TARA learns the merged scale itself), "
                             f"got {self.rescale!r}")
-        if not self.mu > 0:
-            raise TaraError(f"mu (the STCH smoothing) must be > 0, got {self.mu}")
-        for name in ("epochs",):
-            if getattr(self, name) < 0:
-                raise TaraError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("steps_per_epoch", "batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise TaraError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise TaraError(f"lr must be > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+        check_fields(self, "tara", TaraError)  # types and ranges, as declared above
         lam = INIT_COEFF * T if self.lam is None else float(self.lam)
         if not math.isfinite(lam):
             raise TaraError(f"lam must be finite, got {lam}")

@@ -158,12 +158,12 @@ def test_shared_parameters_are_declared_once_and_methods_cite_their_papers():
     the same range and help; each method links its paper in the README table; an unknown name lists the choices."""
     from pico.docs import tables
     from pico.ops import Density, DropRate
-    from pico.registry import _param
+    from pico.registry import param_of
 
     for alias, name in ((Density, "density"), (DropRate, "drop_rate")):
         users = [m.params[name] for m in METHODS.values() if name in m.params]
         assert len(users) >= 2 and {(p.allowed(), p.help) for p in users} == {
-            (_param(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY), alias).allowed(), users[0].help)}
+            (param_of(name, alias, None).allowed(), users[0].help)}
     assert METHODS["cart"].params["rho"].allowed() == "(0, 1]"
     for m in METHODS.values():
         assert m.reference_url.startswith("https://arxiv.org/abs/") and f"[`{m.name}`]({m.reference_url})" in \
