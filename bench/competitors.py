@@ -312,7 +312,8 @@ def child_gpu_math(spec):
 
     import pico
     from pico import factored
-    from pico.merge import CUDA_BATCH_BYTES, CalibratedBatch, merge_batch, plan_batches
+    from pico.batch import CalibratedBatch
+    from pico.merge import CUDA_BATCH_BYTES, merge_batch, plan_batches
 
     dev = torch.device(spec["device"])
     aset = pico.load_adapters(spec["paths"])

@@ -72,17 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         load = os.getloadavg()[0]
         cpu0 = _cpu()
         t = time.perf_counter()
-        summary = nightly_merge(project=str(settings.project), overrides=overrides).model_dump()
+        night = nightly_merge(project=str(settings.project), overrides=overrides)
         wall = time.perf_counter() - t
+        search = night.search.model_dump(include={"chosen", "why", "candidates", "cached", "seconds"}) \
+            if night.search else None
         runs.append({"run": i + 1, "cold": i == 0 and not args.keep_cache, "wall_s": round(wall, 2),
                      "cpu_s": round(_cpu() - cpu0, 2), "load_before": round(load, 2),
-                     "load_after": round(os.getloadavg()[0], 2),
-                     "flow_steps_s": summary["timings"], "prefect_overhead_s": round(wall - summary["timings"]["total"], 2),
-                     "cached_merge": summary["cached_merge"], "eval_cached": summary["eval"]["cached"],
-                     "decision": summary["decision"]["alias"], "version": summary["registered"]["version"],
-                     "test_mean": summary["eval"]["mean"], "test_mean_stderr": summary["eval"].get("mean_stderr"),
-                     "search": {k: (summary["search"] or {}).get(k) for k in ("chosen", "why", "candidates", "cached",
-                                                                            "seconds")}})
+                     "load_after": round(os.getloadavg()[0], 2), "flow_steps_s": night.timings,
+                     "prefect_overhead_s": round(wall - night.timings["total"], 2), "cached_merge": night.cached_merge,
+                     "eval_cached": night.eval.cached, "decision": night.decision.alias,
+                     "version": night.registered.version, "test_mean": night.eval.mean,
+                     "test_mean_stderr": night.eval.mean_stderr, "search": search})
     out = {"machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()})",
            "python": sys.version.split()[0], "imports_s": round(import_s, 2),
            "prefect_api_start_s": round(warm_s, 2), "load_at_start": round(load0, 2), "runs": runs}
@@ -93,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nrun {r['run']}: {kind}: {r['wall_s']} s wall ({r['cpu_s']} s CPU in this process and its children; "
               f"load average {r['load_before']} -> {r['load_after']} on {os.cpu_count()} CPUs), of which Prefect "
               f"engine {r['prefect_overhead_s']} s -> v{r['version']} {r['decision']}")
-        if r["search"]["chosen"]:
-            print(f"  search: {r['search']['candidates']} candidates ({r['search']['cached']} cached) in "
-                  f"{r['search']['seconds']} s; chosen {r['search']['chosen']} ({r['search']['why']})")
+        if r["search"]:
+            s = r["search"]
+            print(f"  search: {s['candidates']} candidates ({s['cached']} cached) in {s['seconds']} s; chosen "
+                  f"{s['chosen']} ({s['why']})")
         se = r["test_mean_stderr"]
         print(f"  test mean {r['test_mean']:.4f}" + (f" ± {se:.4f}" if se is not None else ""))
         for step, s in r["flow_steps_s"].items():

@@ -21,10 +21,10 @@ import torch
 
 from ._version import __version__
 from .adapters import AdapterError, AdapterSet
-from .batch import CalibratedBatch, load_batch  # noqa: F401  (CalibratedBatch, load_batch: part of this module's API)
+from .batch import CalibratedBatch, load_batch
 from .calibrate import calibrate, overlap_diagnostics
 from .errors import RecipeError
-from .output import MANIFEST_NAME, AdapterWriter, natural_key, round_sig  # noqa: F401 (MANIFEST_NAME: re-exported)
+from .output import AdapterWriter, natural_key, round_sig
 from .output import progress as progress_bar
 from .recipe import Recipe
 from .registry import Context, get_method

@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 
 import pico
-from pico.merge import MANIFEST_NAME, check_weights, natural_key, plan_batches, write_merged
+from pico.merge import check_weights, plan_batches, write_merged
+from pico.output import MANIFEST_NAME, natural_key
 from pico.writer import AtomicDir, json_digest, sha256_file
 
 from .errors import PipelineError

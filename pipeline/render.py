@@ -30,11 +30,9 @@ def candidate_rows(records: list[CandidateRecord], chosen_key: str | None = None
     finalist = lambda r: "finalist" in r.scored_on  # noqa: E731
     for r in sorted(records, key=lambda r: (not finalist(r), -r.validation.mean, r.index)):
         v = r.validation
-        row = {"rank": len(rows) + 1, "candidate": r.label, "val mean": pm(v.mean, v.mean_stderr)}
-        row.update({t: f"{s:.3f}" for t, s in v.scores.items()})
-        row["scored on"] = r.scored_on
-        row["chosen"] = "yes" if r.key == chosen_key else ""
-        rows.append(row)
+        rows.append({"rank": len(rows) + 1, "candidate": r.label, "val mean": pm(v.mean, v.mean_stderr),
+                     **{t: f"{s:.3f}" for t, s in v.scores.items()}, "scored on": r.scored_on,
+                     "chosen": "yes" if r.key == chosen_key else ""})
     return rows
 
 
@@ -109,7 +107,7 @@ def report(summary: NightlyResult, settings: Settings, board: list[dict]) -> str
                       "validation split, the test split read only for the chosen merge):"]
         for r in s.leaderboard[:5]:
             lines.append(f"  {r['rank']:>2}. {r['candidate']:<44} val mean {r['val mean']}"
-                         + ("   <- chosen" if r["chosen"] else ""))
+                         + ("   <- chosen" if r.get("chosen") else ""))
         lines.append(f"  Chosen: {s.chosen} ({s.why})")
     d = summary.decision
     lines += ["", f"Decision: {summary.model} v{d.version} {verdict(d)}: " + "; ".join(d.reasons)]

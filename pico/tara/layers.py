@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..adapters import AdapterSet
-from ..merge import calibrate_batch, load_batch, plan_batches
+from ..batch import load_batch
+from ..merge import calibrate_batch, plan_batches
 from ..recipe import Recipe
 from ..spaces import project
 from .config import TaraConfig, TaraError

@@ -8,7 +8,8 @@ from transformers import LlamaForCausalLM
 
 import pico
 from pico.adapters import load_adapters
-from pico.merge import CalibratedBatch, merge_batch
+from pico.batch import CalibratedBatch
+from pico.merge import merge_batch
 from pico.spaces import project
 
 torch.set_default_dtype(torch.float32)

@@ -17,10 +17,11 @@ from annotated_types import Interval
 
 import pico
 from pico import factored
+from pico.batch import CalibratedBatch
 from pico.calibrate import calibrate
 from pico.calibrations import CALIBRATIONS, calibration, pico_alphas
 from pico.linalg import frob_norm_of_product
-from pico.merge import CalibratedBatch, merge_batch
+from pico.merge import merge_batch
 from pico.registry import METHODS, merge_method
 
 ROOT = Path(__file__).resolve().parents[2]
