@@ -103,8 +103,8 @@ def recipe_search(settings: Settings, aset: pico.AdapterSet, srcs: Sources) -> S
         cands, mkeys, keys = zip(*jobs)
         futures = candidate.map(unmapped(st), unmapped(aset), unmapped(srcs.adapters), unmapped(srcs.base), cands,
                                 mkeys, keys, [steps.cache_key(st, k) for k in keys])
-        return [f.result().model_copy(update={"cached": f.result().cached or f.state.name == "Cached"})
-                for f in futures]
+        records = [f.result() for f in futures]
+        return [r.model_copy(update={"cached": r.cached or f.state.name == "Cached"}) for r, f in zip(records, futures)]
 
     found = search.run_rounds(settings, settings.space, srcs.adapters, srcs.base, score_all)
     get_run_logger().info("chosen: %s (%s)", found.chosen.label, found.why)

@@ -105,7 +105,7 @@ def merge_group(cal, recipe: pico.Recipe, threads: int | None = 1):
 
 
 def _candidate_key(ctx, params) -> str:
-    return f"pico-candidate-{params['cache_key']}"
+    return f"pico-candidate-v2-{params['cache_key']}"  # v2: the result is a CandidateRecord (v1: a dict)
 
 
 @task(name="candidate", cache_key_fn=_candidate_key, persist_result=True, result_serializer="json",
