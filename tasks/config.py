@@ -91,8 +91,13 @@ class MlflowSettings(_Section):
     artifact_root: str = "build/mlflow/artifacts"  # for a file/sqlite store; a server manages its own
     experiment: str = "pico-nightly"
     model_name: str = "pico-merged"
-    http_retries: int = Field(2, ge=0)  # MLFLOW_HTTP_REQUEST_MAX_RETRIES unless set: fail in seconds, not minutes
-    http_timeout_s: float = Field(20, gt=0)
+    # Exported as MLFLOW_HTTP_REQUEST_* (unless the environment sets them): MLflow parses each as an int and refuses
+    # retries above 10 and a backoff factor above 120 (its _MLFLOW_HTTP_REQUEST_MAX_*_LIMIT), so these are ints with
+    # those bounds, refused here, at load, with the key named (tests/pipeline/test_env_exports.py checks the types
+    # against MLflow's own parser). Few retries: an unreachable server fails the step in seconds, not minutes.
+    http_retries: int = Field(2, ge=0, le=10)
+    http_backoff_factor: int = Field(1, ge=0, le=120)
+    http_timeout_s: int = Field(20, gt=0)
     log_adapter: bool = True  # the merged adapter as run artifacts (the model version's source)
     # A Prefect global concurrency limit (limit 1) held while versions are registered and aliases move, so runs on
     # different hosts never race on the aliases (`prefect gcl create pico-registry --limit 1`); None: a file lock
@@ -388,19 +393,43 @@ def digest(obj) -> str:
     return json_digest(obj)
 
 
+# Environment variables the pipeline exports for its libraries, each written as the library parses it (strings of
+# ints/booleans; tests/pipeline/test_env_exports.py runs every value through the library's own parser).
+QUIET_ENV = {  # keep the embedded components offline, quiet and quick
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # the first start on a busy 2-core box is slow
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TQDM_DISABLE": "1",  # a nightly job's log, not a terminal: no progress bars
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def mlflow_env(cfg: MlflowSettings) -> dict[str, str]:
+    """MLflow's HTTP client settings from ``pipeline.mlflow`` (ints, as MLflow parses them)."""
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(cfg.http_retries)),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(int(cfg.http_backoff_factor)),
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(cfg.http_timeout_s)),
+            "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+_EXPORTED: dict[str, str] = {}  # what export_env wrote, so a later call may replace it
+
+
+def export_env(values: dict[str, str]) -> None:
+    """Export defaults for the libraries: a variable the user set wins; one this process exported earlier is replaced
+    (``os.environ.setdefault`` would keep the first settings' value for every later run in the process, so a test's
+    settings leaked into the next test's run)."""
+    for key, value in values.items():
+        if key not in os.environ or os.environ[key] == _EXPORTED.get(key):
+            os.environ[key] = _EXPORTED[key] = value
+
+
 def quiet_env() -> None:
     """Defaults that keep the embedded components offline, quiet and quick (explicit settings win)."""
-    for key, value in {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # the first start on a busy 2-core box is slow
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "DO_NOT_TRACK": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TQDM_DISABLE": "1",  # a nightly job's log, not a terminal: no progress bars
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "GIT_PYTHON_REFRESH": "quiet",
-    }.items():
-        os.environ.setdefault(key, value)
+    export_env(QUIET_ENV)

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import Settings, digest
+from .config import Settings, digest, export_env, mlflow_env
 from .errors import PipelineError
 from .gate import CANDIDATE, CHAMPION, decide  # noqa: F401  (re-exported: the alias names)
 from .records import ChampionRecord, Decision, FetchedSource, Lineage, Registration
@@ -34,11 +34,7 @@ class ChampionMoved(PipelineError):
 
 
 def configure(settings: Settings) -> str:
-    mcfg = settings.pipeline.mlflow
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(mcfg.http_retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(mcfg.http_timeout_s))
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    export_env(mlflow_env(settings.pipeline.mlflow))
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
