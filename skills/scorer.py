@@ -39,6 +39,14 @@ class SkillsSuite:
                         tasks_dir=Path(context.work) / "lm_eval_tasks",
                         threads=self.eval_settings(context).get("threads", 2))
 
+    def generation(self, context) -> dict:
+        """How the benchmark generates (the registered model serves the same way): plain prompts, no chat template,
+        greedy, cut at lm-eval's stop strings after at most max_gen_toks tokens."""
+        from skills.lmeval import STOP
+
+        return {"apply_chat_template": False, "max_new_tokens": int(self.eval_settings(context).get("max_gen_toks", 10)),
+                "stop": list(STOP)}
+
     def outcomes(self, base_dir, adapter_dir, split, limit, *, context) -> dict[str, dict[str, float]]:
         """Per-item 0/1 outcomes ``{skill: {item: 0/1}}``: the test split through lm-eval's ``log_samples`` (the
         benchmark's own numbers); the validation split (choosing a recipe) through the suite report's fast path, the
