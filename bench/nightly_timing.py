@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    from pipeline.runtime import quiet_env
+    from pipeline.environ import quiet_env
 
     quiet_env()
     from pipeline.settings import load_settings

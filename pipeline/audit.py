@@ -26,7 +26,7 @@ from pico.adapters import Source, resolve_source
 from pico.writer import sha256_file
 
 from . import dvcio
-from .runtime import quiet_env
+from .environ import quiet_env
 from .settings import Settings, load_settings
 from .sources import adapter_files
 from .tracking.client import client

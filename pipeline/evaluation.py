@@ -9,8 +9,10 @@ Suites (``pipeline.eval.suite``):
   the eval settings of the split), and it may offer optional methods the pipeline uses when present:
   ``outcomes(base_dir, adapter_dir, split, limit, *, context)`` (per-item outcomes, preferred over the call),
   ``fingerprint(context) -> dict`` (what else its scores depend on, e.g. its data files' digest),
-  ``inputs(context) -> list[Path]`` (what it reads; the main command builds missing ones with ``dvc repro``) and
-  ``prewarm(context)`` (run in a background thread while fetch and merge run).
+  ``inputs(context) -> list[Path]`` (what it reads; the main command builds missing ones with ``dvc repro``),
+  ``prewarm(context)`` (run in a background thread while fetch and merge run) and ``generation(context) -> dict``
+  (how it generates: ``apply_chat_template``, ``max_new_tokens``, ``stop``; recorded in the registered model so it
+  serves the way it was evaluated).
 - ``skills``: the embedded skills suite, an alias of ``callable: skills.scorer:suite`` (this package imports
   nothing from skills/).
 - ``lm-eval``: ``lm_eval.simple_evaluate(log_samples=True)`` on ``eval.tasks`` (test) or ``search.tasks``
@@ -155,6 +157,55 @@ def scorer_inputs(settings: Settings) -> list[Path]:
         return []
     scorer = load_scorer(settings)
     return list(scorer.inputs(context(settings))) if hasattr(scorer, "inputs") else []
+
+
+DEFAULT_GENERATION = {"apply_chat_template": False, "max_new_tokens": 16, "stop": []}
+
+
+def generation(settings: Settings, base_dir: str | Path) -> dict:
+    """How the benchmark generated, for the registered model to serve the same way: whether the prompt goes through
+    the base's chat template (and that template's text, so the served model keeps it even if the base's tokenizer
+    changes), the maximum new tokens and the stop strings. From the scorer's ``generation(context)``; for an lm-eval
+    task list, the eval settings' ``apply_chat_template`` and the tasks' ``generation_kwargs`` when they all agree."""
+    cfg = settings.pipeline.eval
+    out: dict = dict(DEFAULT_GENERATION)
+    if cfg.suite == "lm-eval":
+        out["apply_chat_template"] = cfg.apply_chat_template
+        out.update(_lmeval_generation(settings))
+    else:
+        scorer = load_scorer(settings)
+        if hasattr(scorer, "generation"):
+            out.update(scorer.generation(context(settings)))
+    out["chat_template"] = None
+    if out["apply_chat_template"]:
+        from transformers import AutoTokenizer
+
+        template = AutoTokenizer.from_pretrained(str(base_dir)).chat_template
+        if not template:
+            raise EvaluationError(f"the benchmark applies a chat template but the base {base_dir} has none")
+        out["chat_template"] = template
+    return out
+
+
+def _lmeval_generation(settings: Settings) -> dict:
+    """max_new_tokens/stop from the lm-eval tasks' YAML ``generation_kwargs`` (when every generative task agrees)."""
+    from lm_eval.utils import load_yaml_config
+
+    cfg = settings.pipeline.eval
+    index = _task_manager(str(settings.resolve(cfg.include_path)) if cfg.include_path else None).task_index
+    seen = set()
+    for task in cfg.tasks:
+        path = (index.get(task) or {}).get("yaml_path")
+        if not path or path == -1:
+            continue
+        kw = load_yaml_config(path).get("generation_kwargs") or {}
+        if kw:
+            until = kw.get("until") or []
+            seen.add((int(kw.get("max_gen_toks", 256)), tuple([until] if isinstance(until, str) else until)))
+    if len(seen) != 1:
+        return {}  # no generative task, or tasks that disagree: the pyfunc's defaults (per-request params override)
+    (max_new, stop), = seen
+    return {"max_new_tokens": max_new, "stop": list(stop)}
 
 
 _PREWARM: list[threading.Thread] = []

@@ -20,24 +20,6 @@ from .settings import Settings
 from .tracking.client import preflight
 
 
-def quiet_env() -> None:
-    """Defaults that keep the embedded components offline, quiet and quick (explicit settings win)."""
-    for key, value in {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # the first start on a busy 2-core box is slow
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "DO_NOT_TRACK": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TQDM_DISABLE": "1",  # a nightly job's log, not a terminal: no progress bars
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "GIT_PYTHON_REFRESH": "quiet",
-    }.items():
-        os.environ.setdefault(key, value)
-
-
 @contextlib.contextmanager
 def torch_threads():
     """Give torch's intra-op thread count back after a block whose tasks pinned it (for identical bytes, every

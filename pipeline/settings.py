@@ -92,8 +92,13 @@ class MlflowSettings(_Section):
     artifact_root: str = "build/mlflow/artifacts"  # for a file/sqlite store; a server manages its own
     experiment: str = "pico-nightly"
     model_name: str = "pico-merged"
-    http_retries: int = Field(2, ge=0)  # MLFLOW_HTTP_REQUEST_MAX_RETRIES unless set: fail in seconds, not minutes
-    http_timeout_s: float = Field(20, gt=0)
+    # Exported as MLFLOW_HTTP_REQUEST_* (unless the environment sets them): MLflow parses each as an int and refuses
+    # retries above 10 and a backoff factor above 120 (its _MLFLOW_HTTP_REQUEST_MAX_*_LIMIT), so these are ints with
+    # those bounds, refused here, at load, with the key named (tests/pipeline/test_env_exports.py checks the types
+    # against MLflow's own parser). Few retries: an unreachable server fails the step in seconds, not minutes.
+    http_retries: int = Field(2, ge=0, le=10)
+    http_backoff_factor: int = Field(1, ge=0, le=120)
+    http_timeout_s: int = Field(20, gt=0)
     log_adapter: bool = True  # the merged adapter as run artifacts (the model version's source)
     # A Prefect global concurrency limit (limit 1) held while versions are registered and aliases move, so runs on
     # different hosts never race on the aliases (`prefect gcl create pico-registry --limit 1`); None: a file lock
@@ -373,4 +378,3 @@ def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
                            else Path(pipeline.catalog))
     return Settings(project=project, params_path=params_path, pipeline=pipeline, merge=merge, space=space,
                     catalog=catalog)
-

@@ -1,7 +1,7 @@
 """The skills suite as the nightly pipeline's benchmark, plugged in through ``pipeline.eval.callable``
 (``pipeline.eval.suite: skills`` is the alias of ``callable: skills.scorer:suite``).
 
-The pipeline (tasks/) never imports skills/: it calls this object with (base_dir, adapter_dir, split, limit) and a
+The pipeline (pipeline/) never imports skills/: it calls this object with (base_dir, adapter_dir, split, limit) and a
 ``context`` carrying the project, params file, work folder and eval settings, and reads its optional ``fingerprint``,
 ``inputs`` and ``prewarm`` methods.
 """
@@ -38,6 +38,14 @@ class SkillsSuite:
                         data_dir=self.data_dir(context), batch_size=int(context.eval.batch_size),
                         tasks_dir=Path(context.work) / "lm_eval_tasks",
                         threads=self.eval_settings(context).get("threads", 2))
+
+    def generation(self, context) -> dict:
+        """How the benchmark generates (the registered model serves the same way): plain prompts, no chat template,
+        greedy, cut at lm-eval's stop strings after at most max_gen_toks tokens."""
+        from skills.lmeval import STOP
+
+        return {"apply_chat_template": False, "max_new_tokens": int(self.eval_settings(context).get("max_gen_toks", 10)),
+                "stop": list(STOP)}
 
     def outcomes(self, base_dir, adapter_dir, split, limit, *, context) -> dict[str, dict[str, float]]:
         """Per-item 0/1 outcomes ``{skill: {item: 0/1}}``: the test split through lm-eval's ``log_samples`` (the

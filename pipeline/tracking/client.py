@@ -11,10 +11,10 @@ refusal permanent unless its code says temporary.
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..environ import export_env, mlflow_env
 from ..errors import PipelineError
 from ..files import project_lock
 from ..settings import Settings
@@ -25,11 +25,7 @@ class RegistryUnavailable(PipelineError):
 
 
 def configure(settings: Settings) -> str:
-    mcfg = settings.pipeline.mlflow
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(mcfg.http_retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(mcfg.http_timeout_s))
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    export_env(mlflow_env(settings.pipeline.mlflow))
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

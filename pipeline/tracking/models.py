@@ -17,10 +17,25 @@ from .client import client
 from .lineage import identity
 
 
-def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lineage: Lineage) -> str:
+def serving_signature(generation: dict):
+    """The pyfunc's signature: any input (plain prompts or chat requests, pyfunc_model.py), and per-request
+    generation params whose defaults are the benchmark's own settings."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    return ModelSignature(inputs=None, outputs=None, params=ParamSchema([
+        ParamSpec("max_new_tokens", "long", int(generation["max_new_tokens"])),
+        ParamSpec("stop", "string", list(generation["stop"]), shape=(-1,)),
+        ParamSpec("temperature", "double", 0.0)]))
+
+
+def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lineage: Lineage,
+              generation: dict) -> str:
     """The merged adapter as an MLflow logged model of the run: the pyfunc of pyfunc_model.py (model code plus the
-    adapter files; the base is named in its config, never copied). Client calls only: no global tracking URI, so
-    runs against different stores in one process never cross. Returns the model id."""
+    adapter files; the base is named in its config, never copied), generating as the benchmark did (``generation``:
+    chat template, max new tokens, stop strings), with a signature of its per-request params and an input example.
+    Client calls only: no global tracking URI, so runs against different stores in one process never cross. Returns
+    the model id."""
     import mlflow
     from mlflow.models import Model
 
@@ -41,8 +56,13 @@ def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lin
                 Path(tmp) / "model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                 artifacts={"adapter": str(store)}, pip_requirements=reqs,
                 mlflow_model=Model(run_id=run_id, model_id=model.model_id, artifact_path=model.artifact_location),
+                signature=serving_signature(generation),
+                input_example=([generation.get("example") or "Hello!"],
+                               {"max_new_tokens": int(generation["max_new_tokens"])}),
                 model_config={"base_model": base.path, "base_uri": base.uri, "base_revision": base.revision,
-                              "base_sha256": base.sha256, "max_new_tokens": 16, "dtype": "float32", "device": "auto"})
+                              "base_sha256": base.sha256, "dtype": "float32", "device": "auto",
+                              **{k: generation[k] for k in ("apply_chat_template", "chat_template", "max_new_tokens",
+                                                            "stop")}})
             c.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
     except BaseException:
         c.finalize_logged_model(model.model_id, "FAILED")

@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..evaluation import generation
 from ..merging import diagnostics, plot_diagnostics
 from ..records import EvalResult, Evaluation, FetchedSource, Lineage, MergeResult, Registration, SearchResult
 from ..settings import Settings
@@ -116,7 +117,8 @@ def register(settings: Settings, lineage: Lineage, merged: MergeResult, base: Fe
             if existing is None:
                 _upload(c, run_id, run_artifacts(settings, merged, ev, lineage))
                 if settings.pipeline.mlflow.log_adapter:
-                    model_id = log_model(c, exp_id, run_id, Path(merged.store), base, lineage)
+                    model_id = log_model(c, exp_id, run_id, Path(merged.store), base, lineage,
+                                         generation(settings, base.path))
                     source = f"models:/{model_id}"
                 else:
                     source = Path(merged.store).as_uri()

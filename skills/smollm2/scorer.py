@@ -32,6 +32,17 @@ class SmolLM2Suite:
         return evaluate(base_dir, adapter_dir, context.eval.skills, split, limit, data_dir=p["paths"]["data"],
                         tasks_dir=Path(context.work) / "smollm2_lm_eval_tasks", settings=self.settings(p))
 
+    def generation(self, context) -> dict:
+        """How the benchmark generates (the registered model serves the same way): the prompt as the user's turn of
+        the chat template (lm-eval's ``apply_chat_template``), greedy, cut at the end of the turn."""
+        from skills.smollm2.evaluate import DEFAULTS
+        from skills.smollm2.lmeval import STOP
+
+        cfg = {**DEFAULTS, **self.settings(self.params(context))}
+        return {"apply_chat_template": bool(cfg["apply_chat_template"]), "max_new_tokens": int(cfg["max_gen_toks"]),
+                "stop": list(STOP),
+                "example": "What is 25% of 480? Reply with the number only."}
+
     def outcomes(self, base_dir, adapter_dir, split, limit, *, context) -> dict[str, dict[str, float]]:
         """Per-item 0/1 outcomes ``{skill: {item: 0/1}}`` for the pipeline's paired gate, as skills/scorer.py: the
         test split through lm-eval's ``log_samples`` (the benchmark's own numbers, checked against its score), the

@@ -139,6 +139,55 @@ def test_the_worker_runs_the_deployment_and_no_credential_leaks(stack, stack_pro
             assert value not in text, f"credential {s} appears in {where}"
 
 
+def _stack_processes() -> dict[int, str]:
+    """pid -> command line of every process of the stack: the services started by stack.py (pid files) and all
+    their descendants (gunicorn workers, the worker's flow runs, PostgreSQL's backends)."""
+    from stack_support import STATE
+
+    roots = {int(p.read_text()) for p in (STATE / "pids").glob("*.pid")}
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = {}, list(roots)
+    while todo:
+        pid = todo.pop()
+        try:
+            out[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        todo += children.get(pid, [])
+    for d in Path("/proc").iterdir():  # PostgreSQL (started by pg_ctl, not a pid file): its postmaster and backends
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith(("postgres", "/usr/lib/postgresql")):
+                out[int(d.name)] = cmd
+    return out
+
+
+def test_no_credential_in_service_logs_or_on_the_process_table(stack):
+    """Issue 25 item 8: every stack service's log file and the command line (/proc/<pid>/cmdline, what `ps` shows
+    every user) of every stack process are free of the stack's credentials."""
+    from stack_support import STATE
+
+    procs = _stack_processes()
+    assert any("mlflow" in c for c in procs.values()) and any("postgres" in c for c in procs.values()), procs
+    logs = {p.name: p.read_text(errors="replace") for p in (STATE / "logs").glob("*.log")}
+    assert logs
+    for key, value in stack_secrets().items():
+        for pid, cmd in procs.items():
+            assert value not in cmd, f"credential {key} on the command line of pid {pid}: {cmd[:60]}..."
+        for name, text in logs.items():
+            assert value not in text, f"credential {key} in the service log {name}"
+
+
 def _restart_postgres() -> None:
     """pg_ctl restart of the stack's own cluster, through stack/stack.py (it knows where the cluster lives)."""
     import importlib.util
