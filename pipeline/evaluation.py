@@ -189,16 +189,16 @@ def generation(settings: Settings, base_dir: str | Path) -> dict:
 
 def _lmeval_generation(settings: Settings) -> dict:
     """max_new_tokens/stop from the lm-eval tasks' YAML ``generation_kwargs`` (when every generative task agrees)."""
-    from lm_eval.utils import load_yaml_config
+    from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval 0.4.13's task-YAML reader (includes, !function tags)
 
     cfg = settings.pipeline.eval
     index = _task_manager(str(settings.resolve(cfg.include_path)) if cfg.include_path else None).task_index
     seen = set()
     for task in cfg.tasks:
-        path = (index.get(task) or {}).get("yaml_path")
-        if not path or path == -1:
+        path = getattr(index.get(task), "yaml_path", None)  # an index Entry; None for generated tasks
+        if not path:
             continue
-        kw = load_yaml_config(path).get("generation_kwargs") or {}
+        kw = load_yaml(path, resolve_func=False).get("generation_kwargs") or {}
         if kw:
             until = kw.get("until") or []
             seen.add((int(kw.get("max_gen_toks", 256)), tuple([until] if isinstance(until, str) else until)))

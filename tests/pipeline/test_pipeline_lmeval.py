@@ -46,6 +46,9 @@ def test_lm_eval_task_list_scores_and_cache(tmp_path, monkeypatch, adapters, bas
     # the benchmark's data is part of the key: a changed task file is evaluated afresh
     data.write_text(data.read_text() + json.dumps({"prompt": "ab=", "answer": "zz"}) + "\n")
     assert not evaluation.evaluate(settings, base_rec, adapters[0], "math").cached
+    # how the benchmark generated, for the registered model to serve the same way: the task YAML's generation_kwargs
+    assert evaluation.generation(settings, model) == {"apply_chat_template": False, "max_new_tokens": 3,
+                                                      "stop": ["\n"], "chat_template": None}
 
 
 def test_skills_suite_plugs_in_through_the_callable_hook(tmp_path, monkeypatch, adapters, base):
