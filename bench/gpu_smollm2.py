@@ -52,7 +52,8 @@ def score_adapter(base: Path, adapter: Path, recs: list[dict], dtype, max_new: i
 
     t0 = time.time()
     model, tok = load_base(base)
-    model = PeftModel.from_pretrained(model, str(adapter)).to(DEVICE)
+    if adapter is not None:  # NAME=none: the base alone
+        model = PeftModel.from_pretrained(model, str(adapter)).to(DEVICE)
     if dtype is not None:
         model = model.to(dtype)
     model.eval()
@@ -83,7 +84,8 @@ def main(argv=None) -> None:
     ap.add_argument("--gguf", nargs="*", help="the packaged GGUF, or its parts in order")
     ap.add_argument("--sha256", help="the joined GGUF's sha256")
     ap.add_argument("--base", help="an HF base directory (instead of --gguf)")
-    ap.add_argument("--adapter", action="append", default=[], help="NAME=DIR, scored on the validation split")
+    ap.add_argument("--adapter", action="append", default=[],
+                    help="NAME=DIR (or NAME=none: the base alone), scored on the validation split")
     ap.add_argument("--data", default="build/smollm2/data")
     ap.add_argument("--limit", type=int, default=None, help="validation items per skill (default: all)")
     ap.add_argument("--max-new", type=int, default=40)
@@ -131,7 +133,7 @@ def main(argv=None) -> None:
         res["adapters"][name] = {}
         for label, dtype in runs.items():
             log(f"{name}: {label} on {len(recs)} validation items")
-            r = score_adapter(base, Path(d), recs, dtype, a.max_new, a.batch)
+            r = score_adapter(base, None if d == "none" else Path(d), recs, dtype, a.max_new, a.batch)
             if ref is not None and name in ref["adapters"]:
                 r["vs_cpu"] = compare(ref["adapters"][name]["cpu-float32"], r)
             res["adapters"][name][label] = r
