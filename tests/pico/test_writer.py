@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from pico.adapters import load_adapters
 from pico.output import AdapterWriter, round_sig, round_sig_array, round_sig_rows
-from pico.writer import SafetensorsStreamWriter
+from pico.writer import SafetensorsStreamWriter, StreamHash
 
 
 def tensors():
@@ -68,6 +68,30 @@ def test_background_flush_keeps_bytes_and_hash(tmp_path, monkeypatch):
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     assert plain.sha256 == flushed.sha256 == file_sha256(tmp_path / "b.safetensors")
 
+
+def test_stream_hash_digests_in_order_on_its_thread(monkeypatch):
+    monkeypatch.setattr(StreamHash, "DEPTH", 2)  # update blocks while the thread catches up
+    rng = np.random.default_rng(0)
+    bufs = [rng.integers(0, 256, int(n), dtype=np.uint8) for n in rng.integers(0, 100_000, 50)]
+    h = StreamHash(b"header")
+    for b in bufs:
+        h.update(b)
+    assert h.hexdigest() == hashlib.sha256(b"header" + b"".join(b.tobytes() for b in bufs)).hexdigest()
+    assert h.hexdigest() == h.hexdigest() and not h._thread.is_alive()
+    stopped = StreamHash()
+    stopped.update(b"x")
+    stopped.stop()
+    assert not stopped._thread.is_alive()
+
+
+def test_a_failed_write_leaves_no_hashing_thread(tmp_path):
+    data = tensors()
+    plan = [(k, tuple(t.shape)) for k, t in data.items()]
+    with pytest.raises(RuntimeError, match="stop"):
+        with SafetensorsStreamWriter(tmp_path / "a.safetensors", plan, torch.float32) as writer:
+            writer.write(*next(iter(data.items())))
+            raise RuntimeError("stop")
+    assert writer._hash is None and writer.file.closed
 
 
 def test_adapter_writer_moves_a_complete_directory_into_place_or_leaves_nothing(adapters, tmp_path):
@@ -129,3 +153,13 @@ def test_round_sig_shapes_and_rows_match_the_per_module_calls():
     assert round_sig_rows(v) == [float(f"{float(t):.6g}") for t in v.double()]
     assert isinstance(round_sig(v[0]), float) and round_sig(v[0]) == float(f"{float(v[0]):.6g}")
     assert json.dumps(round_sig_rows(x)) == json.dumps([[float(f"{v:.6g}") for v in row.tolist()] for row in x])
+
+
+@pytest.mark.parametrize("cores", [1, 16])
+def test_source_hashes_are_the_same_on_one_thread_or_several(adapters, monkeypatch, cores):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)  # 16 cores: four hashing threads
+    aset = load_adapters(adapters)
+    aset.hash_sources()
+    for adapter in aset.adapters:
+        files = adapter.source.files
+        assert len(files) == 2 and files == {n: file_sha256(adapter.source.path / n) for n in files}
