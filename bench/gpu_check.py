@@ -81,6 +81,19 @@ class Run:
         tmp.write_text(json.dumps(self.res, indent=1, default=str) + "\n")
         os.replace(tmp, path)
 
+    def guarded(self, name: str, fn, *args, default=None):
+        """Run one step; an exception is logged and recorded (results-gpu.json "errors") and the run goes on."""
+        try:
+            return fn(*args)
+        except Exception:  # noqa: BLE001 - one failed step must not cost the others' figures
+            import traceback
+
+            text = traceback.format_exc()
+            self.res.setdefault("errors", {})[name] = text[-4000:]
+            self.log(f"ERROR in {name}:\n{text}")
+            self.save()
+            return default
+
     def over(self, need: float, what: str) -> bool:
         """True (and noted) when ``need`` more seconds would overrun the budget: the step is skipped."""
         if self.elapsed() + need <= self.budget:
@@ -122,7 +135,7 @@ def file_digests(path: Path) -> dict:
 
 # ----------------------------------------------------------------------------------------------------------- steps
 
-def step_math(run: Run, aset, dev, reps: int) -> list:
+def step_math(run: Run, aset, dev, reps: int) -> None:
     """Read every batch onto the device (timed), then time the merge math of each method from there."""
     import torch
 
@@ -159,7 +172,7 @@ def step_math(run: Run, aset, dev, reps: int) -> list:
         if run.over(3.0, f"merge math {method}"):
             continue
         recipe = recipe_for(method)
-        linalg.GESVDA_STATS.update(calls=0, matrices=0, fallbacks=0, max_error=0.0)
+        linalg.GESVDA_STATS.update(calls=0, matrices=0, fallbacks=0, raised=0, max_error=0.0)
         t0 = time.perf_counter()
         fast = once(recipe)
         sync(dev)
@@ -179,8 +192,6 @@ def step_math(run: Run, aset, dev, reps: int) -> list:
         run.save()
     if dev.type == "cuda":
         math["device_peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
-    del raw
-    return batches
 
 
 def merge_once(paths, method, out: Path, device: str):
@@ -314,11 +325,11 @@ def step_reference(run: Run, aset, dev_out: Path, layers: list[int], cmp_dev) ->
     run.save()
 
 
-def step_phases(run: Run, paths, batches, dev, work: Path) -> None:
+def step_phases(run: Run, paths, dev, work: Path) -> None:
     """Each part of an end-to-end merge alone, on the same data (the page cache warm)."""
     import pico
     from pico import factored
-    from pico.merge import calibrate_batch, merge_batch, write_merged
+    from pico.merge import BATCH_BYTES, CUDA_BATCH_BYTES, calibrate_batch, merge_batch, plan_batches, write_merged
 
     ph = run.res["phases"] = {}
     buf = os.urandom(1 << 20) * 256
@@ -327,6 +338,7 @@ def step_phases(run: Run, paths, batches, dev, work: Path) -> None:
     ph["sha256_gib_per_s"] = len(buf) / 2**30 / (time.perf_counter() - t0)
     del buf
     aset = pico.load_adapters(paths)
+    batches = plan_batches(aset, "core", CUDA_BATCH_BYTES if dev.type == "cuda" else BATCH_BYTES)
     t0 = time.perf_counter()
     aset.hash_sources()
     ph["hash_inputs_s"] = time.perf_counter() - t0
@@ -403,7 +415,9 @@ def render(res: dict) -> str:
             x = math[meth]
             gs = x["gesvda"]
             L.append(f"| merge math, whole model, Pico + {meth.upper()} (median of {len(x['runs'])}; gesvda "
-                     f"{gs['matrices']} matrices, {gs['fallbacks']} re-solved, max error {gs['max_error']:.1e}) | "
+                     f"{gs['matrices']} matrices, {gs['fallbacks']} re-solved"
+                     + (f" ({gs['raised']} calls raised)" if gs.get("raised") else "")
+                     + f", max error {gs['max_error']:.1e}) | "
                      f"{_ms(x['time_s'])} |")
     if "floor_s" in e2e:
         L.append(f"| floor: read inputs, write the merged size, fsync (median of {len(e2e['floor'])}) | "
@@ -442,8 +456,12 @@ def render(res: dict) -> str:
         L.append(f"- Single-stream sha256 on the host: {ph['sha256_gib_per_s']:.2f} GiB/s.")
     if res.get("compat_annotated_types"):
         L.append("- annotated_types was missing there: bench/compat's subset was used.")
+    if res.get("checked_gesvda") is False:
+        L.append("- Run with --unchecked-svd: small CUDA SVDs by the default driver, as before issue 26.")
     for s in res.get("skipped", []):
         L.append(f"- Skipped (time budget): {s}.")
+    for name in res.get("errors", {}):
+        L.append(f"- Step `{name}` failed; its traceback is in results-gpu.json (\"errors\").")
     L.append("")
     names = {"math_ta_ties_under_0.1s": lambda x: f"merge math, whole model, Pico + TA and TIES < 0.1 s: TA "
                                                   f"{_ms(x['ta_s'])}, TIES {_ms(x['ties_s'])}",
@@ -506,6 +524,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=None, help="seconds; later steps are skipped past it "
                                                                "(default 285; quick: 600)")
     ap.add_argument("--keep", action="store_true", help="keep the outputs under --work")
+    ap.add_argument("--unchecked-svd", action="store_true",
+                    help="small CUDA SVDs as before issue 26 (default driver; psd_eig by unchecked gesvda)")
     ap.add_argument("--fold", metavar="JSON", default=None,
                     help="no run: copy a run's results-gpu.json to bench/ and re-render bench/RESULTS.md's GPU part")
     args = ap.parse_args(argv)
@@ -524,6 +544,9 @@ def main(argv=None) -> int:
 
     import pico
     from harness import git_commit, machine
+    from pico import linalg
+
+    linalg.CHECKED_GESVDA = not args.unchecked_svd
     from workload import Shape, ensure_adapters
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -547,7 +570,7 @@ def main(argv=None) -> int:
         props = torch.cuda.get_device_properties(dev)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
     run.res.update(machine=info, device=device, quick=quick, commit=git_commit(), code_digest=code_digest(),
-                   compat_annotated_types=compat, pico=pico.__version__)
+                   compat_annotated_types=compat, pico=pico.__version__, checked_gesvda=linalg.CHECKED_GESVDA)
     run.log(f"machine: {info}")
     run.save()
 
@@ -566,21 +589,21 @@ def main(argv=None) -> int:
 
     # 2. merge math on the device
     torch.zeros(1, device=dev)
-    batches = step_math(run, aset, dev, reps)
+    run.guarded("math", step_math, run, aset, dev, reps)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
 
     # 3. end to end, floor, determinism
-    outs = step_e2e(run, paths, device, runs_dir, out_bytes, e2e_reps)
+    outs = run.guarded("e2e", step_e2e, run, paths, device, runs_dir, out_bytes, e2e_reps, default={})
 
     # 4. CPU path and comparison; 5. float64 reference
-    step_cpu(run, paths, outs, runs_dir, aset.modules, dev)
+    run.guarded("cpu", step_cpu, run, paths, outs, runs_dir, aset.modules, dev)
     if "ties" in outs and not run.over(30.0 if not quick else 5.0, "float64 reference check"):
-        step_reference(run, aset, outs["ties"], ref_layers, dev)
+        run.guarded("reference", step_reference, run, aset, outs["ties"], ref_layers, dev)
 
     # 6. phases alone (diagnosis)
     if not run.over(6 * run.res.get("e2e", {}).get("floor_s", 5.0) + 10, "phases alone"):
-        step_phases(run, paths, batches, dev, runs_dir)
+        run.guarded("phases", step_phases, run, paths, dev, runs_dir)
 
     # 7. goals and summary
     run.res["goals"] = goals(run.res)

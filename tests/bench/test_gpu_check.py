@@ -42,7 +42,8 @@ def test_quick_run_measures_checks_and_writes_results(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "COMPAT OK" in proc.stdout
     res = json.loads((out / "results-gpu.json").read_text())
-    assert res["kind"] == "gpu_check" and res["compat_annotated_types"] and not res.get("skipped")
+    assert res["kind"] == "gpu_check" and res["compat_annotated_types"] and res["checked_gesvda"]
+    assert not res.get("skipped") and not res.get("errors")
     for method in ("ta", "ties", "tsv"):
         math = res["math"][method]
         assert len(math["runs"]) == 2 and 0 < math["time_s"] < 60 and math["gram_fast_path"]
@@ -90,3 +91,21 @@ def test_fold_records_a_run_before_the_earlier_gpu_sections(tmp_path):
     assert text.index("## GPU check: NVIDIA H200") < text.index("## GPU: NVIDIA H100")
     assert "| merge math, whole model, Pico + TIES (median of 5; gesvda 10 matrices, 0 re-solved" in text
     assert "[x] merge math, whole model, Pico + TSV < 0.2 s: 150.0 ms" in text
+
+
+def test_a_failing_step_is_recorded_and_the_run_goes_on(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import gpu_check
+
+    run = gpu_check.Run(tmp_path, budget=60)
+
+    def broken():
+        raise ValueError("no such thing")
+
+    assert run.guarded("math", broken, default={}) == {}
+    assert run.guarded("e2e", lambda x: x + 1, 1) == 2
+    saved = json.loads((tmp_path / "results-gpu.json").read_text())
+    assert "ValueError: no such thing" in saved["errors"]["math"] and "e2e" not in saved["errors"]
+    assert "Step `math` failed" in gpu_check.render({**saved, "goals": {}})
+    assert not run.over(10, "x") and run.over(1e6, "a long step")
+    assert "a long step" in json.loads((tmp_path / "results-gpu.json").read_text())["skipped"][0]

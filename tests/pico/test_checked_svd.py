@@ -53,7 +53,8 @@ def _flipped(a):
 
 @pytest.mark.parametrize("shape", [(5, 9, 6), (2, 3, 6, 6), (7, 4)])
 def test_fallback_replaces_exactly_the_matrices_that_fail(shape, monkeypatch):
-    monkeypatch.setattr(linalg, "GESVDA_STATS", {"calls": 0, "matrices": 0, "fallbacks": 0, "max_error": 0.0})
+    monkeypatch.setattr(linalg, "GESVDA_STATS", {"calls": 0, "matrices": 0, "fallbacks": 0, "raised": 0,
+                                                        "max_error": 0.0})
     x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     flat = x.reshape(-1, *shape[-2:])
     broken = [0, flat.shape[0] - 1] if flat.shape[0] > 1 else [0]
@@ -75,6 +76,19 @@ def test_fallback_replaces_exactly_the_matrices_that_fail(shape, monkeypatch):
     stats = linalg.GESVDA_STATS
     assert stats["calls"] == 1 and stats["matrices"] == flat.shape[0] and stats["fallbacks"] == len(broken)
     assert stats["max_error"] > GESVDA_TOL
+
+
+def test_a_raising_fast_solver_falls_back_for_the_whole_batch(monkeypatch):
+    monkeypatch.setattr(linalg, "GESVDA_STATS", {"calls": 0, "matrices": 0, "fallbacks": 0, "raised": 0,
+                                                 "max_error": 0.0})
+    x = _batch(L=3)
+
+    def fast(a):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    u, s, vh = checked_svd(x, fast=fast, safe=lambda a: torch.linalg.svd(a, full_matrices=False))
+    assert all(torch.equal(p, q) for p, q in zip((u, s, vh), torch.linalg.svd(x, full_matrices=False)))
+    assert linalg.GESVDA_STATS["raised"] == 1 and linalg.GESVDA_STATS["fallbacks"] == 3
 
 
 def test_psd_form_checks_eigenvectors_of_a_gram():
