@@ -129,6 +129,19 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def filesystem(path: Path) -> str:
+    """The type and device of the filesystem holding ``path`` (tmpfs would make the floor a memory copy)."""
+    best = ("", "?", "?")
+    try:
+        for line in open("/proc/mounts"):
+            dev, mnt, fstype = line.split()[:3]
+            if str(Path(path).resolve()).startswith(mnt) and len(mnt) > len(best[0]):
+                best = (mnt, fstype, dev)
+    except OSError:
+        pass
+    return f"{best[1]} ({best[2]} on {best[0]})"
+
+
 def file_digests(path: Path) -> dict:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(Path(path).iterdir()) if f.is_file()}
 
@@ -284,7 +297,7 @@ def step_cpu(run: Run, paths, dev_outs: dict, work: Path, modules, cmp_dev) -> N
 
     cpu = run.res["cpu"] = {"threads": torch.get_num_threads()}
     for method, dev_out in dev_outs.items():
-        if run.over(4 * run.res["e2e"][method]["time_s"] + 10, f"CPU merge and comparison, {method}"):
+        if run.over(4 * run.res["e2e"].get(method, {}).get("time_s", 10.0) + 10, f"CPU merge and comparison, {method}"):
             continue
         out = work / f"cpu-{method}"
         t = merge_once(paths, method, out, "cpu")
@@ -405,7 +418,7 @@ def render(res: dict) -> str:
          f"`bench/gpu_check.py`{' --quick' if res.get('quick') else ''}, run {res.get('started')}, code "
          f"{res.get('commit')} (sources digest {res.get('code_digest')}); device `{dev}`; workload "
          f"{w.get('layers')} layers, T = {w.get('T')}, r = {w.get('r')}, {w.get('input_bytes', 0) / 2**30:.2f} GiB "
-         f"in; {res.get('elapsed_s', 0):.0f} s in all.\n"]
+         f"in, on {w.get('filesystem')}; {res.get('elapsed_s', 0):.0f} s in all.\n"]
     math, e2e, cpu = res.get("math", {}), res.get("e2e", {}), res.get("cpu", {})
     L += ["| what | time |", "|---|---:|"]
     if "read_to_device_s" in math:
@@ -582,7 +595,8 @@ def main(argv=None) -> int:
     in_bytes = sum((Path(p) / "adapter_model.safetensors").stat().st_size for p in paths)
     out_bytes = sum((m + n) * T * r * 4 for _, m, n in sh.modules())
     run.res["workload"] = {**shape, "T": T, "r": r, "input_bytes": in_bytes, "output_data_bytes": out_bytes,
-                           "generate_s": time.perf_counter() - t0, "path": str(work / "adapters")}
+                           "generate_s": time.perf_counter() - t0, "path": str(work / "adapters"),
+                           "filesystem": filesystem(work)}
     run.log(f"workload: {T} adapters, {in_bytes / 2**30:.2f} GiB, ready in {run.res['workload']['generate_s']:.1f} s")
     run.save()
     aset = pico.load_adapters(paths)
