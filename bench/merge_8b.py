@@ -2,7 +2,8 @@
 """Issue 6: merge speed and memory at Llama-3-8B scale, side by side with what users would run instead.
 
     .venv/bin/python bench/merge_8b.py                  # full run on this machine's CPU, writes bench/RESULTS.md
-    .venv/bin/python bench/merge_8b.py --device cuda    # GPU figures -> bench/results-gpu.json (folded into RESULTS.md)
+    .venv/bin/python bench/merge_8b.py --device cuda    # GPU figures -> bench/results-gpu-merge8b.json (folded into
+                                                        # RESULTS.md; the one-command GPU check is bench/gpu_check.py)
     .venv/bin/python bench/merge_8b.py --smoke          # tiny shapes, seconds (tests/bench/test_bench_smoke.py);
                                                         # writes build/bench-smoke/RESULTS.md, never bench/RESULTS.md
 
@@ -56,7 +57,7 @@ from harness import (  # noqa: E402
     mib,
     vm_hwm,
 )
-from render_8b import goals, goals_text, render  # noqa: E402
+from render_8b import goals, goals_text, gpu_files, render  # noqa: E402
 
 
 def main(argv=None):
@@ -82,7 +83,8 @@ def main(argv=None):
     ap.add_argument("--inprocess", action="store_true", help="run every part in this process (default for --smoke)")
     ap.add_argument("--cache", default=str(ROOT / "build" / "bench"))
     ap.add_argument("--results", default=None, help="markdown results file (default bench/RESULTS.md)")
-    ap.add_argument("--json", default=None, help="raw results (default: beside the markdown, or results-gpu.json)")
+    ap.add_argument("--json", default=None,
+                    help="raw results (default: beside the markdown, or bench/results-gpu-merge8b.json)")
     ap.add_argument("--mergekit-python", default=str(ROOT / "build" / "mergekit-venv" / "bin" / "python"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-result", default=None, help=argparse.SUPPRESS)
@@ -126,7 +128,7 @@ def main(argv=None):
     results_md = Path(args.results) if args.results else (None if cuda else default_md)
     if results_md is not None:
         results_md.parent.mkdir(parents=True, exist_ok=True)
-    json_path = Path(args.json) if args.json else (BENCH / "results-gpu.json" if cuda else
+    json_path = Path(args.json) if args.json else (BENCH / "results-gpu-merge8b.json" if cuda else
                                                    results_md.with_suffix(".json"))
     log = print
     runner = Runner(work, CHILDREN, Path(__file__).resolve(), log=lambda *a: print(*a, flush=True),
@@ -284,11 +286,8 @@ def main(argv=None):
     json_path.write_text(json.dumps(res, indent=1, default=str) + "\n")
     log(f"\nraw results: {json_path}")
     if results_md is not None:
-        gpu = None
-        gpu_json = BENCH / "results-gpu.json"
-        if not smoke and gpu_json.exists():
-            gpu = json.loads(gpu_json.read_text())
-        text = render(res, gpu)
+        gpus = [] if smoke else [json.loads(p.read_text()) for p in gpu_files(BENCH)]
+        text = render(res, gpus)
         results_md.write_text(text)
         log(f"results: {results_md}")
     print("\n" + goals_text(res["goals"]))

@@ -24,7 +24,7 @@ from .adapters import AdapterError, AdapterSet
 from .batch import CalibratedBatch, load_batch
 from .calibrate import calibrate, overlap_diagnostics
 from .errors import RecipeError
-from .output import AdapterWriter, natural_key, round_sig
+from .output import AdapterWriter, natural_key, round_sig_rows
 from .output import progress as progress_bar
 from .recipe import Recipe
 from .registry import Context, get_method
@@ -94,16 +94,15 @@ def merge_batch(cal: CalibratedBatch, recipe: Recipe, *, to_cpu: bool = True) ->
     b, a, out_rank, kept = space.reconstruct(merged, state, rank)
     if to_cpu:
         b, a = b.cpu(), a.cpu()
-    ratio, target = ratio.cpu(), target.cpu()
-    diag = {k: v.cpu() for k, v in cal.diagnostics.items()}
+    # the manifest entries: every diagnostic of the batch rounded in one vectorised pass per key
+    columns = {"norm_ratio": ratio, "source_norm": target}
+    if kept is not None:  # a truncating space (full)
+        columns["kept_energy"] = kept
+    columns.update(cal.diagnostics)
+    rows = {key: round_sig_rows(value) for key, value in columns.items()}
     results = []
-    for i, module in enumerate(cal.modules):
-        k = int(out_rank[i])
-        info = {"rank": k, "norm_ratio": round_sig(ratio[i]), "source_norm": round_sig(target[i])}
-        if kept is not None:  # a truncating space (full)
-            info["kept_energy"] = round_sig(kept[i])
-        for key, value in diag.items():
-            info[key] = round_sig(value[i])
+    for i, (module, k) in enumerate(zip(cal.modules, out_rank.tolist())):
+        info = {"rank": k, **{key: row[i] for key, row in rows.items()}}
         results.append(ModuleResult(module, b[i, :, :k].contiguous(), a[i, :k, :].contiguous(), info))
     return results
 
@@ -207,8 +206,9 @@ def inspect_adapters(aset: AdapterSet, device: str = "auto", kappa: float | None
         bs, as_ = load_batch(aset, batch, dev)
         _, _, diag = calibrate(bs, as_, mode="pico", kappa=kappa, modules=batch, diagnostics=False)
         diag.update(overlap_diagnostics(bs, as_))
+        rows = {k: round_sig_rows(v) for k, v in diag.items()}
         for i, module in enumerate(batch):
-            out[module] = {k: round_sig(v[i]) for k, v in diag.items()}
+            out[module] = {k: row[i] for k, row in rows.items()}
         bar.update(len(batch))
     bar.close()
     return {m: out[m] for m in sorted(out, key=natural_key)}

@@ -15,7 +15,7 @@ def cart(taus, weights, ctx: Context, *,
     """CART: the task mean plus cart_c times the sum of each task's low-rank residual from that mean."""
     x = apply_weights(taus, weights)
     avg = x.mean(1)
-    u, s, vh = thin_svd(x - avg.unsqueeze(1))
     k = max(1, math.ceil(rho * min(x.shape[-2:])))
+    u, s, vh = thin_svd(x - avg.unsqueeze(1), top=k)
     low = u[..., :k] @ (s[..., :k, None] * vh[..., :k, :])
     return avg + cart_c * low.sum(1)
