@@ -101,8 +101,8 @@ def warm_up(settings: Settings) -> threading.Thread | None:
 
 
 class Clock:
-    """Wall times of the night's steps (seconds since the previous mark): Prefect shows each task run's duration;
-    these are the subflows', logged with the run and printed."""
+    """Wall times of the night's four steps (seconds since the previous mark), logged with the run and printed;
+    Prefect shows each task run's own duration."""
 
     def __init__(self):
         self.start = time.perf_counter()
