@@ -52,6 +52,8 @@ def score_adapter(base: Path, adapter: Path, recs: list[dict], dtype, max_new: i
 
     t0 = time.time()
     model, tok = load_base(base)
+    if tok.pad_token is None:  # transformers 5.17's GGUF conversion (the GPU image) sets none; 5.23 sets one
+        tok.pad_token = tok.eos_token  # left padding under an attention mask: the pad id changes no reply
     if adapter is not None:  # NAME=none: the base alone
         model = PeftModel.from_pretrained(model, str(adapter)).to(DEVICE)
     if dtype is not None:
