@@ -1,4 +1,4 @@
-"""The private DVC and MLflow symbols the pipeline relies on still exist with the parameters it passes (issue 25 item 6).
+"""The private DVC, MLflow and lm-eval symbols the pipeline relies on still exist with the parameters it passes (issue 25 item 6).
 
 DVC has no public API for a parallel `repro` (the pipeline's DVC I/O module walks DVC's own plan and runs only
 ``cmd_run`` concurrently), and MLflow's SQL registry store resolves a ``models:/`` source through the global tracking
@@ -28,6 +28,8 @@ CONTRACTS = [
     ("mlflow.tracking._tracking_service.utils", "_use_tracking_uri", ["uri"]),
     ("mlflow.environment_variables", "_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT", []),
     ("mlflow.environment_variables", "_MLFLOW_HTTP_REQUEST_MAX_BACKOFF_FACTOR_LIMIT", []),
+    # the task YAMLs' generation_kwargs for the served model (pipeline.evaluation.generation): lm-eval's own reader
+    ("lm_eval.tasks._yaml_loader", "load_yaml", ["path", "resolve_func"]),
 ]
 
 
