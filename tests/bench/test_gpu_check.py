@@ -70,8 +70,8 @@ def test_fold_records_a_run_before_the_earlier_gpu_sections(tmp_path):
 
     sys.path.insert(0, str(BENCH))
     gpu_check = importlib.import_module("gpu_check")
-    for name in ("RESULTS.md", "RESULTS.json", "results-gpu-h100.json"):
-        shutil.copy(BENCH / name, tmp_path / name)
+    for path in [BENCH / "RESULTS.md", BENCH / "RESULTS.json", *BENCH.glob("results-gpu*.json")]:
+        shutil.copy(path, tmp_path / path.name)
     gpu_check.fold_sections(tmp_path)  # re-rendering what is recorded changes nothing
     assert (tmp_path / "RESULTS.md").read_bytes() == (BENCH / "RESULTS.md").read_bytes()
     head = (BENCH / "RESULTS.md").read_text().split("\n## GPU")[0]
