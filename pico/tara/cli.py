@@ -8,17 +8,21 @@ from pathlib import Path
 import torch
 
 from ..adapters import load_adapters
-from .config import LOSSES, POSITIONS, VARIANTS, TaraConfig, TaraError
+from .config import TaraConfig, TaraError, config_fields
 from .run import tara_merge
+from .teacher import default_cache_dir
 
 EPILOG = """examples:
   pico tara ./add ./rev ./sort --base ./base --prompts add.jsonl rev.jsonl sort.jsonl --out merged
   pico tara a b --base ./base --prompts a.jsonl b.jsonl --variant tara-b --calibrate pico --out merged
   pico tara a b --base ./base --prompts a.jsonl b.jsonl --preference 2,1 --epochs 5 --out merged
+  pico tara a b --base ./base --prompts a.jsonl b.jsonl --objective teacher --variant core \\
+      --init 'tsv/core lam=0.5' --steps 40 --batch-size 4 --lr 1e-3 --out merged
 
 Each prompts file is a JSONL of unlabeled inputs of the matching adapter's task, one object per line with a
-"prompt" (or "text") field, or "input_ids". TARA needs these inputs and T forward/backward passes of the base model
-per step; the data-free `pico merge` needs neither."""
+"prompt" (a user message: through the chat template per --chat-template), "messages" (a chat), "text" (raw text) or
+"input_ids". TARA needs these inputs and T forward/backward passes of the base model per step; the data-free
+`pico merge` needs neither. With --objective teacher each adapter first answers its own prompts (cached)."""
 
 
 def add_tara_parser(sub) -> None:
@@ -31,27 +35,21 @@ def add_tara_parser(sub) -> None:
     p.add_argument("--prompts", required=True, nargs="+", type=Path, metavar="JSONL",
                    help="one JSONL of unlabeled prompts per adapter, in SRC order")
     p.add_argument("--out", required=True, type=Path, help="output directory (must not exist unless --force)")
-    p.add_argument("--variant", default="tara-a", choices=list(VARIANTS),
-                   help="tara-a: per rank-1 direction (default); tara-b: per task x singular direction; "
-                        "weight: AdaMerging-style, per task")
-    p.add_argument("--calibrate", default="none", choices=["none", "pico"], help="start from Pico-calibrated factors")
-    p.add_argument("--rescale", default="pre", choices=["pre", "none"],
-                   help="with --calibrate pico: keep each adapter's own update norm (pre, default) or not")
-    p.add_argument("--lam", type=float, help="initial coefficients are lam/T (default: 0.4 T, i.e. 0.4 each)")
-    p.add_argument("--mu", type=float, default=1.0, help="smooth-Tchebycheff smoothing (default 1)")
-    p.add_argument("--preference", help="comma-separated task weights in SRC order (default uniform; normalised)")
-    p.add_argument("--loss", choices=list(LOSSES), help="stch (default for tara-a/b) or linear (default for weight)")
-    p.add_argument("--epochs", type=int, default=10, help="default 10")
-    p.add_argument("--steps-per-epoch", type=int, default=50,
-                   help="at most this many steps per epoch (and at most the smallest task's batch count); default 50")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per task per step (default 16)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
-    p.add_argument("--positions", default="last", choices=list(POSITIONS),
-                   help="entropy of the next-token distribution at the last prompt position (default) or all")
-    p.add_argument("--max-length", type=int, default=256, help="keep the last N tokens of longer prompts")
-    p.add_argument("--seed", type=int, default=0, help="seed of the batch order (default 0)")
+    for spec in config_fields():  # TaraConfig's annotated fields: one flag each
+        default = spec.default if spec.default is not None else argparse.SUPPRESS
+        shown = "" if spec.default is None else f" (default: {spec.default})"
+        if spec.choices:
+            p.add_argument(_flag(spec.name), choices=list(spec.choices), default=default,
+                           help=spec.help + shown + "; " + "; ".join(f"{k}: {v}" for k, v in spec.choices.items()))
+        else:
+            kind = str if spec.type is list else spec.type
+            p.add_argument(_flag(spec.name), type=kind, default=default, metavar=spec.name.upper(),
+                           help=spec.help + shown)
     p.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the base model's)")
+    p.add_argument("--teacher-cache", type=Path, default=None,
+                   help="where teacher replies are kept by content (default: $PICO_TEACHER_CACHE or "
+                        "~/.cache/pico-merge/teacher)")
+    p.add_argument("--no-teacher-cache", action="store_true", help="generate the teacher replies, keep nothing")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the base model's forward pass (coefficients and LoRA path stay float32)")
@@ -64,31 +62,42 @@ def add_tara_parser(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def config_from_args(args) -> TaraConfig:
+    values = {}
+    for spec in config_fields():
+        if not hasattr(args, spec.name):
+            continue
+        value = getattr(args, spec.name)
+        if spec.type is list and isinstance(value, str):
+            try:
+                value = [float(v) for v in value.split(",")]
+            except ValueError:
+                raise TaraError(f"{_flag(spec.name)} must be comma-separated numbers, got {value!r}") from None
+        values[spec.name] = value
+    return TaraConfig(**values)
+
+
 def cmd_tara(args) -> int:
-    preference = None
-    if args.preference:
-        try:
-            preference = [float(p) for p in args.preference.split(",")]
-        except ValueError:
-            raise TaraError(f"--preference must be comma-separated numbers, got {args.preference!r}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = TaraConfig(variant=args.variant, lam=args.lam, mu=args.mu, preference=preference, loss=args.loss,
-                        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                        lr=args.lr, weight_decay=args.weight_decay, positions=args.positions,
-                        max_length=args.max_length, calibrate=args.calibrate, rescale=args.rescale, seed=args.seed)
+    config = config_from_args(args)
     aset = load_adapters(args.sources, common_modules_only=args.common_modules)
     config.resolve(len(aset))  # option errors before any model is loaded
     if len(args.prompts) != len(aset):
         raise TaraError(f"{len(args.prompts)} prompt files given for {len(aset)} adapters; give one per adapter, "
                         "in SRC order")
+    cache = None if args.no_teacher_cache else (args.teacher_cache or default_cache_dir())
     manifest = tara_merge(args.base, aset, args.prompts, args.out, config, tokenizer=args.tokenizer,
                           device=args.device, model_dtype=args.model_dtype, dtype=getattr(torch, args.dtype),
-                          overwrite=args.force, progress=not args.quiet, plot=not args.no_plot)
+                          overwrite=args.force, progress=not args.quiet, plot=not args.no_plot, cache_dir=cache)
     if not args.quiet:
         tr = manifest["training"]
-        print(f"{config.variant}: {len(aset)} adapters, {tr['coefficients']} coefficients, {tr['steps']} steps in "
-              f"{manifest['seconds']:.1f} s; pseudo-loss on all inputs {tr['loss_all_inputs_init']:.4f} -> "
-              f"{tr['loss_all_inputs_final']:.4f} -> {args.out} (rank <= {manifest['output']['max_rank']})",
-              file=sys.stderr)
+        print(f"{config.variant} ({config.objective}): {len(aset)} adapters, {tr['coefficients']} trained values, "
+              f"{tr['steps']} steps in {manifest['seconds']:.1f} s ({manifest['seconds_prepare']:.1f} s preparing); "
+              f"loss on all inputs {tr['loss_all_inputs_init']:.4f} -> {tr['loss_all_inputs_final']:.4f} -> "
+              f"{args.out} (rank <= {manifest['output']['max_rank']})", file=sys.stderr)
     return 0

@@ -1,22 +1,43 @@
-"""TARA's options: the variants, losses and entropy positions, and :class:`TaraConfig` with its validation."""
+"""TARA's options: :class:`TaraConfig`, whose annotated fields are at once the config keys, their validation, the
+`pico tara` flags and their help (nothing declared twice, as for the merge methods: pico/registry.py)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Sequence
+import types
+import typing
+from dataclasses import asdict, dataclass, fields
+from typing import Annotated, Sequence
+
+from annotated_types import Ge, Gt
 
 from ..errors import PicoError
+from ..registry import _BOUNDS
 
 VARIANTS = {
     "tara-a": "TARA variant A: one coefficient per rank-1 direction of every adapter (R per module)",
     "tara-b": "TARA variant B: KnOTS SVD of [dW_1..dW_T], one coefficient per (task, singular direction) (T*R)",
     "weight": "AdaMerging-style baseline: one coefficient per task per module (T)",
+    "core": "the R x R Core Space matrix of the merged update, from the --init merge (R^2 per module)",
+    "factors": "the merged LoRA factors B and A themselves, from the --init merge (rank x (m + n) per module)",
 }
+OBJECTIVES = {
+    "entropy": "TARA's: the entropy of the merged model at the prompts minus each own adapter's (the paper)",
+    "teacher": "each adapter is the teacher of its own prompts: match its greedy reply's next-token distributions",
+}
+TEACHER_LOSSES = {"kl": "KL(teacher || merged) per reply token, the teacher's top-k and the rest as one bucket",
+                  "ce": "cross-entropy of the teacher's reply tokens (its argmax: hard labels)"}
 LOSSES = {"stch": "smooth Tchebycheff: mu * log sum_t exp(p_t score_t / mu)", "linear": "sum_t p_t score_t"}
+BALANCES = {"none": "score_t is task t's loss", "init": "score_t is task t's loss over its loss at the init (teacher)"}
 POSITIONS = {"last": "next-token distribution at the last prompt position (default)",
              "all": "mean over the next-token distributions at every prompt position"}
+CHAT_TEMPLATES = {"auto": "apply the tokenizer's chat template to \"prompt\" rows when it has one",
+                  "on": "always (an error when the tokenizer has none)", "off": "never: \"prompt\" is raw text"}
+AUTOCASTS = {"none": "the base's dtype", "bf16": "bf16 autocast of the forward passes (CPUs with AMX, GPUs)"}
+CALIBRATES = {"none": "the adapters as they are", "pico": "Pico-calibrated factors (tara-a, tara-b, weight)"}
+RESCALES = {"pre": "with --calibrate pico: each adapter keeps its own update norm", "none": "no rescaling"}
 INIT_COEFF = 0.4  # official initial coefficient lambda / T (lamda 2.4 at T = 6, 3.2 at T = 8)
+LEARNED = ("core", "factors")  # variants that train the merged update itself, from an --init merge
 
 
 class TaraError(PicoError, ValueError):
@@ -25,56 +46,113 @@ class TaraError(PicoError, ValueError):
 
 @dataclass
 class TaraConfig:
-    """Everything that decides TARA's output bytes (besides the inputs), validated by :meth:`resolve`."""
+    """Everything that decides TARA's output bytes (besides the inputs), validated by :meth:`resolve`. Each field's
+    annotation holds its help, its constraints (annotated_types) or its choices (a dict): `pico tara`'s flags."""
 
-    variant: str = "tara-a"
-    lam: float | None = None  # None: 0.4 * T (initial coefficient 0.4, the official value)
-    mu: float = 1.0  # STCH smoothing (official stch_alpha)
-    preference: list[float] | None = None  # None: uniform; normalised to sum 1
-    loss: str | None = None  # None: "stch" for tara-a/b, "linear" for weight (as in the official scripts)
-    epochs: int = 10
-    steps_per_epoch: int = 50  # at most; min(this, smallest task's number of batches)
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.01  # torch AdamW default, what the official AdamW(params, lr) uses
-    positions: str = "last"
-    max_length: int = 256  # prompts longer than this keep their last max_length tokens
-    calibrate: str = "none"  # "pico": start from Pico-calibrated factors
-    rescale: str = "pre"  # with calibrate="pico": "pre" keeps each adapter's own update norm, or "none"
-    seed: int = 0
+    variant: Annotated[str, VARIANTS, "what is trained"] = "tara-a"
+    objective: Annotated[str, OBJECTIVES, "what the merged model is trained to do on the prompts"] = "entropy"
+    teacher_loss: Annotated[str, TEACHER_LOSSES, "teacher objective: token-level KL or cross-entropy"] = "kl"
+    topk: Annotated[int, Ge(1), "teacher objective, kl: teacher probabilities kept per token"] = 32
+    max_new: Annotated[int, Ge(1), "teacher objective: longest reply the teacher generates (tokens)"] = 48
+    init: Annotated[str | None, "core / factors: the data-free merge to start from, e.g. 'tsv/core lam=0.5' "
+                                "(default: ta/core lam=LAM/T, TARA's own start)"] = None
+    lam: Annotated[float | None, "initial coefficients are lam/T (default 0.4 T: 0.4 each, the official init)"] = None
+    mu: Annotated[float, Gt(0), "smooth-Tchebycheff smoothing (official stch_alpha)"] = 1.0
+    preference: Annotated[list[float] | None, "task weights in adapter order (default uniform; normalised)"] = None
+    loss: Annotated[str | None, LOSSES, "aggregation over tasks (default: stch; linear for weight)"] = None
+    balance: Annotated[str, BALANCES, "per-task loss balancing"] = "none"
+    epochs: Annotated[int, Ge(0), "epochs (unless --steps)"] = 10
+    steps_per_epoch: Annotated[int, Ge(1), "at most this many steps per epoch (and the smallest task's batch "
+                                           "count)"] = 50
+    steps: Annotated[int | None, Ge(0), "total steps (default: epochs x steps per epoch)"] = None
+    batch_size: Annotated[int, Ge(1), "prompts per task per step"] = 16
+    lr: Annotated[float, Gt(0), "AdamW learning rate"] = 1e-3
+    weight_decay: Annotated[float, Ge(0), "AdamW weight decay (core / factors: towards the init merge)"] = 0.01
+    positions: Annotated[str, POSITIONS, "entropy objective: which next-token distributions"] = "last"
+    max_length: Annotated[int, Ge(1), "prompts longer than this keep their last tokens"] = 256
+    chat_template: Annotated[str, CHAT_TEMPLATES, "\"prompt\" rows through the tokenizer's chat template"] = "auto"
+    calibrate: Annotated[str, CALIBRATES, "start from Pico-calibrated factors"] = "none"
+    rescale: Annotated[str, RESCALES, "with --calibrate pico"] = "pre"
+    autocast: Annotated[str, AUTOCASTS, "precision of the forward passes (coefficients stay float32)"] = "none"
+    seed: Annotated[int, "seed of the batch order"] = 0
 
     def resolve(self, T: int) -> TaraConfig:
         """A copy with every default filled in for T tasks; raises TaraError naming the problem."""
-        if self.variant not in VARIANTS:
-            raise TaraError(f"unknown TARA variant {self.variant!r}; choose from {', '.join(VARIANTS)}")
+        for spec in config_fields():
+            value = getattr(self, spec.name)
+            if value is None or spec.name == "preference":
+                continue
+            if spec.choices and value not in spec.choices:
+                raise TaraError(f"unknown {spec.name} {value!r}; choose from {', '.join(spec.choices)}")
+            for c in spec.constraints:
+                key, op = _BOUNDS[type(c)]
+                if not op(value, getattr(c, key)):
+                    raise TaraError(f"{spec.name} must be {key} {getattr(c, key)}, got {value!r} ({spec.help})")
         loss = self.loss or ("linear" if self.variant == "weight" else "stch")
-        if loss not in LOSSES:
-            raise TaraError(f"unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
-        if self.positions not in POSITIONS:
-            raise TaraError(f"unknown positions {self.positions!r}; choose from {', '.join(POSITIONS)}")
-        if self.calibrate not in ("none", "pico"):
-            raise TaraError(f"calibrate must be 'none' or 'pico', got {self.calibrate!r}")
-        if self.rescale not in ("pre", "none"):
-            raise TaraError(f"rescale must be 'pre' or 'none' (TARA learns the merged scale itself), "
-                            f"got {self.rescale!r}")
-        if not self.mu > 0:
-            raise TaraError(f"mu (the STCH smoothing) must be > 0, got {self.mu}")
-        for name in ("epochs",):
-            if getattr(self, name) < 0:
-                raise TaraError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("steps_per_epoch", "batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise TaraError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise TaraError(f"lr must be > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+        if self.variant in LEARNED:
+            if self.objective != "teacher":
+                raise TaraError(f"variant {self.variant} trains the merged update itself, which needs the teacher "
+                                "objective (--objective teacher)")
+            if self.calibrate != "none":
+                raise TaraError(f"variant {self.variant} starts from --init; put the calibration there, e.g. "
+                                "'tsv/core lam=0.5 calibrate=pico rescale=pre'")
+        elif self.init is not None:
+            raise TaraError(f"--init is for the core and factors variants; {self.variant} starts from Task "
+                            "Arithmetic with weight lam/T")
+        if self.balance != "none" and self.objective != "teacher":
+            raise TaraError("balance is for the teacher objective")
         lam = INIT_COEFF * T if self.lam is None else float(self.lam)
         if not math.isfinite(lam):
             raise TaraError(f"lam must be finite, got {lam}")
-        return TaraConfig(**{**asdict(self), "lam": lam, "loss": loss,
+        init = self.init
+        if self.variant in LEARNED:
+            from ..recipe import format_recipe
+
+            init = format_recipe(init_recipe(init, lam / T))
+        return TaraConfig(**{**asdict(self), "lam": lam, "loss": loss, "init": init,
                              "preference": check_preference(self.preference, T)})
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.steps if self.steps is not None else self.epochs * steps_per_epoch
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class FieldSpec:
+    name: str
+    type: type  # the flag's type (list[float]: a comma-separated string)
+    default: object
+    help: str
+    choices: dict | None = None
+    constraints: tuple = ()
+
+
+def config_fields() -> list[FieldSpec]:
+    """TaraConfig's fields with their annotations unpacked (for validation, the CLI and the docs)."""
+    hints = typing.get_type_hints(TaraConfig, include_extras=True)
+    out = []
+    for f in fields(TaraConfig):
+        base, *meta = typing.get_args(hints[f.name])
+        if isinstance(base, types.UnionType) or typing.get_origin(base) is typing.Union:
+            base = next(a for a in typing.get_args(base) if a is not type(None))
+        help_text = next((m for m in meta if isinstance(m, str)), "")
+        choices = next((m for m in meta if isinstance(m, dict)), None)
+        constraints = tuple(m for m in meta if type(m) in _BOUNDS)
+        out.append(FieldSpec(f.name, typing.get_origin(base) or base, f.default, help_text, choices, constraints))
+    return out
+
+
+def init_recipe(text: str | None, default_lam: float):
+    """The data-free merge a core / factors run starts from: ``text`` parsed by :func:`pico.recipe.parse_recipe`,
+    or Task Arithmetic in core space with weight ``default_lam`` per adapter."""
+    from ..recipe import Recipe, parse_recipe
+
+    try:
+        return Recipe(method="ta", space="core", lam=default_lam) if text is None else parse_recipe(text)
+    except (PicoError, ValueError) as exc:
+        raise TaraError(f"--init {text!r}: {exc}") from None
 
 
 def check_preference(preference: Sequence[float] | None, T: int) -> list[float]:
