@@ -73,6 +73,9 @@ class LearnedLinear(nn.Module):
     - ``factors``: B A = (B0 + dB)(A0 + dA), the init merge's exact factors and trainable changes to both.
 
     The trainable parts are changes from the init, so AdamW's weight decay pulls towards the init merge, not to 0.
+    Each is measured in units of its init's root-mean-square entry (D = rms(M0) D', and so on), so one learning rate
+    means the same relative step in every module (Adam moves every entry by about lr: on raw entries a module with a
+    small update would change far more, relative to itself, than one with a large update).
     ``only_task`` switches to one original adapter (the teacher), as in :class:`TaraLinear`."""
 
     def __init__(self, base: nn.Linear, kind: str, b: torch.Tensor, a: torch.Tensor, m0: torch.Tensor | None,
@@ -82,10 +85,18 @@ class LearnedLinear(nn.Module):
         self.register_buffer("b", b, persistent=False)
         self.register_buffer("a", a, persistent=False)
         self.register_buffer("m0", m0, persistent=False)
+        rms = lambda t: float(t.pow(2).mean().sqrt()) or 1.0  # noqa: E731
         if kind == "core":
-            self.d = nn.Parameter(torch.zeros_like(m0))
+            self.d, self.scale = nn.Parameter(torch.zeros_like(m0)), (rms(m0),)
         else:
             self.db, self.da = nn.Parameter(torch.zeros_like(b)), nn.Parameter(torch.zeros_like(a))
+            self.scale = (rms(b), rms(a))
+
+    def _current(self) -> tuple[torch.Tensor, ...]:
+        """core: (M,); factors: (B, A)."""
+        if self.kind == "core":
+            return (self.m0 + self.scale[0] * self.d,)
+        return self.b + self.scale[0] * self.db, self.a + self.scale[1] * self.da
 
     def forward(self, x):
         y = self.base(x)
@@ -94,14 +105,15 @@ class LearnedLinear(nn.Module):
             b, a = self.originals[self.only_task]
             return y + ((xf @ a.mT) @ b.mT).to(y.dtype)
         if self.kind == "core":
-            return y + (((xf @ self.a.mT) @ (self.m0 + self.d).mT) @ self.b.mT).to(y.dtype)
-        return y + ((xf @ (self.a + self.da).mT) @ (self.b + self.db).mT).to(y.dtype)
+            return y + (((xf @ self.a.mT) @ self._current()[0].mT) @ self.b.mT).to(y.dtype)
+        b, a = self._current()
+        return y + ((xf @ a.mT) @ b.mT).to(y.dtype)
 
     def merged_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             if self.kind == "core":
-                return self.b @ (self.m0 + self.d), self.a
-            return self.b + self.db, self.a + self.da
+                return self.b @ self._current()[0], self.a
+            return self._current()
 
     def trainable(self) -> list[nn.Parameter]:
         return [self.d] if self.kind == "core" else [self.db, self.da]
@@ -110,7 +122,7 @@ class LearnedLinear(nn.Module):
         """How far training moved the update: ||dW - dW_init||_F / ||dW_init||_F."""
         with torch.no_grad():
             if self.kind == "core":  # U and V are orthonormal
-                return {"relative_change": float(self.d.norm() / self.m0.norm().clamp_min(1e-30))}
+                return {"relative_change": float(self.scale[0] * self.d.norm() / self.m0.norm().clamp_min(1e-30))}
             b, a = self.merged_factors()
             bc, ac = torch.cat([b, -self.b], 1).double(), torch.cat([a, self.a], 0).double()
             change = torch.trace((bc.mT @ bc) @ (ac @ ac.mT)).clamp_min(0).sqrt()

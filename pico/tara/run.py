@@ -97,7 +97,8 @@ def write_tara(trainer: TaraTrainer, result: TaraResult, aset: AdapterSet, base:
             except ImportError as exc:  # matplotlib is optional (pico-merge[plot])
                 plot_error = f"no plot: {exc}"
         recipe = {"method": cfg.variant, **cfg.to_dict()}
-        scores = {"init": torch.tensor(result.full_scores_init), "final": torch.tensor(result.full_scores_final)}
+        scores = {k: torch.tensor(v) for k, v in (("init", result.full_scores_init),
+                                                  ("final", result.full_scores_final)) if v}  # final: unless skipped
         pref = trainer.preference.cpu()
         if cfg.objective == "teacher":
             baselines = {"teacher": {name: {"replies_sha256": x.digest(), "mean_reply_tokens": round(x.mean_length(), 3),

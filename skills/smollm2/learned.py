@@ -2,16 +2,18 @@
 then scored on the test split by the suite's fast scorer (the same replies as lm-eval: tests/skills/test_smollm2.py).
 
     python -m skills.smollm2.learned --variant core --init "tsv/core lam=0.5" --steps 40 --prompts 64 \
-        --out build/smollm2/learned/core-tsv [--build DIR] [--json results.jsonl]
+        --checkpoints 10,20,40 --out build/smollm2/learned/core-tsv [--build DIR] [--json results.jsonl]
 
-Each run appends one JSON row (config, seconds for the teacher replies and for the training, test accuracy per skill,
-the CPU) to ``--json``. Teacher replies are cached by content under ``<build>/teacher-cache`` (the first run with a
-prompt set pays for them: its ``seconds_prepare`` is the uncached cost).
+After each checkpoint's step the merge is written (``<out>/step-N``) and scored; one JSON row per checkpoint (config,
+seconds preparing = teacher replies + the loss at the init, seconds training, test accuracy per skill, the CPU and
+the load) goes to ``--json``. Teacher replies are cached by content (``--cache``): the first run with a prompt set pays
+for them (``teacher_cached: false``, its ``seconds_prepare`` is the uncached cost).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -40,8 +42,11 @@ def prompt_files(calibration: Path, names: list[str], n: int, out: Path) -> list
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from pico.tara import tara_merge
+    from pico.adapters import load_adapters
+    from pico.tara import TaraResult, prepare, write_tara
     from pico.tara.cli import config_from_args
+    from pico.tara.run import _hash_dir_files
+    from pico.writer import json_digest
     from pico.tara.config import config_fields
     from skills.smollm2.config import load_params
 
@@ -54,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", default=None, help="append the result row here")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-score", action="store_true")
+    ap.add_argument("--checkpoints", default=None, help="write and score the merge after these steps, e.g. 10,20,40")
+    ap.add_argument("--cache", default="build/smollm2/teacher-cache", help="teacher replies cache")
     for spec in config_fields():  # every pico tara option, as in `pico tara`
         ap.add_argument("--" + spec.name.replace("_", "-"), dest=spec.name,
                         type=str if spec.type is list else spec.type, default=argparse.SUPPRESS)
@@ -67,39 +74,64 @@ def main(argv: list[str] | None = None) -> None:
         paths["calibration"] = Path(a.calibration)
     skills_ = p["data"]["skills"]
     sources = [paths["adapters"] / s for s in skills_]
-    out = Path(a.out)
-    files = prompt_files(paths["calibration"], skills_, a.prompts, out.parent / "prompts")
+    files = prompt_files(paths["calibration"], skills_, a.prompts, Path(a.out) / "prompts")
     if not hasattr(a, "objective"):
         a.objective = "teacher"
     config = config_from_args(a)
-    t0 = time.time()
-    manifest = tara_merge(paths["base"], sources, files, out, config, device="cpu", overwrite=True, progress=False,
-                          cache_dir=Path(a.build or paths["base"].parent) / "teacher-cache")
-    row = {"out": str(out), "prompts": a.prompts, "config": manifest["recipe"], "cpu": cpu_name(),
-           "threads": a.threads, "seconds": round(manifest["seconds"], 1),
-           "seconds_prepare": round(manifest["seconds_prepare"], 1), "seconds_train": round(manifest["seconds_train"], 1),
-           "wall": round(time.time() - t0, 1),
-           "loss_init": manifest["training"]["loss_all_inputs_init"],
-           "loss_final": manifest["training"]["loss_all_inputs_final"], "loss_curve": manifest["training"]["loss"]}
-    print(json.dumps({k: v for k, v in row.items() if k != "loss_curve"}), flush=True)
-    if not a.no_score:
-        from peft import PeftModel
+    checkpoints = sorted(int(x) for x in a.checkpoints.split(",")) if a.checkpoints else [None]
+    aset = load_adapters([str(s) for s in sources])
+    base_files: dict = {}
+    _hash_dir_files(paths["base"], base_files)
+    t0 = time.perf_counter()
+    trainer = prepare(paths["base"], aset, files, config, device="cpu", cache_dir=Path(a.cache),
+                      base_digest=json_digest(base_files))
+    prep = time.perf_counter() - t0
+    cfg = trainer.config
+    total = cfg.total_steps(trainer.steps_per_epoch())
+    checkpoints = [c if c is not None else total for c in checkpoints]
+    result = TaraResult(trainer.layers, list(trainer.baselines))
+    result.full_scores_init = [1.0 if cfg.balance == "init" else b for b in trainer.baselines]
+    common = {"prompts": a.prompts, "config": {**cfg.to_dict(), "preference": None}, "cpu": cpu_name(),
+              "threads": a.threads, "load": os.getloadavg()[0], "teacher_cached": all(x.cached for x in trainer.teacher),
+              "seconds_prepare": round(prep, 1),
+              "teacher_reply_tokens": {n: round(x.mean_length(), 1) for n, x in zip(skills_, trainer.teacher)},
+              "loss_at_init": dict(zip(skills_, [round(b, 4) for b in trainer.baselines]))}
+    print(json.dumps(common), flush=True)
+    train_sec = 0.0
+    for step in range(max(checkpoints)):
+        t1 = time.perf_counter()
+        loss, scores = trainer.step(trainer.next_batches())
+        train_sec += time.perf_counter() - t1
+        result.curve.append({"step": step, "epoch": step // trainer.steps_per_epoch(), "loss": loss, "scores": scores})
+        if step + 1 not in checkpoints:
+            continue
+        out = Path(a.out) / f"step-{step + 1}"
+        write_tara(trainer, result, aset, paths["base"], out, overwrite=True, base_files=base_files)
+        row = {**common, "steps": step + 1, "out": str(out), "seconds_train": round(train_sec, 1),
+               "seconds_total": round(prep + train_sec, 1), "loss": [round(p["loss"], 4) for p in result.curve]}
+        print(json.dumps({k: v for k, v in row.items() if k not in common or k == "seconds_prepare"}), flush=True)
+        if not a.no_score:
+            t2 = time.perf_counter()
+            acc = score_adapter(paths, out, skills_, p)
+            row.update(test=acc, test_mean=round(sum(acc.values()) / len(acc), 4),
+                       score_seconds=round(time.perf_counter() - t2, 1))
+            print(json.dumps({"steps": step + 1, "test": acc, "mean": row["test_mean"]}), flush=True)
+        if a.json:
+            with open(a.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
 
-        from skills.smollm2.common import load_base, score
-        from skills.smollm2.data import read_jsonl
 
-        t1 = time.time()
-        model, tok = load_base(paths["base"])
-        model = PeftModel.from_pretrained(model, str(out)).eval()
-        acc = {s: score(model, tok, read_jsonl(paths["data"] / s / "test.jsonl"),
-                        int(p["eval"].get("max_gen_toks", 40)), int(p["eval"].get("batch_size", 64)))
-               for s in skills_}
-        row.update(test=acc, test_mean=round(sum(acc.values()) / len(acc), 4), score_seconds=round(time.time() - t1, 1))
-        print(json.dumps({"test": acc, "mean": row["test_mean"]}), flush=True)
-    if a.json:
-        with open(a.json, "a") as f:
-            f.write(json.dumps(row) + "\n")
+def score_adapter(paths: dict, adapter: Path, skills_: list[str], p: dict) -> dict[str, float]:
+    """Test accuracy per skill, the suite's fast greedy scorer (lm-eval's replies)."""
+    from peft import PeftModel
 
+    from skills.smollm2.common import load_base, score
+    from skills.smollm2.data import read_jsonl
+
+    model, tok = load_base(paths["base"])
+    model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    return {s: score(model, tok, read_jsonl(paths["data"] / s / "test.jsonl"), int(p["eval"].get("max_gen_toks", 40)),
+                     int(p["eval"].get("batch_size", 64))) for s in skills_}
 
 if __name__ == "__main__":
     main()
