@@ -27,6 +27,14 @@ def cpu_name() -> str:
     return "unknown"
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process (all its threads)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def prompt_files(calibration: Path, names: list[str], n: int, out: Path) -> list[Path]:
     """The first ``n`` calibration prompts of each skill, one file per adapter."""
     out.mkdir(parents=True, exist_ok=True)
@@ -82,10 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     aset = load_adapters([str(s) for s in sources])
     base_files: dict = {}
     _hash_dir_files(paths["base"], base_files)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     trainer = prepare(paths["base"], aset, files, config, device="cpu", cache_dir=Path(a.cache),
                       base_digest=json_digest(base_files))
-    prep = time.perf_counter() - t0
+    prep, prep_cpu = time.perf_counter() - t0, cpu_seconds() - c0
     cfg = trainer.config
     total = cfg.total_steps(trainer.steps_per_epoch())
     checkpoints = [c if c is not None else total for c in checkpoints]
@@ -93,21 +101,23 @@ def main(argv: list[str] | None = None) -> None:
     result.full_scores_init = [1.0 if cfg.balance == "init" else b for b in trainer.baselines]
     common = {"prompts": a.prompts, "config": {**cfg.to_dict(), "preference": None}, "cpu": cpu_name(),
               "threads": a.threads, "load": os.getloadavg()[0], "teacher_cached": all(x.cached for x in trainer.teacher),
-              "seconds_prepare": round(prep, 1),
+              "seconds_prepare": round(prep, 1), "cpu_seconds_prepare": round(prep_cpu, 1),
               "teacher_reply_tokens": {n: round(x.mean_length(), 1) for n, x in zip(skills_, trainer.teacher)},
               "loss_at_init": dict(zip(skills_, [round(b, 4) for b in trainer.baselines]))}
     print(json.dumps(common), flush=True)
-    train_sec = 0.0
-    for step in range(max(checkpoints)):
-        t1 = time.perf_counter()
-        loss, scores = trainer.step(trainer.next_batches())
-        train_sec += time.perf_counter() - t1
-        result.curve.append({"step": step, "epoch": step // trainer.steps_per_epoch(), "loss": loss, "scores": scores})
+    train_sec = train_cpu = 0.0
+    for step in range(-1, max(checkpoints)):
+        if step >= 0:
+            t1, c1 = time.perf_counter(), cpu_seconds()
+            loss, scores = trainer.step(trainer.next_batches())
+            train_sec, train_cpu = train_sec + time.perf_counter() - t1, train_cpu + cpu_seconds() - c1
+            result.curve.append({"step": step, "epoch": step // trainer.steps_per_epoch(), "loss": loss,
+                                 "scores": scores})
         if step + 1 not in checkpoints:
             continue
         out = Path(a.out) / f"step-{step + 1}"
         write_tara(trainer, result, aset, paths["base"], out, overwrite=True, base_files=base_files)
-        row = {**common, "steps": step + 1, "out": str(out), "seconds_train": round(train_sec, 1),
+        row = {**common, "steps": step + 1, "out": str(out), "seconds_train": round(train_sec, 1), "cpu_seconds_train": round(train_cpu, 1),
                "seconds_total": round(prep + train_sec, 1), "loss": [round(p["loss"], 4) for p in result.curve]}
         print(json.dumps({k: v for k, v in row.items() if k not in common or k == "seconds_prepare"}), flush=True)
         if not a.no_score:
