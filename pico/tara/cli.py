@@ -96,7 +96,8 @@ def cmd_tara(args) -> int:
                           overwrite=args.force, progress=not args.quiet, plot=not args.no_plot, cache_dir=cache)
     if not args.quiet:
         tr = manifest["training"]
-        print(f"{config.variant} ({config.objective}): {len(aset)} adapters, {tr['coefficients']} trained values, "
+        print(f"{manifest['recipe']['variant']} ({config.objective}): {len(aset)} adapters, "
+              f"{tr['coefficients']} trained values, "
               f"{tr['steps']} steps in {manifest['seconds']:.1f} s ({manifest['seconds_prepare']:.1f} s preparing); "
               f"loss on all inputs {tr['loss_all_inputs_init']:.4f} -> {tr['loss_all_inputs_final']:.4f} -> "
               f"{args.out} (rank <= {manifest['output']['max_rank']})", file=sys.stderr)

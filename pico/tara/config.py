@@ -37,6 +37,8 @@ AUTOCASTS = {"none": "the base's dtype", "bf16": "bf16 autocast of the forward p
 CALIBRATES = {"none": "the adapters as they are", "pico": "Pico-calibrated factors (tara-a, tara-b, weight)"}
 RESCALES = {"pre": "with --calibrate pico: each adapter keeps its own update norm", "none": "no rescaling"}
 INIT_COEFF = 0.4  # official initial coefficient lambda / T (lamda 2.4 at T = 6, 3.2 at T = 8)
+ENTROPY_DEFAULTS = {"variant": "tara-a", "batch_size": 16, "lr": 1e-3, "weight_decay": 0.01}  # the official code's
+TEACHER_DEFAULTS = {"variant": "core", "batch_size": 4, "lr": 1e-2, "weight_decay": 0.0, "steps": 20}  # measured
 LEARNED = ("core", "factors")  # variants that train the merged update itself, from an --init merge
 
 
@@ -49,7 +51,7 @@ class TaraConfig:
     """Everything that decides TARA's output bytes (besides the inputs), validated by :meth:`resolve`. Each field's
     annotation holds its help, its constraints (annotated_types) or its choices (a dict): `pico tara`'s flags."""
 
-    variant: Annotated[str, VARIANTS, "what is trained"] = "tara-a"
+    variant: Annotated[str | None, VARIANTS, "what is trained (default: tara-a; core for the teacher objective)"] = None
     objective: Annotated[str, OBJECTIVES, "what the merged model is trained to do on the prompts"] = "entropy"
     teacher_loss: Annotated[str, TEACHER_LOSSES, "teacher objective: token-level KL or cross-entropy"] = "kl"
     topk: Annotated[int, Ge(1), "teacher objective, kl: teacher probabilities kept per token"] = 32
@@ -64,10 +66,13 @@ class TaraConfig:
     epochs: Annotated[int, Ge(0), "epochs (unless --steps)"] = 10
     steps_per_epoch: Annotated[int, Ge(1), "at most this many steps per epoch (and the smallest task's batch "
                                            "count)"] = 50
-    steps: Annotated[int | None, Ge(0), "total steps (default: epochs x steps per epoch)"] = None
-    batch_size: Annotated[int, Ge(1), "prompts per task per step"] = 16
-    lr: Annotated[float, Gt(0), "AdamW learning rate"] = 1e-3
-    weight_decay: Annotated[float, Ge(0), "AdamW weight decay (core / factors: towards the init merge)"] = 0.01
+    steps: Annotated[int | None, Ge(0), "total steps (default: epochs x steps per epoch; 20 for the teacher "
+                                        "objective)"] = None
+    batch_size: Annotated[int | None, Ge(1), "prompts per task per step (default: 16; 4 for the teacher "
+                                             "objective)"] = None
+    lr: Annotated[float | None, Gt(0), "AdamW learning rate (default: 1e-3; 1e-2 for the teacher objective)"] = None
+    weight_decay: Annotated[float | None, Ge(0), "AdamW weight decay, core / factors: towards the init merge "
+                                                 "(default: 0.01; 0 for the teacher objective)"] = None
     positions: Annotated[str, POSITIONS, "entropy objective: which next-token distributions"] = "last"
     max_length: Annotated[int, Ge(1), "prompts longer than this keep their last tokens"] = 256
     chat_template: Annotated[str, CHAT_TEMPLATES, "\"prompt\" rows through the tokenizer's chat template"] = "auto"
@@ -77,7 +82,13 @@ class TaraConfig:
     seed: Annotated[int, "seed of the batch order"] = 0
 
     def resolve(self, T: int) -> TaraConfig:
-        """A copy with every default filled in for T tasks; raises TaraError naming the problem."""
+        """A copy with every default filled in for T tasks; raises TaraError naming the problem. The defaults
+        of the entropy objective are the official code's; the teacher objective's are what docs/tara.md measured."""
+        teacher = self.objective == "teacher"
+        filled = {k: v for k, v in (TEACHER_DEFAULTS if teacher else ENTROPY_DEFAULTS).items()
+                  if getattr(self, k) is None}
+        if filled:
+            return TaraConfig(**{**asdict(self), **filled}).resolve(T)
         for spec in config_fields():
             value = getattr(self, spec.name)
             if value is None or spec.name == "preference":
