@@ -38,7 +38,8 @@ CALIBRATES = {"none": "the adapters as they are", "pico": "Pico-calibrated facto
 RESCALES = {"pre": "with --calibrate pico: each adapter keeps its own update norm", "none": "no rescaling"}
 INIT_COEFF = 0.4  # official initial coefficient lambda / T (lamda 2.4 at T = 6, 3.2 at T = 8)
 ENTROPY_DEFAULTS = {"variant": "tara-a", "batch_size": 16, "lr": 1e-3, "weight_decay": 0.01}  # the official code's
-TEACHER_DEFAULTS = {"variant": "core", "batch_size": 4, "lr": 1e-2, "weight_decay": 0.0, "steps": 20}  # measured
+DEFAULT_INIT = "tsv/core lam=0.5"  # the learned variants' start: the best data-free merge of skills/smollm2/RESULTS.md
+TEACHER_DEFAULTS = {"variant": "factors", "batch_size": 4, "lr": 1e-2, "weight_decay": 0.0, "steps": 20}  # measured
 LEARNED = ("core", "factors")  # variants that train the merged update itself, from an --init merge
 
 
@@ -51,13 +52,14 @@ class TaraConfig:
     """Everything that decides TARA's output bytes (besides the inputs), validated by :meth:`resolve`. Each field's
     annotation holds its help, its constraints (annotated_types) or its choices (a dict): `pico tara`'s flags."""
 
-    variant: Annotated[str | None, VARIANTS, "what is trained (default: tara-a; core for the teacher objective)"] = None
+    variant: Annotated[str | None, VARIANTS, "what is trained (default: tara-a; factors for the teacher "
+                                             "objective)"] = None
     objective: Annotated[str, OBJECTIVES, "what the merged model is trained to do on the prompts"] = "entropy"
     teacher_loss: Annotated[str, TEACHER_LOSSES, "teacher objective: token-level KL or cross-entropy"] = "kl"
     topk: Annotated[int, Ge(1), "teacher objective, kl: teacher probabilities kept per token"] = 32
     max_new: Annotated[int, Ge(1), "teacher objective: longest reply the teacher generates (tokens)"] = 48
-    init: Annotated[str | None, "core / factors: the data-free merge to start from, e.g. 'tsv/core lam=0.5' "
-                                "(default: ta/core lam=LAM/T, TARA's own start)"] = None
+    init: Annotated[str | None, "core / factors: the data-free merge to start from, e.g. 'ta/core lam=0.25' "
+                                f"(default: '{DEFAULT_INIT}', the best data-free merge measured)"] = None
     lam: Annotated[float | None, "initial coefficients are lam/T (default 0.4 T: 0.4 each, the official init)"] = None
     mu: Annotated[float, Gt(0), "smooth-Tchebycheff smoothing (official stch_alpha)"] = 1.0
     preference: Annotated[list[float] | None, "task weights in adapter order (default uniform; normalised)"] = None
@@ -119,7 +121,7 @@ class TaraConfig:
         if self.variant in LEARNED:
             from ..recipe import format_recipe
 
-            init = format_recipe(init_recipe(init, lam / T))
+            init = format_recipe(init_recipe(init))
         return TaraConfig(**{**asdict(self), "lam": lam, "loss": loss, "init": init,
                              "preference": check_preference(self.preference, T)})
 
@@ -155,13 +157,13 @@ def config_fields() -> list[FieldSpec]:
     return out
 
 
-def init_recipe(text: str | None, default_lam: float):
-    """The data-free merge a core / factors run starts from: ``text`` parsed by :func:`pico.recipe.parse_recipe`,
-    or Task Arithmetic in core space with weight ``default_lam`` per adapter."""
-    from ..recipe import Recipe, parse_recipe
+def init_recipe(text: str | None):
+    """The data-free merge a core / factors run starts from: ``text`` (default :data:`DEFAULT_INIT`) parsed by
+    :func:`pico.recipe.parse_recipe`."""
+    from ..recipe import parse_recipe
 
     try:
-        return Recipe(method="ta", space="core", lam=default_lam) if text is None else parse_recipe(text)
+        return parse_recipe(DEFAULT_INIT if text is None else text)
     except (PicoError, ValueError) as exc:
         raise TaraError(f"--init {text!r}: {exc}") from None
 

@@ -263,10 +263,10 @@ def test_options_are_the_config_fields_and_are_checked(adapters, base, prompt_fi
         TaraConfig(objective="teacher", topk=0).resolve(2)
     with pytest.raises(TaraError, match="unknown objective 'x'"):
         TaraConfig(objective="x").resolve(2)
-    assert TaraConfig(variant="core", objective="teacher").resolve(3).init == "ta/core lam=0.4"
+    assert TaraConfig(variant="core", objective="teacher").resolve(3).init == "tsv/core lam=0.5"
     entropy, teacher = TaraConfig().resolve(3), TaraConfig(objective="teacher").resolve(3)  # per-objective defaults
     assert (entropy.variant, entropy.lr, entropy.batch_size, entropy.steps) == ("tara-a", 1e-3, 16, None)
-    assert (teacher.variant, teacher.lr, teacher.batch_size, teacher.steps) == ("core", 1e-2, 4, 20)
+    assert (teacher.variant, teacher.lr, teacher.batch_size, teacher.steps) == ("factors", 1e-2, 4, 20)
     assert TaraConfig(objective="teacher", lr=0.5).resolve(3).lr == 0.5
     out = tmp_path / "o"
     code = main(["tara", *map(str, adapters), "--base", str(base), "--prompts", *map(str, prompt_files),
