@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from harness import now
@@ -118,9 +117,9 @@ def child_knots_full(spec):
     """The official KnOTS-TIES path on one module (spec section 2): X = [dW_1 | .. | dW_T] (m x Tn) in float64,
     thin SVD, keep s > 1e-5, TIES (trim/elect/disjoint mean) on diag(s) V_t^T, output factors (U, merged)."""
     import torch
+    from reference import ties_cores
 
     import pico
-    from reference import ties_cores
 
     dev = spec["device"]
     aset = pico.load_adapters(spec["paths"])
@@ -163,11 +162,11 @@ def child_peft(spec):
     """PEFT add_weighted_adapter (cat / svd / ties_svd at svd_rank = R, density 0.7) through PEFT's own code:
     PeftModel.from_pretrained / load_adapter on the module tree, then LoraModel.add_weighted_adapter. Per-module
     times come from a timer around PEFT's own per-module function (its code path is unchanged)."""
+    import warnings
+
     import torch
     from peft import LoraConfig, PeftModel
     from peft.tuners.lora.model import LoraModel
-
-    import warnings
 
     warnings.filterwarnings("ignore")
     dev = spec["device"]
@@ -268,20 +267,17 @@ def child_check(spec):
     """Every module (or a sample) of a Pico + TIES output against the float64 reference; and, given a second
     output, the largest difference between the two (CPU versus GPU)."""
     import torch
-    from safetensors import safe_open
 
-    import pico
-    from reference import pico_ties_module, relative_difference
 
     del torch
     return _check(spec)
 
 
 def _check(spec):
+    from reference import pico_ties_module, relative_difference
     from safetensors import safe_open
 
     import pico
-    from reference import pico_ties_module, relative_difference
 
     aset = pico.load_adapters(spec["paths"])
     modules = aset.modules
@@ -316,7 +312,8 @@ def child_gpu_math(spec):
 
     import pico
     from pico import factored
-    from pico.merge import CUDA_BATCH_BYTES, CalibratedBatch, merge_batch, plan_batches
+    from pico.batch import CalibratedBatch
+    from pico.merge import CUDA_BATCH_BYTES, merge_batch, plan_batches
 
     dev = torch.device(spec["device"])
     aset = pico.load_adapters(spec["paths"])
@@ -354,15 +351,16 @@ CHILDREN = {f.__name__[len("child_"):]: f for f in (child_floor, child_ours, chi
 
 
 def manifest_format_time(modules: int, R: int) -> float:
-    """Seconds that merge_batch spends rounding per-module diagnostics into manifest entries (pico.output.round_sig) for
-    ``modules`` modules of output rank R: Python work on the host, whatever the device."""
+    """Seconds that merge_batch spends rounding per-module diagnostics into manifest entries for ``modules`` modules
+    of output rank R (one vectorised pass per diagnostic, pico.output.round_sig_rows, then one dict per module):
+    host work, whatever the device."""
     import torch
 
-    from pico.output import round_sig
+    from pico.output import round_sig_rows
 
     diag = {k: torch.rand(modules, R, dtype=torch.float64) for k in ("alpha", "collision_B", "collision_A")}
     diag.update({k: torch.rand(modules, dtype=torch.float64) for k in ("overlap_B", "overlap_A", "ratio", "norm")})
     t0 = now()
-    for i in range(modules):
-        {k: round_sig(v[i]) for k, v in diag.items()}
+    rows = {k: round_sig_rows(v) for k, v in diag.items()}
+    [{k: row[i] for k, row in rows.items()} for i in range(modules)]
     return now() - t0

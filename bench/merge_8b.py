@@ -2,7 +2,8 @@
 """Issue 6: merge speed and memory at Llama-3-8B scale, side by side with what users would run instead.
 
     .venv/bin/python bench/merge_8b.py                  # full run on this machine's CPU, writes bench/RESULTS.md
-    .venv/bin/python bench/merge_8b.py --device cuda    # GPU figures -> bench/results-gpu.json (folded into RESULTS.md)
+    .venv/bin/python bench/merge_8b.py --device cuda    # GPU figures -> bench/results-gpu-merge8b.json (folded into
+                                                        # RESULTS.md; the one-command GPU check is bench/gpu_check.py)
     .venv/bin/python bench/merge_8b.py --smoke          # tiny shapes, seconds (tests/bench/test_bench_smoke.py);
                                                         # writes build/bench-smoke/RESULTS.md, never bench/RESULTS.md
 
@@ -45,9 +46,18 @@ for p in (str(ROOT), str(BENCH)):
         sys.path.insert(0, p)
 
 from competitors import CHILDREN, DENSITY, KINDS, SHAPES, manifest_format_time, sample_modules  # noqa: E402
-from harness import (Runner, dir_bytes, files_identical, git_commit, layer_adapters, machine,  # noqa: E402
-                     make_mergekit_base, mib, vm_hwm)
-from render_8b import goals, goals_text, render  # noqa: E402
+from harness import (  # noqa: E402
+    Runner,
+    dir_bytes,
+    files_identical,
+    git_commit,
+    layer_adapters,
+    machine,
+    make_mergekit_base,
+    mib,
+    vm_hwm,
+)
+from render_8b import goals, goals_text, gpu_files, render  # noqa: E402
 
 
 def main(argv=None):
@@ -73,7 +83,8 @@ def main(argv=None):
     ap.add_argument("--inprocess", action="store_true", help="run every part in this process (default for --smoke)")
     ap.add_argument("--cache", default=str(ROOT / "build" / "bench"))
     ap.add_argument("--results", default=None, help="markdown results file (default bench/RESULTS.md)")
-    ap.add_argument("--json", default=None, help="raw results (default: beside the markdown, or results-gpu.json)")
+    ap.add_argument("--json", default=None,
+                    help="raw results (default: beside the markdown, or bench/results-gpu-merge8b.json)")
     ap.add_argument("--mergekit-python", default=str(ROOT / "build" / "mergekit-venv" / "bin" / "python"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-result", default=None, help=argparse.SUPPRESS)
@@ -86,7 +97,6 @@ def main(argv=None):
         Path(args.child_result).write_text(json.dumps(result))
         return 0
 
-    import torch
 
     from workload import Shape, ensure_adapters, write_adapter  # noqa: F401
 
@@ -118,7 +128,7 @@ def main(argv=None):
     results_md = Path(args.results) if args.results else (None if cuda else default_md)
     if results_md is not None:
         results_md.parent.mkdir(parents=True, exist_ok=True)
-    json_path = Path(args.json) if args.json else (BENCH / "results-gpu.json" if cuda else
+    json_path = Path(args.json) if args.json else (BENCH / "results-gpu-merge8b.json" if cuda else
                                                    results_md.with_suffix(".json"))
     log = print
     runner = Runner(work, CHILDREN, Path(__file__).resolve(), log=lambda *a: print(*a, flush=True),
@@ -276,11 +286,8 @@ def main(argv=None):
     json_path.write_text(json.dumps(res, indent=1, default=str) + "\n")
     log(f"\nraw results: {json_path}")
     if results_md is not None:
-        gpu = None
-        gpu_json = BENCH / "results-gpu.json"
-        if not smoke and gpu_json.exists():
-            gpu = json.loads(gpu_json.read_text())
-        text = render(res, gpu)
+        gpus = [] if smoke else [json.loads(p.read_text()) for p in gpu_files(BENCH)]
+        text = render(res, gpus)
         results_md.write_text(text)
         log(f"results: {results_md}")
     print("\n" + goals_text(res["goals"]))

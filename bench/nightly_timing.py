@@ -5,7 +5,7 @@
     python bench/nightly_timing.py --json out.json
 
 Needs the skills suite built (`dvc repro` or `python -m flows.nightly` builds it). Clearing the caches removes only
-the content-addressed caches under build/pipeline (store, eval-cache, eval-samples, search-cache, prefect-results);
+the content-addressed caches under build/pipeline (store, eval-samples, search-cache, prefect-results);
 MLflow and DVC keep their history, so a cold run of an unchanged recipe registers into the version it already has.
 """
 
@@ -43,17 +43,18 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    from tasks.config import load_settings, quiet_env
+    from pipeline.environ import quiet_env
 
     quiet_env()
+    from pipeline.settings import load_settings
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows.nightly import parse_set
 
     overrides = parse_set(args.set) or None
     settings = load_settings(args.project, overrides=overrides)
     from flows.nightly import nightly_merge
-    from tasks.runtime import warm_up
-    from tasks.suite import ensure_suite
+    from pipeline.build import ensure_suite
+    from pipeline.runtime import warm_up
 
     import_s = time.perf_counter() - t0
     if not args.no_build:
@@ -64,24 +65,24 @@ def main(argv: list[str] | None = None) -> int:
         api.join()
     warm_s = time.perf_counter() - t
     if not args.keep_cache:
-        for sub in ("store", "eval-cache", "eval-samples", "search-cache", "prefect-results"):
+        for sub in ("store", "eval-samples", "search-cache", "prefect-results"):
             shutil.rmtree(settings.work / sub, ignore_errors=True)
     runs = []
     for i in range(args.runs):
         load = os.getloadavg()[0]
         cpu0 = _cpu()
         t = time.perf_counter()
-        summary = nightly_merge(project=str(settings.project), overrides=overrides)
+        night = nightly_merge(project=str(settings.project), overrides=overrides)
         wall = time.perf_counter() - t
+        search = night.search.model_dump(include={"chosen", "why", "candidates", "cached", "seconds"}) \
+            if night.search else None
         runs.append({"run": i + 1, "cold": i == 0 and not args.keep_cache, "wall_s": round(wall, 2),
                      "cpu_s": round(_cpu() - cpu0, 2), "load_before": round(load, 2),
-                     "load_after": round(os.getloadavg()[0], 2),
-                     "flow_steps_s": summary["timings"], "prefect_overhead_s": round(wall - summary["timings"]["total"], 2),
-                     "cached_merge": summary["cached_merge"], "eval_cached": summary["eval"]["cached"],
-                     "decision": summary["decision"]["alias"], "version": summary["registered"]["version"],
-                     "test_mean": summary["eval"]["mean"], "test_mean_stderr": summary["eval"].get("mean_stderr"),
-                     "search": {k: (summary["search"] or {}).get(k) for k in ("chosen", "why", "candidates", "cached",
-                                                                            "seconds")}})
+                     "load_after": round(os.getloadavg()[0], 2), "flow_steps_s": night.timings,
+                     "prefect_overhead_s": round(wall - night.timings["total"], 2), "cached_merge": night.cached_merge,
+                     "eval_cached": night.eval.cached, "decision": night.decision.alias,
+                     "version": night.registered.version, "test_mean": night.eval.mean,
+                     "test_mean_stderr": night.eval.mean_stderr, "search": search})
     out = {"machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()})",
            "python": sys.version.split()[0], "imports_s": round(import_s, 2),
            "prefect_api_start_s": round(warm_s, 2), "load_at_start": round(load0, 2), "runs": runs}
@@ -92,9 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nrun {r['run']}: {kind}: {r['wall_s']} s wall ({r['cpu_s']} s CPU in this process and its children; "
               f"load average {r['load_before']} -> {r['load_after']} on {os.cpu_count()} CPUs), of which Prefect "
               f"engine {r['prefect_overhead_s']} s -> v{r['version']} {r['decision']}")
-        if r["search"]["chosen"]:
-            print(f"  search: {r['search']['candidates']} candidates ({r['search']['cached']} cached) in "
-                  f"{r['search']['seconds']} s; chosen {r['search']['chosen']} ({r['search']['why']})")
+        if r["search"]:
+            s = r["search"]
+            print(f"  search: {s['candidates']} candidates ({s['cached']} cached) in {s['seconds']} s; chosen "
+                  f"{s['chosen']} ({s['why']})")
         se = r["test_mean_stderr"]
         print(f"  test mean {r['test_mean']:.4f}" + (f" ± {se:.4f}" if se is not None else ""))
         for step, s in r["flow_steps_s"].items():

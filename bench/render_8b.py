@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from competitors import KINDS, SHAPES
 from harness import mib
+
 
 def goals(res: dict) -> dict:
     main = res["configs"][0]
@@ -106,7 +109,7 @@ def _fmt_x(x, lb=False):
     return f"{pre}{x:.2f}x" if x < 10 else f"{pre}{x:.0f}x"
 
 
-def render(res: dict, gpu: dict | None) -> str:
+def render(res: dict, gpus: list[dict]) -> str:
     m = res["machine"]
     main = res["configs"][0]
     runs = main["runs"]
@@ -252,14 +255,29 @@ def render(res: dict, gpu: dict | None) -> str:
     L.append(f"- Determinism: a second run gave byte-identical files: {main.get('deterministic')}.\n")
     L.append("## Goals\n")
     L.append("```\n" + goals_text(res["goals"]) + "\n```\n")
-    if gpu:
-        L.append(render_gpu(gpu, res))
-    else:
-        L.append("## GPU\n\nNo GPU results recorded (`bench/merge_8b.py --device cuda` writes `bench/results-gpu.json`).\n")
+    L += gpu_sections(gpus, res)
     return "\n".join(L) + "\n"
 
 
+def gpu_files(bench: Path) -> list[Path]:
+    """The GPU results folded into RESULTS.md: bench/results-gpu.json (bench/gpu_check.py) first, then any other
+    bench/results-gpu-*.json (bench/merge_8b.py --device cuda runs, e.g. the H100 one), by name."""
+    first = bench / "results-gpu.json"
+    return ([first] if first.exists() else []) + sorted(bench.glob("results-gpu-*.json"))
+
+
+def gpu_sections(gpus: list[dict], cpu: dict | None = None) -> list[str]:
+    if not gpus:
+        return ["## GPU\n\nNo GPU results recorded (`bench/gpu_check.py` writes `results-gpu.json`; "
+                "`bench/gpu_check.py --fold` puts it into `bench/`).\n"]
+    return [render_gpu(g, cpu) for g in gpus]
+
+
 def render_gpu(g: dict, cpu: dict | None = None) -> str:
+    if g.get("kind") == "gpu_check":  # written by bench/gpu_check.py (issue 26), which renders its own section
+        from gpu_check import render as render_gpu_check
+
+        return render_gpu_check(g)
     m = g["machine"]
     main = g["configs"][0]
     runs = main["runs"]

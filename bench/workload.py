@@ -110,18 +110,26 @@ def write_adapter(path: Path, shape: Shape, r: int, task: int, seed: int = 0, al
 
 
 def ensure_adapters(root: Path, shape: Shape, r: int, T: int, seed: int = 0, dtype: torch.dtype = torch.float32,
-                    log=print) -> list[Path]:
-    """The first T adapters of the (shape, r, seed, dtype) family under ``root``, generated once and cached."""
+                    log=print, workers: int = 1) -> list[Path]:
+    """The first T adapters of the (shape, r, seed, dtype) family under ``root``, generated once and cached;
+    ``workers`` > 1 writes the missing ones in that many processes at once (same files)."""
     spec = {"format": FORMAT_VERSION, "shape": asdict(shape), "r": r, "seed": seed, "dtype": str(dtype)}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     family = Path(root) / f"L{shape.layers}-h{shape.hidden}-r{r}-{key}"
     family.mkdir(parents=True, exist_ok=True)
     (family / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
-    paths = []
-    for t in range(T):
-        path = family / f"task{t}"
-        if not (path / "adapter_model.safetensors").is_file():
-            log(f"  writing {path} ({shape.adapter_bytes(r, torch.finfo(dtype).bits // 8) / 2**20:.0f} MiB)")
-            write_adapter(path, shape, r, t, seed, dtype=dtype)
-        paths.append(path)
+    paths = [family / f"task{t}" for t in range(T)]
+    missing = [t for t in range(T) if not (paths[t] / "adapter_model.safetensors").is_file()]
+    for t in missing:
+        log(f"  writing {paths[t]} ({shape.adapter_bytes(r, torch.finfo(dtype).bits // 8) / 2**20:.0f} MiB)")
+    if workers > 1 and len(missing) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(missing)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(write_adapter, [paths[t] for t in missing], [shape] * len(missing), [r] * len(missing),
+                          missing, [seed] * len(missing), [None] * len(missing), [dtype] * len(missing)))
+    else:
+        for t in missing:
+            write_adapter(paths[t], shape, r, t, seed, dtype=dtype)
     return paths

@@ -19,21 +19,18 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.config import load_settings, quiet_env
+import prefect
+from prefect.deployments.runner import EntrypointType
+from prefect.schedules import Cron
 
-quiet_env()
-
+from flows.nightly import nightly_merge
+from pipeline.settings import load_settings
 
 CODE_ROOT = Path(__file__).resolve().parent.parent  # where `flows` and `tasks` live (the worker starts runs here)
 
 
 def build_deployment(project: str = ".", params: str = "params.yaml", name: str | None = None,
                      pool: str | None = None):
-    from prefect.deployments.runner import EntrypointType
-    from prefect.schedules import Cron
-
-    from flows.nightly import nightly_merge
-
     settings = load_settings(project, params)
     sched = settings.pipeline.schedule
     night = nightly_merge.with_options(timeout_seconds=sched.flow_timeout_s)  # served: this project's timeout
@@ -71,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         deployment_id = deployment.apply(work_pool_name=args.pool)
         print(f"{line}\napplied: {deployment_id}" + (f" on work pool {args.pool}" if args.pool else ""))
         return 0
-    from prefect import serve
-
     print(line, flush=True)
-    serve(deployment, pause_on_shutdown=False)  # a restart (upgrade, reboot) must not pause the nightly schedule
+    prefect.serve(deployment, pause_on_shutdown=False)  # a restart (upgrade, reboot) must not pause the nightly schedule
     return 0
 
 

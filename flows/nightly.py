@@ -1,5 +1,6 @@
-"""The nightly merge: fetch -> validate -> calibrate (mapped over layer groups) -> merge -> benchmark -> version (DVC)
--> register (MLflow) -> promote.
+"""The nightly merge, as the design card says it: fetch the team's adapters; choose the recipe on validation and
+merge it, calibrating per layer group on the workers; benchmark and judge it; version (DVC), register (MLflow) and
+promote it.
 
 Run it (builds the skills suite with ``dvc repro`` first if it is missing, then prints the leaderboard, the promotion
 decision and where to look)::
@@ -8,8 +9,11 @@ decision and where to look)::
     MLFLOW_TRACKING_URI=http://host:5000 python -m flows.nightly
     python -m flows.nightly --set merge.method=ties --set merge.params.density=0.5
 
-Only composition lives here: the steps are ``tasks.steps`` (Prefect tasks over plain modules), the records they pass
-are ``tasks.records``; the schedule lives in ``flows/deploy.py`` (``python -m flows.deploy``).
+Only composition lives here: the flow's four steps call the tasks of ``pipeline.steps`` (thin Prefect tasks over plain
+modules) and pass the records of ``pipeline.records``; the recipe search and the calibrate/merge map are subflows with
+their own task runner. The four steps are plain functions in the flow's run, not subflows: a subflow costs a flow run
+of its own (about 0.9 s each here, 3.5 s a night: measured on the tests' nights). The schedule lives in
+``flows/deploy.py``.
 """
 
 from __future__ import annotations
@@ -20,131 +24,138 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.config import quiet_env
+import yaml
+from prefect import flow, get_run_logger, unmapped
 
-quiet_env()
-
-import torch  # noqa: E402
-from prefect import flow, get_run_logger, unmapped  # noqa: E402
-
-from prefect import runtime as prefect_runtime  # noqa: E402
-
-from flows import artifacts  # noqa: E402
-from flows.search import search_flow  # noqa: E402
-from tasks import benchmark, candidates, notify, promotion, runlog, runtime, search, steps, tracking  # noqa: E402
-from tasks.config import ScheduleSettings, Settings, digest, load_settings  # noqa: E402
-from tasks.records import FetchedSource, MergeResult, NightlyResult  # noqa: E402
-
-
-@flow(name="calibrate-and-merge", log_prints=True)
-def calibrate_and_merge(settings: Settings, aset, groups: list[list[str]], key: str,
-                        fetched: list[FetchedSource]) -> MergeResult:
-    """Calibrate each group of layers (mapped over the task runner's workers), merge each, write one adapter."""
-    recipe, threads = settings.recipe, settings.pipeline.calibrate.threads
-    before = torch.get_num_threads()
-    try:
-        with runtime.gpu_annotation(settings):  # calibration runs on GPU workers when the runner has them
-            cals = steps.calibrate.map(unmapped(aset), groups, unmapped(recipe), unmapped(settings.pipeline.device),
-                                       unmapped(threads))
-            merged = steps.merge_group.map(cals, unmapped(recipe), unmapped(threads))
-        results = [f.result() for f in merged]
-    finally:
-        torch.set_num_threads(before)  # (the pool's threads pinned it; the rest of the run gets it back)
-    return steps.write(settings, key, aset, groups, results, fetched)
+import pico
+from pico.writer import json_digest
+from pipeline import evaluation, merging, notify, render, runtime, search, sources, steps
+from pipeline.build import ensure_suite
+from pipeline.records import Evaluation, MergeResult, NightlyResult, SearchResult, Sources
+from pipeline.settings import ScheduleSettings, Settings, load_settings
+from pipeline.tracking.promote import leaderboard
+from pipeline.tracking.runs import run_url
 
 
 # the default timeout of a night; the deployment (flows/deploy.py) applies pipeline.schedule.flow_timeout_s
 @flow(name="nightly-merge", log_prints=True, timeout_seconds=ScheduleSettings().flow_timeout_s,
       on_failure=[notify.on_failure_hook], on_crashed=[notify.on_failure_hook])
-def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: dict | None = None) -> dict:
-    """Choose the recipe on validation (when params.yaml's merge: is a search space), merge the catalog's adapters,
-    benchmark on the test split, version, register and promote through the statistical gate."""
+def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: dict | None = None) -> NightlyResult:
+    """Fetch the sources; choose the recipe on validation (when params.yaml's merge: is a search space) and merge
+    it; benchmark it on the test split and judge it against the champion; version, register and promote it."""
     settings = load_settings(project, params, overrides)
-    clock = runlog.Clock()
-    benchmark.prewarm(settings)
-    preflight = steps.mlflow_preflight.submit(settings)  # beside fetch: an unreachable MLflow fails in seconds
+    clock = runtime.Clock()
+    srcs = clock.mark("fetch", fetch_sources(settings))
+    merged, found = clock.mark("choose_merge", choose_and_merge(settings, srcs))
+    judged = clock.mark("benchmark_judge", benchmark_and_judge(settings, srcs, merged))
+    night = clock.mark("version_register_promote", version_register_promote(settings, srcs, merged, found, judged,
+                                                                             clock.durations()))
+    return steps.publish(settings, night.model_copy(update={"timings": clock.durations()}))
 
+
+def fetch_sources(settings: Settings) -> Sources:
+    """The catalog's adapters, base and baselines, pinned and retried; MLflow checked beside them (an unreachable
+    server fails the night here, in seconds, before any merge)."""
+    evaluation.prewarm(settings)  # lm-eval's import or the scorer's preparation, in the background
+    preflight = steps.mlflow_preflight.submit(settings)
     fetch = steps.fetch_adapter.with_options(retries=settings.pipeline.fetch.retries,
                                              retry_delay_seconds=settings.pipeline.fetch.retry_delay_s)
-    adapter_fs = [fetch.submit(settings, e) for e in settings.catalog.adapters]
-    base_f = steps.fetch_base.submit(settings)
-    baseline_fs = [fetch.submit(settings, e) for e in settings.catalog.baselines]
-    fetched = [f.result() for f in adapter_fs]
-    clock.mark("fetch")
-    base = benchmark.resolve_base(settings, base_f.result(), fetched[0].path)
+    adapters = [fetch.submit(settings, e) for e in settings.catalog.adapters]
+    base = steps.fetch_base.submit(settings)
+    baselines = [fetch.submit(settings, e) for e in settings.catalog.baselines]
+    fetched = [f.result() for f in adapters]
+    preflight.result()  # raises RegistryUnavailable: nothing below runs, no alias moves
+    return Sources(adapters=fetched, base=sources.resolve_base(settings, base.result(), fetched[0].path),
+                   baselines=[f.result() for f in baselines])
 
-    found = None
-    if settings.search:  # merge: is a search space: the validation argmax becomes the night's recipe
-        import dataclasses
 
-        from tasks import merging
+def choose_and_merge(settings: Settings, srcs: Sources) -> tuple[MergeResult, SearchResult | None]:
+    """The validation argmax of the search space (or the one recipe), merged into the store with each layer group
+    calibrated on the task runner's workers (nothing recomputed when the store has it: the chosen candidate does)."""
+    aset = steps.load_set(srcs.adapters)
+    found, chosen, runner = None, settings.space.candidates[0], None
 
-        space = search.expand(settings.merge)
-        get_run_logger().info("recipe search: %s", space.describe())
-        found = search_flow.with_options(task_runner=runtime.make_task_runner(settings))(
-            settings, [dataclasses.asdict(c) for c in space.candidates], merging.load_set(fetched), fetched, base)
-        settings = settings.with_recipe(found["chosen"]["recipe"])
-        clock.mark("search")
-
-    aset, groups, key, merged = steps.validate(settings, fetched)
-    clock.mark("validate")
-    bench = benchmark.benchmark_fingerprint(settings)
-    fingerprint = digest(bench)
-
-    runner = None
-    if merged is None:
+    def on_workers(aset: pico.AdapterSet, groups: list[list[str]], recipe: pico.Recipe) -> list:
+        nonlocal runner
         runner = runtime.make_task_runner(settings)
-        merged = calibrate_and_merge.with_options(task_runner=runner)(settings, aset, groups, key, fetched)
-    clock.mark("calibrate_merge")
+        return calibrate_and_merge.with_options(task_runner=runner)(settings, aset, groups, recipe)
 
-    run_benchmark = steps.run_test_benchmark.with_options(
-        timeout_seconds=settings.pipeline.schedule.benchmark_timeout_s)
-    result = run_benchmark(settings, base, merged.store, "merged")  # the one test read of a new merge
-    clock.mark("benchmark")
-    baseline_runs = []  # after the merge, never beside it (evaluation changes torch's thread count)
+    with runtime.torch_threads():  # the tasks pin it for identical bytes; the rest of the run gets it back
+        if settings.search:
+            get_run_logger().info("recipe search: %s", settings.space.describe())
+            found = recipe_search.with_options(task_runner=runtime.make_task_runner(settings))(settings, aset, srcs)
+            chosen = found.chosen
+        merged = merging.merge_into_store(settings, aset, srcs.adapters, pico.Recipe.from_dict(chosen.recipe),
+                                          compute=on_workers)
+    merged = merged.model_copy(update={"runner": runner and type(runner).__name__})
+    get_run_logger().info("merged adapter %s (%d modules, rank <= %d)%s", merged.store,
+                          merged.manifest["output"]["modules"], merged.manifest["output"]["max_rank"],
+                          " (cached)" if merged.cached else "")
+    return merged, found
+
+
+@flow(name="recipe-search")
+def recipe_search(settings: Settings, aset: pico.AdapterSet, srcs: Sources) -> SearchResult:
+    """Every candidate merged and scored on the validation split, one task each, mapped over the task runner and
+    cached by content; the validation argmax is the night's recipe."""
+    candidate = steps.score_candidate.with_options(result_storage=steps.result_storage(settings))
+
+    def score_all(st: Settings, jobs: list[search.Job]):
+        cands, mkeys, keys = zip(*jobs)
+        futures = candidate.map(unmapped(st), unmapped(aset), unmapped(srcs.adapters), unmapped(srcs.base), cands,
+                                mkeys, keys, [steps.cache_key(st, k) for k in keys])
+        records = [f.result() for f in futures]
+        return [r.model_copy(update={"cached": r.cached or f.state.name == "Cached"}) for r, f in zip(records, futures)]
+
+    found = search.run_rounds(settings, settings.space, srcs.adapters, srcs.base, score_all)
+    get_run_logger().info("chosen: %s (%s)", found.chosen.label, found.why)
+    return found
+
+
+@flow(name="calibrate-and-merge")
+def calibrate_and_merge(settings: Settings, aset: pico.AdapterSet, groups: list[list[str]], recipe: pico.Recipe):
+    """Calibrate each group of layers (mapped over the task runner's workers; on their GPUs when the runner has
+    them), then merge each: the results ``pipeline.merging.merge_into_store`` writes."""
+    threads = settings.pipeline.calibrate.threads
+    with runtime.gpu_annotation(settings):
+        cals = steps.calibrate.map(unmapped(aset), groups, unmapped(recipe), unmapped(settings.pipeline.device),
+                                   unmapped(threads))
+        merged = steps.merge_group.map(cals, unmapped(recipe), unmapped(threads))
+    return [f.result() for f in merged]
+
+
+def benchmark_and_judge(settings: Settings, srcs: Sources, merged: MergeResult) -> Evaluation:
+    """The test split read once for the new merge; the baselines and the champion on the same benchmark (cached by
+    content); the paired gate on their per-sample outcomes."""
+    bench = evaluation.fingerprint(settings, "test")
+    benchmark = steps.benchmark.with_options(timeout_seconds=settings.pipeline.schedule.benchmark_timeout_s)
+    result = benchmark(settings, srcs.base, merged.store, "merged")
+    baselines = []  # after the merge, never beside it (evaluation changes torch's thread count)
     if settings.pipeline.eval.baselines:  # cached by content: free after the first night
-        baseline_runs.append(run_benchmark.submit(settings, base, None, "base"))
-        baseline_runs += [run_benchmark.submit(settings, base, b.result().path, b.result().name)
-                          for b in baseline_fs]
-    experiment = preflight.result()  # raises RegistryUnavailable: nothing below runs, no alias moves
-    champion = steps.champion(settings, base, fingerprint)
-    champ_eval = steps.champion_outcomes(settings, base, champion) if champion is not None else None
-    baselines = [f.result() for f in baseline_runs]
-    clock.mark("baselines_champion")
-    verdict = steps.statistical_gate(settings, result, champion, champ_eval)
+        baselines = [benchmark.submit(settings, srcs.base, None, "base")]
+        baselines += [benchmark.submit(settings, srcs.base, b.path, b.name) for b in srcs.baselines]
+    fingerprint = json_digest(bench)
+    champion, champion_eval = steps.champion(settings, srcs.base, fingerprint)
+    return Evaluation(benchmark=bench, fingerprint=fingerprint, merged=result,
+                      baselines=[f.result() for f in baselines], champion=champion, champion_eval=champion_eval,
+                      verdict=steps.judge(settings, result, champion, champion_eval))
 
-    dvc = steps.version_dvc(settings, merged.store, result.scores)
-    clock.mark("version")
 
-    lineage = runlog.build_lineage(settings, fetched, base, merged, bench, fingerprint, result, dvc)
-    registered = steps.register(settings, lineage, merged.store, base, runlog.run_params(settings, merged),
-                                runlog.run_metrics(result, baselines, champion, clock.durations())
-                                | runlog.search_metrics(result, found, verdict), result.stderr,
-                                runlog.run_artifacts(settings, merged, result, baselines, champion, lineage))
-    steps.record_search_and_gate(settings, registered, found, result, champion, champ_eval, verdict)
-    clock.mark("register")
-
-    decision = steps.promote(settings, registered.version, result.scores, fingerprint, champion, verdict)
-    clock.mark("promote")
-
-    summary = NightlyResult(
-        project=str(settings.project), merge_key=key, fingerprint=fingerprint, store=merged.store,
-        cached_merge=merged.cached, runner=runner and type(runner).__name__, eval=result, baselines=baselines,
-        champion_before=champion, registered=registered, decision=decision, dvc=dvc, experiment_id=experiment,
-        timings=clock.durations(), tracking_uri=settings.tracking_uri, model=settings.model_name,
-        recipe_label=search.label(settings.recipe), gate=verdict.to_dict() if verdict is not None else None,
-        mlflow_url=tracking.run_url(settings, registered.experiment_id, registered.run_id),
-        flow_run_id=str(prefect_runtime.flow_run.id), search=None if found is None else {
-            "chosen": found["chosen"]["label"], "why": found["why"], "margin": found["margin"],
-            "runner_up": found["runner_up"]["label"] if found["runner_up"] else None,
-            "candidates": len(found["records"]), "cached": found["cached"], "seconds": found["seconds"],
-            "skipped": search.expand(settings.merge).skipped,
-            "leaderboard": candidates.leaderboard_rows(found["records"], found["chosen"]["key"])}).model_dump()
-    board = promotion.leaderboard(settings, limit=8, fingerprint=fingerprint)
-    summary["artifacts"] = artifacts.publish(summary, board, summary["search"] and summary["search"]["leaderboard"])
-    if decision.promoted and not decision.unchanged:
-        notify.send(settings.pipeline.notify, "promotion", *notify.promotion_message(summary))
-    return summary
+def version_register_promote(settings: Settings, srcs: Sources, merged: MergeResult, found: SearchResult | None,
+                             ev: Evaluation, timings: dict[str, float]) -> NightlyResult:
+    """The merge and its scores as the DVC stages' outputs (dvc.lock, pushed); the MLflow run and model version with
+    its lineage; the alias moved through the gate, last, under the registry lock."""
+    dvc = steps.version_dvc(settings, merged.store, ev.merged.scores)
+    registered = steps.register(settings, srcs, merged, found, ev, dvc, timings)
+    decision = steps.promote(settings, registered.version, ev)
+    return NightlyResult(
+        project=str(settings.project), merge_key=merged.key, fingerprint=ev.fingerprint, store=merged.store,
+        cached_merge=merged.cached, runner=merged.runner, eval=ev.merged, baselines=ev.baselines,
+        champion_before=ev.champion, registered=registered, decision=decision, dvc=dvc,
+        experiment_id=registered.experiment_id, timings=timings, tracking_uri=settings.tracking_uri,
+        model=settings.model_name, recipe_label=found.chosen.label if found else settings.space.candidates[0].label,
+        search=search.summary(found, settings.space) if found else None, gate=ev.verdict,
+        mlflow_url=run_url(settings, registered.experiment_id, registered.run_id))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,8 +164,6 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
 
 def parse_set(items: list[str]) -> dict:
     """--set a.b.c=value (YAML value) -> nested overrides; `merge.` keys go to the recipe."""
-    import yaml
-
     out: dict = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -169,9 +178,6 @@ def parse_set(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tasks.report import report
-    from tasks.suite import ensure_suite
-
     ap = argparse.ArgumentParser(prog="python -m flows.nightly", description=__doc__.splitlines()[0])
     ap.add_argument("--project", default=".", help="project directory holding params.yaml (default: .)")
     ap.add_argument("--params", default="params.yaml")
@@ -197,14 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         api = runtime.warm_up(settings)
         if api is not None:
             api.join()
-        summary = nightly_merge(project=str(settings.project), params=args.params, overrides=overrides)
-        summary["timings"]["wall_with_prefect_start"] = round(time.perf_counter() - t0, 2)
+        night = nightly_merge(project=str(settings.project), params=args.params, overrides=overrides)
+        night.timings["wall_with_prefect_start"] = round(time.perf_counter() - t0, 2)
     except Exception as exc:  # one clear line; Prefect has logged the traceback of the failed task
         print(f"\nnightly-merge FAILED: {type(exc).__name__}: {exc}\nNo alias was moved.", file=sys.stderr)
         return 1
-    print(report(summary, settings))
+    print(render.report(night, settings, leaderboard(settings, limit=8, fingerprint=night.fingerprint)))
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=1, default=str))
+        args.json.write_text(json.dumps(night.model_dump(), indent=1, default=str))
     return 0
 
 

@@ -11,56 +11,41 @@ writes (same fetch, same grouping, same writer), so a flow run followed by `dvc 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
+from pathlib import Path
 
-from tasks.config import load_settings, quiet_env
+import pico
+from pipeline import evaluation, merging, search, sources, versioning
+from pipeline.records import EvalResult, MergeResult
+from pipeline.settings import Settings, load_settings
 
 
-def stage_merge(settings) -> dict:
-    from tasks import benchmark, fetch, merging
-
-    fetched = [fetch.fetch_entry(settings, e) for e in settings.catalog.adapters]
+def stage_merge(settings: Settings) -> MergeResult:
+    fetched = [sources.fetch_entry(settings, e) for e in settings.catalog.adapters]
     aset = merging.load_set(fetched)
+    recipe = settings.space.candidates[0].recipe
     if settings.search:  # the same search as the flow (every candidate's record cached by content: free after it)
-        from tasks import search
-        from tasks.candidates import run_search_plain
-
-        base = benchmark.resolve_base(settings, fetch.fetch_base(settings), fetched[0].path)
-        chosen = run_search_plain(settings, search.expand(settings.merge), aset, fetched, base)["chosen"]
-        print(f"recipe search: chosen on validation: {chosen['label']}")
-        settings = settings.with_recipe(chosen["recipe"])
-    recipe = settings.recipe
-    groups = merging.plan_groups(aset, recipe, settings.pipeline.calibrate.layers_per_group)
-    device, threads = settings.pipeline.device, settings.pipeline.calibrate.threads
-    results = (merging.merge_group(merging.calibrate_group(aset, g, recipe, device, threads), recipe, threads)
-               for g in groups)
+        base = sources.resolve_base(settings, sources.fetch_base(settings), fetched[0].path)
+        chosen = search.run_search_plain(settings, aset, fetched, base).chosen
+        print(f"recipe search: chosen on validation: {chosen.label}")
+        recipe = chosen.recipe
+    merged = merging.merge_into_store(settings, aset, fetched, pico.Recipe.from_dict(recipe))
     out = settings.path("merged")
-    import torch
-
-    from pico.merge import write_merged
-
-    shutil.rmtree(out, ignore_errors=True)
-    manifest = write_merged(aset, recipe, groups, results, out, overwrite=True, progress=False,
-                            dtype=getattr(torch, settings.pipeline.dtype))
-    merging.check_sources(manifest, fetched)
-    print(f"merged {len(aset)} adapters -> {out} ({manifest['output']['modules']} modules)")
-    return manifest
+    merging.materialize(Path(merged.store), out)
+    print(f"merged {len(aset)} adapters -> {out} ({merged.manifest['output']['modules']} modules)")
+    return merged
 
 
-def stage_eval(settings) -> dict:
-    from tasks import benchmark, fetch, versioning
-
+def stage_eval(settings: Settings) -> EvalResult:
     merged = settings.path("merged")
-    base = benchmark.resolve_base(settings, fetch.fetch_base(settings), merged)
-    rec = benchmark.evaluate_cached(settings, base, merged, "merged")
+    base = sources.resolve_base(settings, sources.fetch_base(settings), merged)
+    rec = evaluation.evaluate(settings, base, merged, "merged")
     versioning.write_metrics(settings.path("eval") / "metrics.json", rec.scores)
     print(f"eval: mean {rec.mean:.4f} {rec.scores}")
     return rec
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_env()
     ap = argparse.ArgumentParser(prog="python -m flows.stages")
     ap.add_argument("stage", choices=["merge", "eval"])
     ap.add_argument("--project", default=".")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -299,7 +301,15 @@ class AdapterSet:
         return out
 
     def hash_sources(self) -> None:
-        """Compute the sha256 of every source file not hashed yet."""
+        """Compute the sha256 of every source file not hashed yet: on several threads where the machine has cores
+        to spare (one per four cores; hashlib releases the GIL), else one after the other."""
+        todo = [(a.source, name) for a in self.adapters for name, digest in a.source.files.items() if digest is None]
+        workers = min(len(todo), max(1, (os.cpu_count() or 1) // 4))
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="pico-hash") as pool:
+                digests = list(pool.map(lambda item: sha256_file(item[0].path / item[1]), todo))
+            for (source, name), digest in zip(todo, digests):
+                source.files[name] = digest
         for adapter in self.adapters:
             adapter.source.hash_files()
 

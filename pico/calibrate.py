@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .calibrations import CALIBRATIONS, Spectrum, get_calibration, pico_alphas  # noqa: F401  (pico_alphas: API)
+from .calibrations import Spectrum, get_calibration
 from .linalg import energy_share, frob_norm_of_product, subspace_overlap, thin_svd
-from .rng import module_generator  # noqa: F401  (its old home; pico.rng is the new one)
 
 
 def _shrink(x_all: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .adapters import load_adapters
 from .calibrations import CALIBRATIONS
 from .errors import PicoError, RecipeError
+from .merge import inspect_adapters, merge
+from .options import add_flags, from_args
 from .recipe import RESCALES, Recipe
-from .registry import METHODS, all_params
+from .registry import METHODS, Registry, all_params
 from .spaces import SPACES
 from .tara.cli import add_tara_parser, cmd_tara
 
@@ -34,6 +36,14 @@ def _flag(name: str) -> str:
 
 
 COMMANDS_GROUP = "pico.commands"  # entry points named after the command, each a main(argv: list[str]) -> int
+COMMANDS: Registry = Registry("command")  # the built-in commands: name -> fn(args) -> exit status
+
+
+def command(name: str):
+    return lambda fn: COMMANDS.register(name, fn)
+
+
+command("tara")(cmd_tara)  # `pico tara` lives in pico/tara/cli.py
 
 
 def added_commands() -> dict:
@@ -62,21 +72,7 @@ def build_parser(added: dict | None = None) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("sources", nargs="+", metavar="SRC", help="adapter directory or hf://org/name@revision")
     m.add_argument("--out", required=True, type=Path, help="output directory (must not exist unless --force)")
-    m.add_argument("--method", default="ta", choices=sorted(METHODS), help="merge method (default: ta)")
-    m.add_argument("--space", default="core", choices=list(SPACES),
-                   help="core: exact and cheap (default); knots: KnOTS alignment; full: dense baseline")
-    m.add_argument("--calibrate", default="none", choices=list(CALIBRATIONS),
-                   help="Pico calibration of the B factors before the merge (default: none); pico-* are controls")
-    m.add_argument("--rescale", choices=list(RESCALES),
-                   help="post: match the merged norm to the mean source norm (default with calibration); pre: keep "
-                        "each calibrated adapter's own norm; none")
-    m.add_argument("--kappa", type=float, help="Pico strength: alpha_k = 1/(1 + kappa c_k) (default: T - 1)")
-    m.add_argument("--gamma", type=float, default=1.0, help="raise Pico's alphas to this power (default: 1)")
-    m.add_argument("--lam", type=float, default=1.0,
-                   help="lambda, scales the merged update (default 1; TA is a sum, so 1/T is the mean)")
-    m.add_argument("--weights", help="comma-separated per-adapter weights, in SRC order (default: all 1)")
-    m.add_argument("--rank", type=int, help="full space: SVD truncation rank (default: sum of input ranks)")
-    m.add_argument("--seed", type=int, default=0, help="seed of DARE masks and random controls (default: 0)")
+    add_flags(m, Recipe)  # the recipe's fields (pico/recipe.py)
     for name, users in sorted(all_params().items()):
         p = users[0][1]
         defaults = ", ".join(f"{meth}: {prm.default}" for meth, prm in users)
@@ -115,23 +111,14 @@ def build_parser(added: dict | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+@command("merge")
 def cmd_merge(args) -> int:
     import torch
 
-    from .merge import merge
-
     params = {k.removeprefix("param_"): v for k, v in vars(args).items() if k.startswith("param_")}
-    weights = None
-    if args.weights:
-        try:
-            weights = [float(w) for w in args.weights.split(",")]
-        except ValueError:
-            raise RecipeError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
     if args.threads is not None and args.threads < 1:
         raise RecipeError(f"--threads must be at least 1, got {args.threads}")
-    recipe = Recipe(method=args.method, space=args.space, calibrate=args.calibrate, rescale=args.rescale,
-                    kappa=args.kappa, gamma=args.gamma, lam=args.lam, weights=weights, rank=args.rank,
-                    seed=args.seed, params=params)
+    recipe = from_args(Recipe, args, params=params)
     aset = load_adapters(args.sources, common_modules_only=args.common_modules, allow_pickle=args.allow_pickle)
     if aset.skipped and not args.quiet:
         print(f"merging {len(aset.modules)} common modules; skipped {len(aset.skipped)} not in every adapter: "
@@ -154,9 +141,8 @@ def cmd_merge(args) -> int:
     return 0
 
 
+@command("inspect")
 def cmd_inspect(args) -> int:
-    from .merge import inspect_adapters
-
     aset = load_adapters(args.sources, common_modules_only=args.common_modules, allow_pickle=args.allow_pickle)
     diag = inspect_adapters(aset, device=args.device, kappa=args.kappa)
     print(f"{len(aset)} adapters, {len(diag)} modules. c_1: top collision degree of B (share of B energy in its "
@@ -208,6 +194,7 @@ def param_text(p) -> str:
     return f"{_flag(p.name)} {p.default}" + (f" (in {p.allowed()})" if p.allowed() else "")
 
 
+@command("methods")
 def cmd_methods(_args) -> int:
     print("methods (--method):")
     for method in sorted(METHODS.values(), key=lambda m: m.name):
@@ -228,13 +215,12 @@ def cmd_methods(_args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"merge": cmd_merge, "inspect": cmd_inspect, "methods": cmd_methods, "tara": cmd_tara}
     added = added_commands()
-    if argv and argv[0] in added and argv[0] not in commands:
+    if argv and argv[0] in added and argv[0] not in COMMANDS:
         return run_added(argv[0], added[argv[0]], argv[1:])
     args = build_parser(added).parse_args(argv)
     try:
-        return commands[args.command](args)
+        return COMMANDS.lookup(args.command)(args)
     except (PicoError, ValueError, FileExistsError) as exc:
         print(f"pico: error: {exc}", file=sys.stderr)
         return 2

@@ -38,7 +38,8 @@ def tables() -> dict[str, str]:
     for m in sorted(METHODS.values(), key=lambda m: m.name):
         params = "<br>".join(f"`{_flag(p.name)} {p.default}`" + (f" in {p.allowed()}" if p.allowed() else "")
                              + f": {_one_line(p.help)}" for p in m.params.values())
-        rows.append(f"| `{m.name}` | {_one_line(m.summary)} | {', '.join(m.spaces)} | {params} |")
+        name = f"[`{m.name}`]({m.reference_url})" if m.reference_url else f"`{m.name}`"
+        rows.append(f"| {name} | {_one_line(m.summary)} | {', '.join(m.spaces)} | {params} |")
     methods = "\n".join(rows)
     rows = ["| space | |", "|---|---|"]
     for name, sp in SPACES.items():

@@ -67,17 +67,22 @@ def load(aset, modules: list[str], device: torch.device) -> Stacked:
     and copies run on one thread (see ``linalg.single_thread``); the Gram products use the configured threads."""
     with single_thread():
         b_all, a_all, ranks = _fill((aset.factors(m, check=False) for m in modules), len(modules), device)
+        if device.type != "cpu":  # moved first, so that the check below runs there rather than on the host
+            b_all, a_all = _to_device(b_all, device), _to_device(a_all, device)
         # one NaN/Inf check for the whole batch (a float64 sum cannot overflow on float32 data); on failure the
         # per-tensor check finds and names the culprit
         if not (torch.isfinite(b_all.sum(dtype=torch.float64)) and torch.isfinite(a_all.sum(dtype=torch.float64))):
             for m in modules:
                 aset.factors(m)
-    return _stacked(b_all, a_all, ranks, device)
+    return Stacked(b_all, a_all, ranks)
 
 
 def stack(pairs, device: torch.device) -> Stacked:
     """``pairs[l]`` = the T pairs (B_t, A_t) of module l (float32, scale absorbed) -> a Stacked batch on ``device``."""
-    return _stacked(*_fill(pairs, len(pairs), device), device)
+    b_all, a_all, ranks = _fill(pairs, len(pairs), device)
+    if device.type != "cpu":
+        b_all, a_all = _to_device(b_all, device), _to_device(a_all, device)
+    return Stacked(b_all, a_all, ranks)
 
 
 def _fill(pairs, count: int, device: torch.device):
@@ -100,10 +105,9 @@ def _fill(pairs, count: int, device: torch.device):
     return b_all, a_all, ranks
 
 
-def _stacked(b_all, a_all, ranks, device: torch.device) -> Stacked:
-    if device.type == "cpu":
-        return Stacked(b_all, a_all, ranks)
-    return Stacked(b_all.to(device, non_blocking=True).double(), a_all.to(device, non_blocking=True).double(), ranks)
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A pinned float32 stack copied to the device without blocking the host, then widened to float64 there."""
+    return x.to(device, non_blocking=True).double()
 
 
 def _blocks(ranks) -> list[slice]:

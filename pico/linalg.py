@@ -51,11 +51,86 @@ def single_thread(enabled: bool = True):
         torch.set_num_threads(threads)
 
 
-def small_svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD of small matrices in float64 (k x k after a QR), returned in the input dtype."""
-    with lapack_threads(x):
+def small_svd(x: torch.Tensor, top: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of small matrices in float64 (k x k after a QR), returned in the input dtype.
+
+    CPU: LAPACK (single-threaded for small k). CUDA: cuSOLVER's batched ``gesvda``, checked matrix by matrix against
+    the float64 input (``svd_error``); the few that miss ``GESVDA_TOL`` are solved again with the default driver.
+    ``top``: the caller uses only the leading ``top`` singular triplets (all singular values always), so only those
+    are checked: gesvda's vectors for (near-)zero singular values are not reliable, and a rank-r core of TSV needs
+    only its r leading ones.
+    """
+    if x.is_cuda and CHECKED_GESVDA:
+        u, s, vh = checked_svd(x.double(), top)
+    elif x.is_cuda:
         u, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
+    else:
+        with lapack_threads(x):
+            u, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
     return u.to(x.dtype), s.to(x.dtype), vh.to(x.dtype)
+
+
+CHECKED_GESVDA = True  # False: CUDA small SVDs by the default driver, psd_eig by unchecked gesvda (for comparison)
+GESVDA_TOL = 1e-11  # largest residual/orthonormality error accepted from gesvda, relative to the top singular value
+# what checked_svd did since the start (largest finite error seen): reported by bench/gpu_check.py
+GESVDA_STATS = {"calls": 0, "matrices": 0, "fallbacks": 0, "raised": 0, "max_error": 0.0}
+
+
+def svd_error(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, top: int | None = None
+              ) -> torch.Tensor:
+    """How far (u, s, vh) is from a thin SVD of x, per matrix of the batch, relative to the largest singular value:
+    the largest of the residuals ||X v_j - s_j u_j||, ||X^T u_j - s_j v_j|| (j < top), the orthonormality errors of
+    those u_j and v_j, the sum of s_j^2 against ||X||_F^2, and any ascent in s. inf where anything is not finite
+    (a zero matrix, too: its vectors are arbitrary)."""
+    k = s.shape[-1] if top is None else min(top, s.shape[-1])
+    uk, sk, vk = u[..., :k], s[..., :k], vh[..., :k, :].mT
+    scale = s[..., :1]  # (..., 1)
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    parts = [
+        (x @ vk - uk * sk.unsqueeze(-2)).norm(dim=-2).amax(-1, keepdim=True) / scale,
+        (x.mT @ uk - vk * sk.unsqueeze(-2)).norm(dim=-2).amax(-1, keepdim=True) / scale,
+        (uk.mT @ uk - eye).abs().amax((-2, -1)).unsqueeze(-1),
+        (vk.mT @ vk - eye).abs().amax((-2, -1)).unsqueeze(-1),
+        (s.square().sum(-1, keepdim=True) / x.square().sum((-2, -1)).unsqueeze(-1) - 1).abs(),
+        (s[..., 1:] - s[..., :-1]).clamp_min(0).amax(-1, keepdim=True) / scale if s.shape[-1] > 1 else 0 * scale,
+    ]
+    err = torch.cat(parts, dim=-1).amax(-1)
+    finite = torch.isfinite(s).all(-1) & torch.isfinite(uk).all(-1).all(-1) & torch.isfinite(vk).all(-1).all(-1)
+    return torch.where(finite & torch.isfinite(err), err, torch.full_like(err, float("inf")))
+
+
+def checked_svd(x: torch.Tensor, top: int | None = None, *, fast=None, safe=None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD by ``fast`` (default: cuSOLVER's gesvda), with every matrix whose ``svd_error`` exceeds
+    ``GESVDA_TOL`` solved again by ``safe`` (default: torch's default driver), and the whole batch if ``fast``
+    raises. One host sync per call."""
+    fast = fast or (lambda a: torch.linalg.svd(a, full_matrices=False, driver="gesvda"))
+    safe = safe or (lambda a: torch.linalg.svd(a, full_matrices=False))
+    batch, (m, n) = x.shape[:-2], x.shape[-2:]
+    xf = x.reshape(-1, m, n)
+    GESVDA_STATS["calls"] += 1
+    GESVDA_STATS["matrices"] += xf.shape[0]
+    try:
+        u, s, vh = fast(xf)
+    except RuntimeError:  # torch raises (LinAlgError) when gesvda reports a matrix it did not converge on
+        GESVDA_STATS["raised"] += 1
+        GESVDA_STATS["fallbacks"] += xf.shape[0]
+        u, s, vh = safe(xf)
+        count = 0
+    else:
+        err = svd_error(xf, u, s, vh, top)
+        bad = err > GESVDA_TOL
+        finite_err = torch.where(torch.isfinite(err), err, torch.zeros_like(err))
+        count, worst = torch.stack([bad.sum().to(err.dtype), finite_err.amax()]).tolist()
+        GESVDA_STATS["fallbacks"] += int(count)
+        GESVDA_STATS["max_error"] = max(GESVDA_STATS["max_error"], worst)
+    if count:
+        idx = bad.nonzero().squeeze(-1)
+        u2, s2, vh2 = safe(xf[idx])
+        u, s, vh = u.clone(), s.clone(), vh.clone()
+        u[idx], s[idx], vh[idx] = u2, s2, vh2
+    p = s.shape[-1]
+    return u.reshape(*batch, m, p), s.reshape(*batch, p), vh.reshape(*batch, p, n)
 
 
 CHUNK = 1024  # rows of float64 scratch per step in the chunked CPU products below (about a megabyte per module)
@@ -138,12 +213,13 @@ def psd_eig(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (clamped at 0) and canonically signed eigenvectors (columns), in g's dtype.
 
     CPU: LAPACK's syevd, single-threaded for small k. CUDA: cuSOLVER's batched ``gesvda`` on the matrix itself
-    (for a PSD matrix the singular values are the eigenvalues and the right singular vectors the eigenvectors).
-    Measured on an H100 for 32 problems of 128 x 128 in float64: gesvda 1.2 ms, eigh 53 ms, the default SVD driver
-    146 ms, and gesvda's eigenvectors agreed with LAPACK's float64 ones to 2e-15 (bench/probe_small_svd.py).
+    (for a PSD matrix the singular values are the eigenvalues and the right singular vectors the eigenvectors),
+    checked as in ``small_svd``; a matrix that misses the check is solved again by ``eigh``. Measured on an H100 for
+    32 problems of 128 x 128 in float64: gesvda 1.2 ms, eigh 53 ms, the default SVD driver 146 ms, and gesvda's
+    eigenvectors agreed with LAPACK's float64 ones to 2e-15 (bench/probe_small_svd.py).
     """
-    if g.is_cuda:
-        _, e, vh = torch.linalg.svd(g, full_matrices=False, driver="gesvda")
+    if g.is_cuda:  # checked like small_svd: for a PSD matrix, (V, e, V^T) is its SVD
+        _, e, vh = checked_svd(g, fast=_psd_gesvda, safe=_psd_eigh) if CHECKED_GESVDA else _psd_gesvda(g)
         v = vh.mT
     else:
         with lapack_threads(g):
@@ -152,17 +228,29 @@ def psd_eig(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return e.clamp_min(0), canonical_signs(v)
 
 
-def thin_svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD X = U diag(S) Vh of a batch of matrices (..., m, k), via QR when X is tall."""
+def _psd_gesvda(g):
+    _, e, vh = torch.linalg.svd(g, full_matrices=False, driver="gesvda")
+    return vh.mT, e, vh  # (V, e, V^T): what svd_error checks against g
+
+
+def _psd_eigh(g):
+    e, v = torch.linalg.eigh(g)
+    e, v = e.flip(-1), v.flip(-1)
+    return v, e, v.mT
+
+
+def thin_svd(x: torch.Tensor, top: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD X = U diag(S) Vh of a batch of matrices (..., m, k), via QR when X is tall. ``top``: only the
+    leading ``top`` singular vectors will be used (see ``small_svd``)."""
     m, k = x.shape[-2:]
     if m > k:
         q, r = torch.linalg.qr(x)
-        u, s, vh = small_svd(r)
+        u, s, vh = small_svd(r, top)
         return q @ u, s, vh
     if k > m:
-        u, s, vh = thin_svd(x.mT)
+        u, s, vh = thin_svd(x.mT, top)
         return vh.mT, s, u.mT
-    return small_svd(x)
+    return small_svd(x, top)
 
 
 def polar(x: torch.Tensor) -> torch.Tensor:

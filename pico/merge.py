@@ -19,12 +19,12 @@ from typing import Callable, Iterable
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .adapters import AdapterError, AdapterSet
-from .batch import CalibratedBatch, load_batch  # noqa: F401  (CalibratedBatch, load_batch: part of this module's API)
+from .batch import CalibratedBatch, load_batch
 from .calibrate import calibrate, overlap_diagnostics
 from .errors import RecipeError
-from .output import MANIFEST_NAME, AdapterWriter, natural_key, round_sig  # noqa: F401 (MANIFEST_NAME: re-exported)
+from .output import AdapterWriter, natural_key, round_sig_rows
 from .output import progress as progress_bar
 from .recipe import Recipe
 from .registry import Context, get_method
@@ -82,16 +82,15 @@ def merge_batch(cal: CalibratedBatch, recipe: Recipe, *, to_cpu: bool = True) ->
     b, a, out_rank, kept = space.reconstruct(merged, state, rank)
     if to_cpu:
         b, a = b.cpu(), a.cpu()
-    ratio, target = ratio.cpu(), target.cpu()
-    diag = {k: v.cpu() for k, v in cal.diagnostics.items()}
+    # the manifest entries: every diagnostic of the batch rounded in one vectorised pass per key
+    columns = {"norm_ratio": ratio, "source_norm": target}
+    if kept is not None:  # a truncating space (full)
+        columns["kept_energy"] = kept
+    columns.update(cal.diagnostics)
+    rows = {key: round_sig_rows(value) for key, value in columns.items()}
     results = []
-    for i, module in enumerate(cal.modules):
-        k = int(out_rank[i])
-        info = {"rank": k, "norm_ratio": round_sig(ratio[i]), "source_norm": round_sig(target[i])}
-        if kept is not None:  # a truncating space (full)
-            info["kept_energy"] = round_sig(kept[i])
-        for key, value in diag.items():
-            info[key] = round_sig(value[i])
+    for i, (module, k) in enumerate(zip(cal.modules, out_rank.tolist())):
+        info = {"rank": k, **{key: row[i] for key, row in rows.items()}}
         results.append(ModuleResult(module, b[i, :, :k].contiguous(), a[i, :k, :].contiguous(), info))
     return results
 
@@ -116,14 +115,19 @@ def merge_in_space(cal: CalibratedBatch, recipe: Recipe):
     return merged, state, ratio, target
 
 
+def check_weights(aset: AdapterSet, recipe: Recipe) -> None:
+    """One weight per adapter, checked before any work (a recipe is valid on its own; this is about the set)."""
+    if recipe.weights is not None and len(recipe.weights) != len(aset):
+        raise AdapterError(f"{len(recipe.weights)} weights given for {len(aset)} adapters")
+
+
 def merge(aset: AdapterSet, recipe: Recipe, out: str | Path, *, device: str = "auto", overwrite: bool = False,
           progress: bool = True, dtype: torch.dtype = torch.float32) -> dict:
     """Merge ``aset`` with ``recipe`` into the PEFT adapter directory ``out`` and return its manifest.
 
     Atomic: ``out`` appears complete or not at all. Deterministic: same inputs and recipe give the same bytes.
     """
-    if recipe.weights is not None and len(recipe.weights) != len(aset):
-        raise AdapterError(f"{len(recipe.weights)} weights given for {len(aset)} adapters")
+    check_weights(aset, recipe)
     dev = resolve_device(device)
     batches = plan_batches(aset, recipe.space, CUDA_BATCH_BYTES if dev.type == "cuda" else BATCH_BYTES)
     # Merged one batch ahead of the writer in a worker thread (torch and file I/O release the GIL), so reading and
@@ -167,9 +171,7 @@ def write_merged(aset: AdapterSet, recipe: Recipe, batches: list[list[str]], res
     it is computed). Used by :func:`merge` and by pipelines that compute the batches elsewhere (mapped tasks);
     the same batches and results give the same bytes either way.
     """
-    T = len(aset)
-    if recipe.weights is not None and len(recipe.weights) != T:
-        raise AdapterError(f"{len(recipe.weights)} weights given for {T} adapters")
+    check_weights(aset, recipe)
     hasher = threading.Thread(target=aset.hash_sources, daemon=True)  # hashes inputs while the merge computes
     hasher.start()
     plan = []
@@ -212,8 +214,9 @@ def inspect_adapters(aset: AdapterSet, device: str = "auto", kappa: float | None
         bs, as_ = load_batch(aset, batch, dev)
         _, _, diag = calibrate(bs, as_, mode="pico", kappa=kappa, modules=batch, diagnostics=False)
         diag.update(overlap_diagnostics(bs, as_))
+        rows = {k: round_sig_rows(v) for k, v in diag.items()}
         for i, module in enumerate(batch):
-            out[module] = {k: round_sig(v[i]) for k, v in diag.items()}
+            out[module] = {k: row[i] for k, row in rows.items()}
         bar.update(len(batch))
     bar.close()
     return {m: out[m] for m in sorted(out, key=natural_key)}

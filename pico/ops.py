@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from annotated_types import Interval
 
 from .rng import module_generator
+
+# The primitives' parameters, declared once for every method that takes them (a method's signature uses the alias;
+# the range and help feed validation, the CLI flag and the README table).
+Density = Annotated[float, Interval(gt=0, le=1),
+                    "fraction of entries kept per task and module (TIES topK; Core-Space Llama: 0.7)"]
+DropRate = Annotated[float, Interval(ge=0, lt=1),
+                     "DARE drop probability p; survivors are rescaled by 1/(1-p) (Core-Space Llama: 0.9)"]
 
 
 def trim(x: torch.Tensor, density: float) -> torch.Tensor:

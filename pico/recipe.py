@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated
+
+from annotated_types import Ge
 
 from . import methods as _methods  # noqa: F401  (registers every method)
-from .calibrations import get_calibration
+from .calibrations import CALIBRATIONS, get_calibration
 from .errors import RecipeError
-from .registry import get_method
-from .spaces import get_space
+from .options import Choices, check_fields
+from .registry import METHODS, get_method
+from .spaces import SPACES, get_space
 from .writer import json_digest
 
 RESCALES = {
@@ -21,19 +25,27 @@ RESCALES = {
 
 @dataclass
 class Recipe:
-    method: str = "ta"
-    space: str = "core"
-    calibrate: str = "none"
-    rescale: str | None = None  # None: "post" when calibrating, else "none"
-    kappa: float | None = None  # Pico strength; None: T - 1 (official)
-    gamma: float = 1.0  # alpha ** gamma (ablation sweep)
-    lam: float = 1.0  # lambda: scales the merged update (TA is a sum; lam = 1/T gives the mean)
-    weights: list[float] | None = None  # per-adapter weights; None: all 1
-    rank: int | None = None  # full space only: SVD truncation rank; None: sum of input ranks
-    seed: int = 0  # DARE masks and the random-direction control
+    """The fields are the config keys and the `pico merge` flags (pico/options.py); method parameters are the
+    method's own (pico/registry.py)."""
+
+    method: Annotated[str, Choices(METHODS), "merge method (`pico methods` lists them)"] = "ta"
+    space: Annotated[str, Choices(SPACES), "core: exact and cheap; knots: KnOTS alignment; full: dense baseline"] = \
+        "core"
+    calibrate: Annotated[str, Choices(CALIBRATIONS),
+                         "calibration of the B factors before the merge: pico; pico-* are controls"] = "none"
+    rescale: Annotated[str | None, Choices(RESCALES),
+                       "post: match the merged norm to the mean source norm (default with calibration); pre: keep "
+                       "each calibrated adapter's own norm; none"] = None
+    kappa: Annotated[float | None, Ge(0), "Pico strength: alpha_k = 1/(1 + kappa c_k) (default: T - 1)"] = None
+    gamma: Annotated[float, "raise Pico's alphas to this power (ablation sweep)"] = 1.0
+    lam: Annotated[float, "lambda, scales the merged update (TA is a sum, so 1/T is the mean)"] = 1.0
+    weights: Annotated[list[float] | None, "comma-separated per-adapter weights, in SRC order (default: all 1)"] = None
+    rank: Annotated[int | None, Ge(1), "full space: SVD truncation rank (default: sum of input ranks)"] = None
+    seed: Annotated[int, "seed of DARE masks and random controls"] = 0
     params: dict = field(default_factory=dict)  # method parameters (see `pico methods`)
 
     def __post_init__(self):
+        check_fields(self, "recipe")
         method = get_method(self.method)
         get_space(self.space)
         if self.space not in method.spaces:
@@ -49,12 +61,6 @@ class Recipe:
                 known = ", ".join(method.params) or "none"
                 raise RecipeError(f"method {self.method!r} has no parameter {key!r} (its parameters: {known})")
             self.params[key] = method.params[key].check(value, f"method {self.method!r}")
-        if self.kappa is not None and self.kappa < 0:
-            raise RecipeError(f"kappa must be >= 0, got {self.kappa}")
-        if self.rank is not None and self.rank < 1:
-            raise RecipeError(f"rank must be a positive integer, got {self.rank}")
-        if self.weights is not None:
-            self.weights = [float(w) for w in self.weights]
 
     def method_params(self) -> dict:
         """All method parameters, defaults filled in (what actually ran, for the manifest)."""

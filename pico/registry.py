@@ -5,9 +5,8 @@ A **method** is one typed function over one batch of modules (``pico/methods/``)
 ``@merge_method``: the function's keyword-only parameters, with their ``Annotated`` constraints and help and their
 defaults, *are* the method's config keys, CLI flags, validation and documentation, so nothing is declared twice::
 
-    @merge_method("ties", spaces=("full", "core", "knots"))
-    def ties(taus, weights, ctx, *,
-             density: Annotated[float, Interval(gt=0, le=1), "fraction of entries kept per task"] = 0.7):
+    @merge_method("ties", spaces=("full", "core", "knots"), reference_url="https://arxiv.org/abs/2306.01708")
+    def ties(taus, weights, ctx, *, density: Density = 0.7):  # Density: Annotated[float, Interval(gt=0, le=1), help]
         \"\"\"TIES: trim, elect sign by mass, disjoint mean.\"\"\"
 
 ``taus`` is (L, T, p, q): L modules of equal shape, T task matrices each in the chosen space (full deltas, Core
@@ -27,12 +26,36 @@ import inspect
 import operator
 import typing
 from dataclasses import dataclass
-from typing import Annotated, Callable
+from typing import Annotated, Callable, TypeVar
 
 import annotated_types as at
 import torch
 
 from .errors import RecipeError
+
+T = TypeVar("T")
+
+
+class Registry(dict[str, T]):
+    """Names to the registered objects of one kind: methods, spaces, calibrations, the CLI's commands (lm-eval's
+    ``Registry`` is the model). A name is registered once; an unknown name is an error that lists the choices."""
+
+    def __init__(self, kind: str, hint: str = "", sort: bool = False):
+        super().__init__()
+        self.kind, self.hint, self.sort = kind, hint, sort
+
+    def register(self, name: str, item: T) -> T:
+        if name in self:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        self[name] = item
+        return item
+
+    def lookup(self, name: str) -> T:
+        if name not in self:
+            names = sorted(self) if self.sort else list(self)
+            raise RecipeError(f"unknown {self.kind} {name!r}; choose from {', '.join(names)}{self.hint}")
+        return self[name]
+
 
 _BOUNDS = {at.Gt: ("gt", operator.gt), at.Ge: ("ge", operator.ge), at.Lt: ("lt", operator.lt),
            at.Le: ("le", operator.le)}
@@ -76,6 +99,7 @@ class Method:
     spaces: tuple[str, ...]
     params: dict[str, Param]
     summary: str
+    reference_url: str = ""  # the paper (the README's table links it)
 
 
 @dataclass
@@ -88,10 +112,12 @@ class Context:
     seed: int = 0
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("merge method", " (`pico methods` lists them)", sort=True)
+get_method = METHODS.lookup
 
 
-def _param(p: inspect.Parameter, hint) -> Param:
+def param_of(name: str, hint, default, error: type[Exception] = TypeError) -> Param:
+    """A parameter from its annotation: ``Annotated[type, Gt/Ge/Lt/Le or Interval..., "help"]`` (or a bare type)."""
     help_text, constraints = "", []
     if typing.get_origin(hint) is Annotated:
         hint, *meta = typing.get_args(hint)
@@ -103,36 +129,28 @@ def _param(p: inspect.Parameter, hint) -> Param:
             elif type(m) in _BOUNDS:
                 constraints.append(m)
             else:
-                raise TypeError(f"parameter {p.name}: unsupported annotation {m!r} (use annotated_types Gt/Ge/Lt/Le "
-                                "or Interval, and a help string)")
-    return Param(p.name, hint, p.default, help_text, tuple(constraints))
+                raise error(f"parameter {name}: unsupported annotation {m!r} (use annotated_types Gt/Ge/Lt/Le or "
+                            "Interval, and a help string)")
+    return Param(name, hint, default, help_text, tuple(constraints))
 
 
-def merge_method(name: str, *, spaces: tuple[str, ...] = ("full", "core")):
-    """Register ``fn`` under ``name``; its keyword-only parameters become config keys and CLI flags."""
+def merge_method(name: str, *, spaces: tuple[str, ...], reference_url: str = ""):
+    """Register ``fn`` under ``name`` for the ``spaces`` it runs in; its keyword-only parameters become config keys
+    and CLI flags; ``reference_url``: the method's paper."""
 
     def register(fn: Callable) -> Callable:
         hints = typing.get_type_hints(fn, include_extras=True)
-        params = {p.name: _param(p, hints.get(p.name, float)) for p in inspect.signature(fn).parameters.values()
-                  if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        params = {p.name: param_of(p.name, hints.get(p.name, float), p.default)
+                  for p in inspect.signature(fn).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
         for p in params.values():
             if p.default is inspect.Parameter.empty:
                 raise TypeError(f"merge method {name!r}: parameter {p.name} needs a default")
             p.check(p.default, f"merge method {name!r} (its default)")
         summary = (inspect.getdoc(fn) or name).splitlines()[0]
-        if name in METHODS:
-            raise ValueError(f"merge method {name!r} registered twice")
-        METHODS[name] = Method(name, fn, tuple(spaces), params, summary)
+        METHODS.register(name, Method(name, fn, tuple(spaces), params, summary, reference_url))
         return fn
 
     return register
-
-
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise RecipeError(f"unknown merge method {name!r}; choose from {', '.join(sorted(METHODS))} "
-                          "(`pico methods` lists them)")
-    return METHODS[name]
 
 
 def all_params() -> dict[str, list[tuple[str, Param]]]:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import queue
 import shutil
 import threading
 from pathlib import Path
@@ -31,10 +32,12 @@ class SafetensorsStreamWriter:
 
     When the tensors arrive exactly as planned (same keys, order and shapes: a core-space merge always), the final
     header is known at the start: it is written first and the file's sha256 is computed as the bytes go out
-    (``sha256`` after ``close``), so nothing has to read the file back. Otherwise ``sha256`` is None and the
-    header is rewritten at the end; the bytes are the same either way. Every ``FLUSH_BYTES`` written, a background
-    thread starts an fdatasync, so the disk writes overlap the computation instead of all waiting for the final
-    fsync.
+    (``sha256`` after ``close``), so nothing has to read the file back; the hashing runs on its own thread
+    (``StreamHash``), overlapping the writes. Otherwise ``sha256`` is None and the header is rewritten at the end;
+    the bytes are the same either way. Every ``FLUSH_BYTES`` written, a background thread starts an fdatasync, so
+    the disk writes overlap the computation instead of all waiting for the final fsync.
+
+    A written tensor's bytes are hashed after ``write`` returns: do not modify it before ``close``.
     """
 
     FLUSH_BYTES = 256 << 20
@@ -57,7 +60,7 @@ class SafetensorsStreamWriter:
         self._predicted = self._header_bytes(predicted)
         self.file = open(self.path, "wb")
         self.file.write(self._predicted)
-        self._hash = hashlib.sha256(self._predicted)
+        self._hash: StreamHash | None = StreamHash(self._predicted)
         self.sha256: str | None = None
         self.offset = 0
         self._unflushed = 0
@@ -77,8 +80,9 @@ class SafetensorsStreamWriter:
             i = len(self.entries)
             if i < len(self.plan) and self.plan[i] == (key, list(data.shape)):
                 self._hash.update(raw)
-            else:
-                self._hash = None  # off plan: the header is rewritten at the end and the caller hashes the file
+            else:  # off plan: the header is rewritten at the end and the caller hashes the file
+                self._hash.stop()
+                self._hash = None
         size = data.numel() * data.element_size()
         self.entries[key] = {"dtype": DTYPES[self.dtype], "shape": list(data.shape),
                              "data_offsets": [self.offset, self.offset + size]}
@@ -94,7 +98,7 @@ class SafetensorsStreamWriter:
         self._join_flusher()
         header = self._header_bytes(self.entries)
         if header != self._predicted:  # equal bytes: every planned tensor written, in order, with its shape
-            self._hash = None
+            self._stop_hash()
             self.file.seek(0)
             self.file.write(header)
         self.file.close()
@@ -116,13 +120,54 @@ class SafetensorsStreamWriter:
 
     def abort(self) -> None:
         self._join_flusher()
+        self._stop_hash()
         if not self.file.closed:
             self.file.close()
+
+    def _stop_hash(self) -> None:
+        if self._hash is not None and self.sha256 is None:
+            self._hash.stop()
+            self._hash = None
 
     def _join_flusher(self) -> None:
         if self._flusher is not None:
             self._flusher.join()
             self._flusher = None
+
+
+class StreamHash:
+    """sha256 of a stream of buffers, computed on its own thread in arrival order (hashlib releases the GIL on
+    large buffers), so that hashing a file as it is written overlaps the writing. ``update`` keeps a reference to
+    the buffer until it is hashed; at most ``DEPTH`` wait, beyond that ``update`` blocks."""
+
+    DEPTH = 32
+
+    def __init__(self, first: bytes = b""):
+        self._sha = hashlib.sha256(first)
+        self._queue: queue.Queue = queue.Queue(maxsize=self.DEPTH)
+        self._digest: str | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pico-sha256")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (buf := self._queue.get()) is not None:
+            self._sha.update(buf)
+
+    def update(self, buf) -> None:
+        self._queue.put(buf)
+
+    def hexdigest(self) -> str:
+        """Wait for every buffer and return the digest (no update after this)."""
+        if self._digest is None:
+            self.stop()
+            self._digest = self._sha.hexdigest()
+        return self._digest
+
+    def stop(self) -> None:
+        """End the thread after the buffers already queued."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DEFAULT_DATA = "build/suite/data"
 
 
-def _quiet() -> None:
+def quiet() -> None:
     for name in ("lm-eval", "lm_eval", "datasets", "transformers", "peft"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
@@ -64,7 +64,7 @@ def evaluate(base_dir: str | Path, adapter_dir: str | Path | None = None, skills
         raise ValueError(f"split must be one of {sorted(SPLIT_SUFFIX)}, not {split!r}")
     if threads:
         torch.set_num_threads(int(threads))
-    _quiet()
+    quiet()
     import lm_eval
 
     data_dir = resolve(data_dir)

@@ -55,9 +55,12 @@ def jsonl_task(skill: str, data_dir: Path, split: str, prefix: str = "skills", *
     }
 
 
+STOP = ["\n"]  # lm-eval's `until`: one line per answer (the served model stops there too)
+
+
 def task_config(skill: str, data_dir: Path, split: str, max_gen_toks: int = 10) -> dict:
     return jsonl_task(skill, data_dir, split, target_delimiter="", num_fewshot=0,
-                      generation_kwargs={"until": ["\n"], "max_gen_toks": int(max_gen_toks), "do_sample": False})
+                      generation_kwargs={"until": list(STOP), "max_gen_toks": int(max_gen_toks), "do_sample": False})
 
 
 def group_config(skills: list[str], split: str, prefix: str = "skills", **aggregate) -> dict:

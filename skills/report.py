@@ -36,7 +36,6 @@ DEFAULT_LAM_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0)
 
 from skills.rows import Row  # noqa: E402,F401  (re-exported: the report's row type)
 
-
 # --------------------------------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------------------------------
@@ -131,6 +130,7 @@ def merge_and_score(ev: Evaluator, sources: list[str], recipe_kw: dict, work: Pa
 def update_norm_ratios(sources: list[str], merged: str) -> dict:
     """Per module ||dW_merged||_F / mean_t ||dW_t||_F (LoRA scales absorbed), summarised over modules."""
     import torch
+
     from pico import load_adapters
 
     src, mer = load_adapters(sources), load_adapters([merged])
@@ -147,6 +147,7 @@ def update_norm_ratios(sources: list[str], merged: str) -> dict:
 def diagnostics(sources: list[str]) -> dict:
     """Collision spectra of stacked B vs stacked A and pairwise subspace overlap of B vs A (means over modules)."""
     import torch
+
     from pico import inspect_adapters, load_adapters
 
     info = inspect_adapters(load_adapters(sources), device="cpu", progress=False)

@@ -1,7 +1,7 @@
 """The skills suite as the nightly pipeline's benchmark, plugged in through ``pipeline.eval.callable``
 (``pipeline.eval.suite: skills`` is the alias of ``callable: skills.scorer:suite``).
 
-The pipeline (tasks/) never imports skills/: it calls this object with (base_dir, adapter_dir, split, limit) and a
+The pipeline (pipeline/) never imports skills/: it calls this object with (base_dir, adapter_dir, split, limit) and a
 ``context`` carrying the project, params file, work folder and eval settings, and reads its optional ``fingerprint``,
 ``inputs`` and ``prewarm`` methods.
 """
@@ -39,6 +39,14 @@ class SkillsSuite:
                         tasks_dir=Path(context.work) / "lm_eval_tasks",
                         threads=self.eval_settings(context).get("threads", 2))
 
+    def generation(self, context) -> dict:
+        """How the benchmark generates (the registered model serves the same way): plain prompts, no chat template,
+        greedy, cut at lm-eval's stop strings after at most max_gen_toks tokens."""
+        from skills.lmeval import STOP
+
+        return {"apply_chat_template": False, "max_new_tokens": int(self.eval_settings(context).get("max_gen_toks", 10)),
+                "stop": list(STOP)}
+
     def outcomes(self, base_dir, adapter_dir, split, limit, *, context) -> dict[str, dict[str, float]]:
         """Per-item 0/1 outcomes ``{skill: {item: 0/1}}``: the test split through lm-eval's ``log_samples`` (the
         benchmark's own numbers); the validation split (choosing a recipe) through the suite report's fast path, the
@@ -62,7 +70,7 @@ class SkillsSuite:
         from skills.common import greedy
         from skills.data import read_jsonl
 
-        with _LOAD_LOCK:  # transformers' loading (meta-device init) is not thread-safe: one load at a time
+        with LOAD_LOCK:  # transformers' loading (meta-device init) is not thread-safe: one load at a time
             model = load_base(Path(base_dir))
             if adapter_dir is not None:
                 from peft import PeftModel
@@ -74,7 +82,7 @@ class SkillsSuite:
         for skill in skills:
             recs = read_jsonl(data / skill / f"{split}.jsonl")[: limit or None]
             preds = greedy(model, [r["prompt"] for r in recs], max_new=max_new, batch_size=int(context.eval.batch_size))
-            out[skill] = {_item(i, r["prompt"], r["answer"]): float(p.strip() == r["answer"])
+            out[skill] = {item_id(i, r["prompt"], r["answer"]): float(p.strip() == r["answer"])
                           for i, (p, r) in enumerate(zip(preds, recs))}
         return out
 
@@ -111,7 +119,7 @@ def sample_outcomes(res: dict, acc: dict[str, float], tasks: dict[str, str]) -> 
     against lm-eval's own score for it."""
     out = {}
     for skill, task in tasks.items():
-        items = {_item(smp["doc_id"], smp["doc"]["prompt"], smp["doc"]["answer"]): float(smp["exact_match"])
+        items = {item_id(smp["doc_id"], smp["doc"]["prompt"], smp["doc"]["answer"]): float(smp["exact_match"])
                  for smp in res["samples"][task]}
         if abs(sum(items.values()) / len(items) - acc[skill]) > 1e-9:
             raise RuntimeError(f"{skill}: lm-eval's samples disagree with its score {acc[skill]}")
@@ -119,10 +127,10 @@ def sample_outcomes(res: dict, acc: dict[str, float], tasks: dict[str, str]) -> 
     return out
 
 
-def _item(i, prompt: str, answer: str) -> str:
+def item_id(i, prompt: str, answer: str) -> str:
     return f"{i}:{hashlib.sha256(f'{prompt}={answer}'.encode()).hexdigest()[:12]}"
 
 
-_LOAD_LOCK = threading.Lock()
+LOAD_LOCK = threading.Lock()
 
 suite = SkillsSuite()

@@ -16,8 +16,8 @@ handed to the pipeline only through environment variables (build/stack/env.sh, `
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import os
 import pwd
 import secrets
@@ -264,11 +264,13 @@ def postgres_up(s: dict[str, str]) -> None:
     if fresh:
         PGDATA.mkdir(parents=True, exist_ok=True)
         pwfile = PG_HOME / "pg.pw"
-        pwfile.write_text(s["PG_SUPER_PASSWORD"] + "\n")
+        pwfile.unlink(missing_ok=True)
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # 0600 from the start, never readable
+        with os.fdopen(fd, "w") as f:
+            f.write(s["PG_SUPER_PASSWORD"] + "\n")
         if os.geteuid() == 0:
             os.chown(PGDATA, uid, gid)
             os.chown(pwfile, uid, gid)
-        pwfile.chmod(0o600)
         try:
             as_pg_user([str(PG_BIN / "initdb"), "-D", str(PGDATA), "-U", "postgres", "--pwfile", str(pwfile),
                         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
@@ -288,9 +290,10 @@ def postgres_up(s: dict[str, str]) -> None:
                f"CREATE ROLE prefect LOGIN PASSWORD '{s['PG_PREFECT_PASSWORD']}';"
                "CREATE DATABASE mlflow OWNER mlflow; CREATE DATABASE mlflow_auth OWNER mlflow;"
                "CREATE DATABASE prefect OWNER prefect;")
-        for stmt in sql.rstrip(";").split(";"):
+        for stmt in sql.rstrip(";").split(";"):  # on stdin, never on psql's command line (the process table)
             as_pg_user([str(PG_BIN / "psql"), "-h", str(PGDATA), "-p", str(PORTS["postgres"]), "-U", "postgres",
-                        "-q", "-v", "ON_ERROR_STOP=1", "-c", stmt], check=True, capture_output=True, text=True)
+                        "-q", "-v", "ON_ERROR_STOP=1"], input=stmt + ";\n", check=True, capture_output=True,
+                       text=True)
         stamp.write_text(want + "\n")
 
 
@@ -341,10 +344,11 @@ def mlflow_up(s: dict[str, str]) -> None:
            "AWS_SECRET_ACCESS_KEY": s["S3_SECRET_KEY"], "AWS_DEFAULT_REGION": "us-east-1",
            # the server's job runner (huey, on /dev/shm) serves GenAI judges the pipeline never uses: one less
            # process to fail at start-up
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           # the store's URI holds the PostgreSQL password: the environment (MLflow's CLI reads it), never argv
+           "MLFLOW_BACKEND_STORE_URI": pg_url("mlflow", s["PG_MLFLOW_PASSWORD"], "mlflow")}
     spawn("mlflow", [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", HOST,
                      "--port", str(PORTS["mlflow"]), "--workers", "2",
-                     "--backend-store-uri", pg_url("mlflow", s["PG_MLFLOW_PASSWORD"], "mlflow"),
                      "--artifacts-destination", "s3://mlflow-artifacts", "--serve-artifacts"], env)
     wait_port(PORTS["mlflow"], "mlflow", timeout=180)
     ensure_mlflow_users(s)

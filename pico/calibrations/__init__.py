@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import RecipeError
+from ..registry import Registry
 
 
 @dataclass
@@ -60,7 +60,8 @@ class Calibration:
         return out if isinstance(out, tuple) else (out, None)
 
 
-CALIBRATIONS: dict[str, Calibration] = {}
+CALIBRATIONS: Registry[Calibration] = Registry("calibration")
+get_calibration = CALIBRATIONS.lookup
 
 
 def calibration(name: str, *, side: str | None = "B", no_gram: str = ""):
@@ -71,19 +72,11 @@ def calibration(name: str, *, side: str | None = "B", no_gram: str = ""):
         raise ValueError(f"calibration {name!r}: side must be 'A', 'B' or None, got {side!r}")
 
     def register(fn: Callable) -> Callable:
-        if name in CALIBRATIONS:
-            raise ValueError(f"calibration {name!r} registered twice")
         summary = (inspect.getdoc(fn) or name).splitlines()[0]
-        CALIBRATIONS[name] = Calibration(name, fn, side, summary, no_gram)
+        CALIBRATIONS.register(name, Calibration(name, fn, side, summary, no_gram))
         return fn
 
     return register
-
-
-def get_calibration(name: str) -> Calibration:
-    if name not in CALIBRATIONS:
-        raise RecipeError(f"unknown calibration {name!r}; choose from {', '.join(CALIBRATIONS)}")
-    return CALIBRATIONS[name]
 
 
 def pico_alphas(c: torch.Tensor, kappa: float, gamma: float = 1.0) -> torch.Tensor:

@@ -1,7 +1,7 @@
 import torch
 
-from pico.rng import module_generator
 from pico.calibrations import Spectrum, calibration, pico_alphas
+from pico.rng import module_generator
 
 
 @calibration("pico-random", side="B",

@@ -16,7 +16,8 @@ import pkgutil
 
 import torch
 
-from ..errors import RecipeError
+from ..batch import calibrate_factors, load_batch
+from ..registry import Registry
 
 
 class Space:
@@ -42,8 +43,6 @@ class Space:
 
     def calibrate(self, aset, modules: list[str], recipe, device: torch.device, diagnostics: bool = True):
         """Read one batch and apply the recipe's calibration on explicit factors (the general path)."""
-        from ..batch import calibrate_factors, load_batch
-
         return calibrate_factors(modules, aset.shape(modules[0])[2], *load_batch(aset, modules, device), recipe,
                                  diagnostics)
 
@@ -60,27 +59,20 @@ class Space:
         return contextlib.nullcontext()
 
 
-SPACES: dict[str, Space] = {}
+SPACES: Registry[Space] = Registry("space")
+get_space = SPACES.lookup
 
 
 def space(name: str):
     """Register a :class:`Space` subclass under ``name`` (one instance: a space holds no state between batches)."""
 
     def register(cls: type[Space]) -> type[Space]:
-        if name in SPACES:
-            raise ValueError(f"space {name!r} registered twice")
         obj = cls()
         obj.name, obj.summary = name, (inspect.getdoc(cls) or name).splitlines()[0]
-        SPACES[name] = obj
+        SPACES.register(name, obj)
         return cls
 
     return register
-
-
-def get_space(name: str) -> Space:
-    if name not in SPACES:
-        raise RecipeError(f"unknown space {name!r}; choose from {', '.join(SPACES)}")
-    return SPACES[name]
 
 
 def project(space: str, bs: list[torch.Tensor], as_: list[torch.Tensor]) -> tuple[torch.Tensor, object]:

@@ -20,15 +20,15 @@ class Full(Space):
     def reconstruct(self, merged, state, rank):
         # truncated SVD, S folded into B as PEFT's svd combination does
         L = merged.shape[0]
-        u, s, vh = _dense_svd(merged)
-        k = min(rank, s.shape[-1])
+        k = min(rank, *merged.shape[-2:])
+        u, s, vh = _dense_svd(merged, k)
         energy = s.square()
         kept = energy[..., :k].sum(-1) / energy.sum(-1).clamp_min(1e-30)
         return u[..., :k] * s[..., None, :k], vh[..., :k, :], torch.full((L,), k), kept.cpu()
 
 
-def _dense_svd(x: torch.Tensor):
+def _dense_svd(x: torch.Tensor, top: int):
     m, n = x.shape[-2:]
     if min(m, n) <= 1024:
-        return small_svd(x)  # float64: exact truncation for the baseline
+        return small_svd(x, top)  # float64: exact truncation for the baseline
     return torch.linalg.svd(x, full_matrices=False)

@@ -7,7 +7,7 @@ aggregation), ``teacher`` (the teacher objective: replies, their cache, the toke
 """
 
 from .config import (INIT_COEFF, LOSSES, OBJECTIVES, POSITIONS, TEACHER_LOSSES, VARIANTS, TaraConfig, TaraError,
-                     check_preference, config_fields)
+                     check_preference)
 from .inputs import TaskInputs, collate, read_prompt_rows, read_prompts, tokenize_inputs
 from .layers import LearnedLinear, TaraLinear, build_layers
 from .objective import aggregate, entropy_sums, mean_entropy
@@ -16,7 +16,7 @@ from .teacher import TeacherTask, default_cache_dir, token_losses
 from .train import TaraResult, TaraTrainer, load_base_model, load_tokenizer, prepare, train
 
 __all__ = ["INIT_COEFF", "LOSSES", "OBJECTIVES", "POSITIONS", "TEACHER_LOSSES", "VARIANTS", "TaraConfig", "TaraError",
-           "check_preference", "config_fields", "TaskInputs", "collate", "read_prompt_rows", "read_prompts",
+           "check_preference", "TaskInputs", "collate", "read_prompt_rows", "read_prompts",
            "tokenize_inputs", "LearnedLinear", "TaraLinear", "build_layers", "aggregate", "tara_key", "TeacherTask",
            "default_cache_dir", "token_losses",
            "entropy_sums", "mean_entropy", "PLOT_NAME", "plot_loss_curve", "tara_merge", "write_tara", "TaraResult",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 from ..adapters import load_adapters
-from .config import TaraConfig, TaraError, config_fields
+from ..options import add_flags, from_args
+from .config import TaraConfig, TaraError
 from .run import tara_merge
 from .teacher import default_cache_dir
 
@@ -16,8 +18,8 @@ EPILOG = """examples:
   pico tara ./add ./rev ./sort --base ./base --prompts add.jsonl rev.jsonl sort.jsonl --out merged
   pico tara a b --base ./base --prompts a.jsonl b.jsonl --variant tara-b --calibrate pico --out merged
   pico tara a b --base ./base --prompts a.jsonl b.jsonl --preference 2,1 --epochs 5 --out merged
-  pico tara a b --base ./base --prompts a.jsonl b.jsonl --objective teacher --variant core \\
-      --init 'tsv/core lam=0.5' --steps 40 --batch-size 4 --lr 1e-3 --out merged
+  pico tara a b --base ./base --prompts a.jsonl b.jsonl --objective teacher --variant factors \\
+      --init 'tsv/core lam=0.5' --steps 20 --autocast bf16 --out merged
 
 Each prompts file is a JSONL of unlabeled inputs of the matching adapter's task, one object per line with a
 "prompt" (a user message: through the chat template per --chat-template), "messages" (a chat), "text" (raw text) or
@@ -26,8 +28,6 @@ Each prompts file is a JSONL of unlabeled inputs of the matching adapter's task,
 
 
 def add_tara_parser(sub) -> None:
-    import argparse
-
     p = sub.add_parser("tara", help="TARA: learn per-direction merge weights from unlabeled inputs (not data-free)",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sources", nargs="+", metavar="SRC", help="adapter directory or hf://org/name@revision")
@@ -35,16 +35,7 @@ def add_tara_parser(sub) -> None:
     p.add_argument("--prompts", required=True, nargs="+", type=Path, metavar="JSONL",
                    help="one JSONL of unlabeled prompts per adapter, in SRC order")
     p.add_argument("--out", required=True, type=Path, help="output directory (must not exist unless --force)")
-    for spec in config_fields():  # TaraConfig's annotated fields: one flag each
-        default = spec.default if spec.default is not None else argparse.SUPPRESS
-        shown = "" if spec.default is None else f" (default: {spec.default})"
-        if spec.choices:
-            p.add_argument(_flag(spec.name), choices=list(spec.choices), default=default,
-                           help=spec.help + shown + "; " + "; ".join(f"{k}: {v}" for k, v in spec.choices.items()))
-        else:
-            kind = str if spec.type is list else spec.type
-            p.add_argument(_flag(spec.name), type=kind, default=default, metavar=spec.name.upper(),
-                           help=spec.help + shown)
+    add_flags(p, TaraConfig)  # TARA's options (pico/tara/config.py)
     p.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the base model's)")
     p.add_argument("--teacher-cache", type=Path, default=None,
                    help="where teacher replies are kept by content (default: $PICO_TEACHER_CACHE or "
@@ -62,29 +53,10 @@ def add_tara_parser(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def config_from_args(args) -> TaraConfig:
-    values = {}
-    for spec in config_fields():
-        if not hasattr(args, spec.name):
-            continue
-        value = getattr(args, spec.name)
-        if spec.type is list and isinstance(value, str):
-            try:
-                value = [float(v) for v in value.split(",")]
-            except ValueError:
-                raise TaraError(f"{_flag(spec.name)} must be comma-separated numbers, got {value!r}") from None
-        values[spec.name] = value
-    return TaraConfig(**values)
-
-
 def cmd_tara(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = config_from_args(args)
+    config = from_args(TaraConfig, args, TaraError)
     aset = load_adapters(args.sources, common_modules_only=args.common_modules)
     config.resolve(len(aset))  # option errors before any model is loaded
     if len(args.prompts) != len(aset):
@@ -97,8 +69,8 @@ def cmd_tara(args) -> int:
     if not args.quiet:
         tr = manifest["training"]
         print(f"{manifest['recipe']['variant']} ({config.objective}): {len(aset)} adapters, "
-              f"{tr['coefficients']} trained values, "
-              f"{tr['steps']} steps in {manifest['seconds']:.1f} s ({manifest['seconds_prepare']:.1f} s preparing); "
-              f"loss on all inputs {tr['loss_all_inputs_init']:.4f} -> {tr['loss_all_inputs_final']:.4f} -> "
-              f"{args.out} (rank <= {manifest['output']['max_rank']})", file=sys.stderr)
+              f"{tr['coefficients']} trained values, {tr['steps']} steps in {manifest['seconds']:.1f} s "
+              f"({manifest['seconds_prepare']:.1f} s preparing); loss on all inputs "
+              f"{tr['loss_all_inputs_init']:.4f} -> {tr['loss_all_inputs_final']:.4f} -> {args.out} "
+              f"(rank <= {manifest['output']['max_rank']})", file=sys.stderr)
     return 0

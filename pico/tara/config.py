@@ -1,18 +1,18 @@
 """TARA's options: :class:`TaraConfig`, whose annotated fields are at once the config keys, their validation, the
-`pico tara` flags and their help (nothing declared twice, as for the merge methods: pico/registry.py)."""
+`pico tara` flags and their help (pico/options.py: nothing declared twice)."""
 
 from __future__ import annotations
 
 import math
-import types
-import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Annotated, Sequence
 
 from annotated_types import Ge, Gt
 
+from ..calibrations import CALIBRATIONS
 from ..errors import PicoError
-from ..registry import _BOUNDS
+from ..options import Choices, check_fields, options
+from ..recipe import format_recipe, parse_recipe
 
 VARIANTS = {
     "tara-a": "TARA variant A: one coefficient per rank-1 direction of every adapter (R per module)",
@@ -34,8 +34,6 @@ POSITIONS = {"last": "next-token distribution at the last prompt position (defau
 CHAT_TEMPLATES = {"auto": "apply the tokenizer's chat template to \"prompt\" rows when it has one",
                   "on": "always (an error when the tokenizer has none)", "off": "never: \"prompt\" is raw text"}
 AUTOCASTS = {"none": "the base's dtype", "bf16": "bf16 autocast of the forward passes (CPUs with AMX, GPUs)"}
-CALIBRATES = {"none": "the adapters as they are", "pico": "Pico-calibrated factors (tara-a, tara-b, weight)"}
-RESCALES = {"pre": "with --calibrate pico: each adapter keeps its own update norm", "none": "no rescaling"}
 INIT_COEFF = 0.4  # official initial coefficient lambda / T (lamda 2.4 at T = 6, 3.2 at T = 8)
 ENTROPY_DEFAULTS = {"variant": "tara-a", "batch_size": 16, "lr": 1e-3, "weight_decay": 0.01}  # the official code's
 DEFAULT_INIT = "tsv/core lam=0.5"  # the learned variants' start: the best data-free merge of skills/smollm2/RESULTS.md
@@ -52,10 +50,10 @@ class TaraConfig:
     """Everything that decides TARA's output bytes (besides the inputs), validated by :meth:`resolve`. Each field's
     annotation holds its help, its constraints (annotated_types) or its choices (a dict): `pico tara`'s flags."""
 
-    variant: Annotated[str | None, VARIANTS, "what is trained (default: tara-a; factors for the teacher "
+    variant: Annotated[str | None, Choices(VARIANTS), "what is trained (default: tara-a; factors for the teacher "
                                              "objective)"] = None
-    objective: Annotated[str, OBJECTIVES, "what the merged model is trained to do on the prompts"] = "entropy"
-    teacher_loss: Annotated[str, TEACHER_LOSSES, "teacher objective: token-level KL or cross-entropy"] = "kl"
+    objective: Annotated[str, Choices(OBJECTIVES), "what the merged model is trained to do on the prompts"] = "entropy"
+    teacher_loss: Annotated[str, Choices(TEACHER_LOSSES), "teacher objective: token-level KL or cross-entropy"] = "kl"
     topk: Annotated[int, Ge(1), "teacher objective, kl: teacher probabilities kept per token"] = 32
     max_new: Annotated[int, Ge(1), "teacher objective: longest reply the teacher generates (tokens)"] = 48
     init: Annotated[str | None, "core / factors: the data-free merge to start from, e.g. 'ta/core lam=0.25' "
@@ -63,8 +61,8 @@ class TaraConfig:
     lam: Annotated[float | None, "initial coefficients are lam/T (default 0.4 T: 0.4 each, the official init)"] = None
     mu: Annotated[float, Gt(0), "smooth-Tchebycheff smoothing (official stch_alpha)"] = 1.0
     preference: Annotated[list[float] | None, "task weights in adapter order (default uniform; normalised)"] = None
-    loss: Annotated[str | None, LOSSES, "aggregation over tasks (default: stch; linear for weight)"] = None
-    balance: Annotated[str, BALANCES, "per-task loss balancing"] = "none"
+    loss: Annotated[str | None, Choices(LOSSES), "aggregation over tasks (default: stch; linear for weight)"] = None
+    balance: Annotated[str, Choices(BALANCES), "per-task loss balancing"] = "none"
     epochs: Annotated[int, Ge(0), "epochs (unless --steps)"] = 10
     steps_per_epoch: Annotated[int, Ge(1), "at most this many steps per epoch (and the smallest task's batch "
                                            "count)"] = 50
@@ -75,12 +73,14 @@ class TaraConfig:
     lr: Annotated[float | None, Gt(0), "AdamW learning rate (default: 1e-3; 1e-2 for the teacher objective)"] = None
     weight_decay: Annotated[float | None, Ge(0), "AdamW weight decay, core / factors: towards the init merge "
                                                  "(default: 0.01; 0 for the teacher objective)"] = None
-    positions: Annotated[str, POSITIONS, "entropy objective: which next-token distributions"] = "last"
+    positions: Annotated[str, Choices(POSITIONS), "entropy objective: which next-token distributions"] = "last"
     max_length: Annotated[int, Ge(1), "prompts longer than this keep their last tokens"] = 256
-    chat_template: Annotated[str, CHAT_TEMPLATES, "\"prompt\" rows through the tokenizer's chat template"] = "auto"
-    calibrate: Annotated[str, CALIBRATES, "start from Pico-calibrated factors"] = "none"
-    rescale: Annotated[str, RESCALES, "with --calibrate pico"] = "pre"
-    autocast: Annotated[str, AUTOCASTS, "precision of the forward passes (coefficients stay float32)"] = "none"
+    chat_template: Annotated[str, Choices(CHAT_TEMPLATES), "\"prompt\" rows through the tokenizer's chat template"] = "auto"
+    calibrate: Annotated[str, Choices(CALIBRATIONS), "start from calibrated factors (pico; tara-a, tara-b, "
+                         "weight)"] = "none"
+    rescale: Annotated[str, Choices(("pre", "none")), "with --calibrate: keep each adapter's own update norm (pre) "
+                       "or not (TARA learns the merged scale itself)"] = "pre"
+    autocast: Annotated[str, Choices(AUTOCASTS), "precision of the forward passes (coefficients stay float32)"] = "none"
     seed: Annotated[int, "seed of the batch order"] = 0
 
     def resolve(self, T: int) -> TaraConfig:
@@ -91,16 +91,11 @@ class TaraConfig:
                   if getattr(self, k) is None}
         if filled:
             return TaraConfig(**{**asdict(self), **filled}).resolve(T)
-        for spec in config_fields():
-            value = getattr(self, spec.name)
-            if value is None or spec.name == "preference":
-                continue
-            if spec.choices and value not in spec.choices:
-                raise TaraError(f"unknown {spec.name} {value!r}; choose from {', '.join(spec.choices)}")
-            for c in spec.constraints:
-                key, op = _BOUNDS[type(c)]
-                if not op(value, getattr(c, key)):
-                    raise TaraError(f"{spec.name} must be {key} {getattr(c, key)}, got {value!r} ({spec.help})")
+        for name, o in options(TaraConfig).items():
+            value = getattr(self, name)
+            if o.choices is not None and value is not None and value not in o.choices.names():
+                raise TaraError(f"unknown {name} {value!r}; choose from {', '.join(o.choices.names())}")
+        check_fields(self, "tara", TaraError)  # types and ranges, as declared above
         loss = self.loss or ("linear" if self.variant == "weight" else "stch")
         if self.variant in LEARNED:
             if self.objective != "teacher":
@@ -119,8 +114,6 @@ class TaraConfig:
             raise TaraError(f"lam must be finite, got {lam}")
         init = self.init
         if self.variant in LEARNED:
-            from ..recipe import format_recipe
-
             init = format_recipe(init_recipe(init))
         return TaraConfig(**{**asdict(self), "lam": lam, "loss": loss, "init": init,
                              "preference": check_preference(self.preference, T)})
@@ -132,36 +125,9 @@ class TaraConfig:
         return asdict(self)
 
 
-@dataclass
-class FieldSpec:
-    name: str
-    type: type  # the flag's type (list[float]: a comma-separated string)
-    default: object
-    help: str
-    choices: dict | None = None
-    constraints: tuple = ()
-
-
-def config_fields() -> list[FieldSpec]:
-    """TaraConfig's fields with their annotations unpacked (for validation, the CLI and the docs)."""
-    hints = typing.get_type_hints(TaraConfig, include_extras=True)
-    out = []
-    for f in fields(TaraConfig):
-        base, *meta = typing.get_args(hints[f.name])
-        if isinstance(base, types.UnionType) or typing.get_origin(base) is typing.Union:
-            base = next(a for a in typing.get_args(base) if a is not type(None))
-        help_text = next((m for m in meta if isinstance(m, str)), "")
-        choices = next((m for m in meta if isinstance(m, dict)), None)
-        constraints = tuple(m for m in meta if type(m) in _BOUNDS)
-        out.append(FieldSpec(f.name, typing.get_origin(base) or base, f.default, help_text, choices, constraints))
-    return out
-
-
 def init_recipe(text: str | None):
     """The data-free merge a core / factors run starts from: ``text`` (default :data:`DEFAULT_INIT`) parsed by
     :func:`pico.recipe.parse_recipe`."""
-    from ..recipe import parse_recipe
-
     try:
         return parse_recipe(DEFAULT_INIT if text is None else text)
     except (PicoError, ValueError) as exc:

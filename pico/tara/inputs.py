@@ -12,6 +12,7 @@ import torch
 from ..writer import json_digest, sha256_file
 from .config import TaraError
 
+
 @dataclass
 class TaskInputs:
     """One task's unlabeled inputs as token id lists, and where they came from (for the manifest)."""
@@ -128,6 +129,21 @@ def tokenize_inputs(inputs: Sequence, names: Sequence[str], tokenizer, max_lengt
             ids.append(row)
         out.append(TaskInputs(ids, origin, digest))
     return out
+
+
+def hash_dir_files(path: Path, out: dict) -> None:
+    path = Path(path)
+    if path.is_dir():
+        for f in sorted(path.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                out[f.name] = sha256_file(f)
+
+
+def base_files_digest(base: str | Path) -> str:
+    """Content digest of a base model directory (every file's sha256), or of its name when it is not a directory."""
+    files: dict = {}
+    hash_dir_files(Path(base), files)
+    return json_digest(files) if files else json_digest(str(base))
 
 
 def collate(rows: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 from ..adapters import AdapterSet
-from ..merge import calibrate_batch, load_batch, merge_batch, merge_in_space, plan_batches
+from ..batch import load_batch
+from ..merge import calibrate_batch, merge_batch, merge_in_space, plan_batches
 from ..recipe import Recipe, parse_recipe
 from ..spaces import get_space, project
 from .config import LEARNED, TaraConfig, TaraError
+
 
 class TaraLinear(nn.Module):
     """base(x) + ((x A^T) * c) B^T, with c = coeff[index] (or coeff); for tara-b (fold = (T, k)) the coefficients

@@ -10,6 +10,7 @@ from torch import nn
 
 from .inputs import collate
 
+
 def entropy_sums(model: nn.Module, rows: Sequence[list[int]], positions: str, pad_id: int,
                  device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per prompt: the summed Shannon entropy (nats) of the model's next-token distributions at the chosen positions,

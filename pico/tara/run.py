@@ -9,31 +9,17 @@ from typing import Sequence
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..adapters import AdapterSet, load_adapters
 from ..errors import OutputExistsError
 from ..output import AdapterWriter, natural_key, round_sig
-from ..writer import json_digest, sha256_file
+from ..writer import json_digest
 from .config import TaraConfig
 from .objective import aggregate
+from .inputs import hash_dir_files
 from .train import TaraResult, TaraTrainer, prepare, train
 
 PLOT_NAME = "loss_curve.png"
-
-
-def _hash_dir_files(path: Path, out: dict) -> None:
-    path = Path(path)
-    if path.is_dir():
-        for f in sorted(path.iterdir()):
-            if f.is_file() and not f.name.startswith("."):
-                out[f.name] = sha256_file(f)
-
-
-def base_files_digest(base: str | Path) -> str:
-    """Content digest of a base model directory (every file's sha256), or of its name when it is not a directory."""
-    files: dict = {}
-    _hash_dir_files(Path(base), files)
-    return json_digest(files) if files else json_digest(str(base))
 
 
 def tara_key(manifest: dict) -> str:
@@ -80,7 +66,7 @@ def write_tara(trainer: TaraTrainer, result: TaraResult, aset: AdapterSet, base:
     aset.hash_sources()
     if base_files is None:
         base_files = {}
-        _hash_dir_files(Path(base), base_files)
+        hash_dir_files(Path(base), base_files)
     with AdapterWriter(out, aset, plan, dtype=dtype, overwrite=overwrite) as w:
         for m, (b, a) in factors.items():
             w.write(m, b, a)
@@ -164,7 +150,7 @@ def tara_merge(base: str | Path, sources: AdapterSet | Sequence[str | Path], inp
     if out.exists() and not overwrite:  # fail before the training, not after
         raise OutputExistsError(f"{out} already exists; pass --force to replace it")
     base_files: dict = {}
-    hasher = threading.Thread(target=lambda: (aset.hash_sources(), _hash_dir_files(Path(base), base_files)),
+    hasher = threading.Thread(target=lambda: (aset.hash_sources(), hash_dir_files(Path(base), base_files)),
                               daemon=True)  # hashes the inputs while TARA trains
     hasher.start()
     t0 = time.perf_counter()

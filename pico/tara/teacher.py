@@ -60,7 +60,7 @@ def _set_task(layers, t: int | None) -> None:
         layer.only_task = t
 
 
-def _autocast(device, autocast: str):
+def autocast_context(device, autocast: str):
     dev = torch.device(device)
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast == "bf16")
 
@@ -81,7 +81,7 @@ def generate(model: nn.Module, prompts: Sequence[list[int]], *, pad_id: int, eos
         for j, i in enumerate(idx):
             ids[j, L - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[j, L - len(prompts[i]):] = 1
-        with _autocast(device, autocast):
+        with autocast_context(device, autocast):
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new,
                                  do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
                                  pad_token_id=pad_id, eos_token_id=sorted(eos) or None, use_cache=True)
@@ -117,7 +117,7 @@ def reply_logits(model: nn.Module, prompts, replies, pad_id: int, device, autoca
     """(sum of reply lengths, vocab) float32 logits of the model at every position that predicts a reply token. The
     LM head runs on those positions only when the model exposes its decoder (``base_model``)."""
     ids, mask, rows, cols = reply_positions(prompts, replies, pad_id, device)
-    with _autocast(device, autocast):
+    with autocast_context(device, autocast):
         backbone, head = getattr(model, "base_model", None), model.get_output_embeddings()
         if backbone is not None and backbone is not model and head is not None:
             hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state

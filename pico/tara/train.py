@@ -11,14 +11,15 @@ from typing import Sequence
 import torch
 
 from ..adapters import AdapterSet
-from ..rng import module_generator
 from ..merge import resolve_device
 from ..output import progress as progress_bar
+from ..rng import module_generator
 from .config import TaraConfig, TaraError
-from .inputs import TaskInputs, tokenize_inputs
+from .inputs import TaskInputs, base_files_digest, tokenize_inputs
 from .layers import TaraLinear, build_layers
 from .objective import aggregate, entropy_sums
-from .teacher import TeacherTask, _autocast, reply_logits, teach, teacher_key, token_losses
+from .teacher import TeacherTask, autocast_context, reply_logits, teach, teacher_key, token_losses
+
 
 @dataclass
 class TaraResult:
@@ -69,7 +70,7 @@ class TaraTrainer:
             # One forward pass over all T batches: the merged model is the same for every task (a causal LM has no
             # per-task head), and with right padding each prompt's positions see exactly what they would see alone.
             rows = [self.inputs[t].ids[j] for t, idx in enumerate(batches) for j in idx]
-            with _autocast(self.device, cfg.autocast):
+            with autocast_context(self.device, cfg.autocast):
                 sums, counts = entropy_sums(self.model, rows, cfg.positions, self.pad_id, self.device)
             sums, counts = sums.float(), counts.float()
             return torch.stack([s.sum() / c.sum() for s, c in zip(sums.split(sizes), counts.split(sizes))])
@@ -194,8 +195,6 @@ def prepare(base: str | Path, aset: AdapterSet, inputs: Sequence, config: TaraCo
     if config.objective == "teacher":
         aset.hash_sources()
         if base_digest is None:
-            from .run import base_files_digest
-
             base_digest = base_files_digest(base)
         eos = end_tokens(tokenizer, model)
         settings = {"max_new": config.max_new, "topk": config.topk, "eos": eos, "pad": pad_id,

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -31,7 +30,7 @@ def evaluate(base_dir, adapter_dir=None, skills=None, split: str = "test", limit
     """Accuracy (extracted answer == reference) per skill via lm-eval."""
     import torch
 
-    from skills.evaluate import _quiet
+    from skills.evaluate import quiet
     from skills.lmeval import SPLIT_SUFFIX, find_skills, task_manager
     from skills.smollm2.lmeval import task_name, write_tasks
 
@@ -43,7 +42,7 @@ def evaluate(base_dir, adapter_dir=None, skills=None, split: str = "test", limit
         raise ValueError(f"split must be one of {sorted(SPLIT_SUFFIX)}, not {split!r}")
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
-    _quiet()
+    quiet()
     import lm_eval
 
     from skills.config import resolve

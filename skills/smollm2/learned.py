@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from pico.adapters import load_adapters
     from pico.tara import TaraResult, prepare, write_tara
-    from pico.tara.cli import config_from_args
-    from pico.tara.run import _hash_dir_files
+    from pico.options import add_flags, from_args
+    from pico.tara.inputs import hash_dir_files
     from pico.writer import json_digest
-    from pico.tara.config import config_fields
+    from pico.tara import TaraConfig, TaraError
     from skills.smollm2.config import load_params
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-score", action="store_true")
     ap.add_argument("--checkpoints", default=None, help="write and score the merge after these steps, e.g. 10,20,40")
     ap.add_argument("--cache", default="build/smollm2/teacher-cache", help="teacher replies cache")
-    for spec in config_fields():  # every pico tara option, as in `pico tara`
-        ap.add_argument("--" + spec.name.replace("_", "-"), dest=spec.name,
-                        type=str if spec.type is list else spec.type, default=argparse.SUPPRESS)
+    add_flags(ap, TaraConfig, objective="teacher")  # every pico tara option, as in `pico tara`
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     p = load_params(a.params)
@@ -83,13 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     skills_ = p["data"]["skills"]
     sources = [paths["adapters"] / s for s in skills_]
     files = prompt_files(paths["calibration"], skills_, a.prompts, Path(a.out) / "prompts")
-    if not hasattr(a, "objective"):
-        a.objective = "teacher"
-    config = config_from_args(a)
+    config = from_args(TaraConfig, a, TaraError)
     checkpoints = sorted(int(x) for x in a.checkpoints.split(",")) if a.checkpoints else [None]
     aset = load_adapters([str(s) for s in sources])
     base_files: dict = {}
-    _hash_dir_files(paths["base"], base_files)
+    hash_dir_files(paths["base"], base_files)
     t0, c0 = time.perf_counter(), cpu_seconds()
     trainer = prepare(paths["base"], aset, files, config, device="cpu", cache_dir=Path(a.cache),
                       base_digest=json_digest(base_files))

@@ -45,10 +45,13 @@ def group_name(split: str = "test") -> str:
     return lm.group_name(split, PREFIX)
 
 
+STOP = ["<|im_end|>"]  # lm-eval's `until`: the end of the assistant's turn (the served model stops there too)
+
+
 def task_config(skill: str, data_dir: Path, split: str, max_gen_toks: int = 32) -> dict:
     return lm.jsonl_task(
         skill, data_dir, split, PREFIX, fewshot_split="train", target_delimiter=" ", fewshot_delimiter="\n\n",
-        generation_kwargs={"until": ["<|im_end|>"], "max_gen_toks": int(max_gen_toks), "do_sample": False},
+        generation_kwargs={"until": list(STOP), "max_gen_toks": int(max_gen_toks), "do_sample": False},
         filter_list=[{"name": "extract", "filter": [
             {"function": _Function("utils.ExtractAnswer"), "kind": KINDS[skill]}, {"function": "take_first"}]}],
         metadata={"version": 1.0, "skill": skill, "split": split, "answer": KINDS[skill]})

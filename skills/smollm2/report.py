@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import skills  # noqa: F401
-
 from skills.report import METHODS, Evaluator
 
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -47,6 +46,7 @@ class SmolEvaluator(Evaluator):
 
     def _model(self, adapter_dir):
         import torch
+
         from skills.smollm2.common import load_base
 
         if self.settings.get("threads"):

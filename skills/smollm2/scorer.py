@@ -32,6 +32,17 @@ class SmolLM2Suite:
         return evaluate(base_dir, adapter_dir, context.eval.skills, split, limit, data_dir=p["paths"]["data"],
                         tasks_dir=Path(context.work) / "smollm2_lm_eval_tasks", settings=self.settings(p))
 
+    def generation(self, context) -> dict:
+        """How the benchmark generates (the registered model serves the same way): the prompt as the user's turn of
+        the chat template (lm-eval's ``apply_chat_template``), greedy, cut at the end of the turn."""
+        from skills.smollm2.evaluate import DEFAULTS
+        from skills.smollm2.lmeval import STOP
+
+        cfg = {**DEFAULTS, **self.settings(self.params(context))}
+        return {"apply_chat_template": bool(cfg["apply_chat_template"]), "max_new_tokens": int(cfg["max_gen_toks"]),
+                "stop": list(STOP),
+                "example": "What is 25% of 480? Reply with the number only."}
+
     def outcomes(self, base_dir, adapter_dir, split, limit, *, context) -> dict[str, dict[str, float]]:
         """Per-item 0/1 outcomes ``{skill: {item: 0/1}}`` for the pipeline's paired gate, as skills/scorer.py: the
         test split through lm-eval's ``log_samples`` (the benchmark's own numbers, checked against its score), the
@@ -54,13 +65,13 @@ class SmolLM2Suite:
         return sample_outcomes(res, acc, {s: task_name(s, split) for s in skills})
 
     def _fast(self, base_dir, adapter_dir, data, skills, split, limit, p) -> dict[str, dict[str, float]]:
-        from skills.scorer import _LOAD_LOCK, _item
+        from skills.scorer import LOAD_LOCK, item_id
         from skills.smollm2.common import greedy, load_base
         from skills.smollm2.data import KINDS, read_jsonl
         from skills.smollm2.extract import correct
 
         cfg = self.settings(p)
-        with _LOAD_LOCK:  # transformers' loading is not thread-safe: one load at a time
+        with LOAD_LOCK:  # transformers' loading is not thread-safe: one load at a time
             model, tok = load_base(base_dir)
             if adapter_dir is not None:
                 from peft import PeftModel
@@ -72,7 +83,7 @@ class SmolLM2Suite:
             recs = read_jsonl(data / skill / f"{split}.jsonl")[: limit or None]
             replies = greedy(model, tok, [r["prompt"] for r in recs], int(cfg.get("max_gen_toks", 40)),
                              int(cfg.get("batch_size", 64)))
-            out[skill] = {_item(i, r["prompt"], r["answer"]): float(correct(KINDS[skill], y, r["answer"]))
+            out[skill] = {item_id(i, r["prompt"], r["answer"]): float(correct(KINDS[skill], y, r["answer"]))
                           for i, (y, r) in enumerate(zip(replies, recs))}
         return out
 

@@ -12,9 +12,10 @@ import torch
 
 import pico
 from pico import factored
+from pico.batch import CalibratedBatch
 from pico.calibrate import calibrate
 from pico.linalg import frob_norm_of_product
-from pico.merge import CalibratedBatch, merge_batch
+from pico.merge import merge_batch
 
 
 def factors(T=3, m=40, n=36, ranks=(3, 5, 4), L=2, seed=0, shared=True):

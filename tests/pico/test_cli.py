@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+import pico.cli
+import pico.options
+from pico import Recipe
 from pico.cli import main
 
 FILES = ("adapter_model.safetensors", "adapter_config.json", "merge_manifest.json")
@@ -104,7 +107,7 @@ def test_installed_pipeline_adds_pico_lineage():
     import pico.cli
 
     (ep,) = [ep for ep in entry_points(group=pico.cli.COMMANDS_GROUP) if ep.name == "lineage"]
-    assert ep.value == "tasks.audit:main"  # pyproject.toml; reinstall (pip install -e .) after editing it
+    assert ep.value == "pipeline.audit:main"  # pyproject.toml; reinstall (pip install -e .) after editing it
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(adapters, tmp_path, capsys):
@@ -128,3 +131,26 @@ def test_threads_option_pins_threads_and_restores_them(adapters, tmp_path, capsy
     assert main(args[:-3] + ["--threads", "0", "-q", "--out", str(tmp_path / "c")]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_recipe_and_tara_flags_are_generated_from_their_fields(capsys):
+    """Each field of Recipe and TaraConfig is declared once (type, range, help, choices from the registries) and
+    that declaration is the flag, its help and its validation."""
+    from pico.options import options
+    from pico.tara.config import TaraConfig, TaraError
+
+    subs = pico.cli.build_parser()._subparsers._group_actions[0].choices
+    assert set(options(Recipe)) == set(Recipe.__dataclass_fields__) - {"params"}  # params: the methods' own flags
+    assert set(options(TaraConfig)) == set(TaraConfig.__dataclass_fields__)
+    for cls, command in ((Recipe, "merge"), (TaraConfig, "tara")):
+        text = " ".join(subs[command].format_help().split())
+        for name, o in options(cls).items():
+            assert o.flag in text and " ".join(o.param.help.split())[:30] in text, (command, name)
+    assert "pico-uniform" in subs["tara"].format_help()  # TARA's calibrations are the registry's
+    assert main(["merge", "a", "b", "--out", "o", "--kappa", "-1"]) == 2
+    assert "kappa must be in [0, inf), got -1.0" in capsys.readouterr().err
+    with pytest.raises(TaraError, match=r"steps_per_epoch must be in \[1, inf\), got 0"):
+        TaraConfig(steps_per_epoch=0).resolve(2)
+    with pytest.raises(TaraError, match="--preference must be comma-separated numbers"):
+        pico.options.from_args(TaraConfig, subs["tara"].parse_args(
+            ["a", "--base", "b", "--prompts", "p", "--out", "o", "--preference", "1,x"]), TaraError)

@@ -8,8 +8,9 @@ from transformers import LlamaForCausalLM
 
 import pico
 from pico.adapters import load_adapters
-from pico.merge import CalibratedBatch, calibrate_batch, merge_batch
-from pico.spaces import project, reconstruct
+from pico.batch import CalibratedBatch
+from pico.merge import merge_batch
+from pico.spaces import project
 
 torch.set_default_dtype(torch.float32)
 

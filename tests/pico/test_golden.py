@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pico.batch import CalibratedBatch
 from pico.calibrate import calibrate
-from pico.merge import merge_batch, CalibratedBatch
 from pico.linalg import frob_norm_of_product
+from pico.merge import merge_batch
 from pico.recipe import Recipe
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "pico_official.safetensors"  # see its README

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 import pico
+from pico.batch import CalibratedBatch
 from pico.calibrate import calibrate
 from pico.linalg import frob_norm_of_product, thin_svd
-from pico.merge import CalibratedBatch, merge_batch
+from pico.merge import merge_batch
 
 
 def norms_of(bs, as_):

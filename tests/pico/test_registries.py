@@ -17,10 +17,11 @@ from annotated_types import Interval
 
 import pico
 from pico import factored
+from pico.batch import CalibratedBatch
 from pico.calibrate import calibrate
 from pico.calibrations import CALIBRATIONS, calibration, pico_alphas
 from pico.linalg import frob_norm_of_product
-from pico.merge import CalibratedBatch, merge_batch
+from pico.merge import merge_batch
 from pico.registry import METHODS, merge_method
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,10 +148,29 @@ def test_a_new_method_is_one_decorated_function(capsys):
 
         assert "`test_scaled`" in tables()["methods"] and "`--factor 2.0` in [0, 10]" in tables()["methods"]
         with pytest.raises(TypeError, match="needs a default"):
-            merge_method("test_nodefault")(lambda taus, weights, ctx, *, x: taus)
+            merge_method("test_nodefault", spaces=("core",))(lambda taus, weights, ctx, *, x: taus)
     finally:
         METHODS.pop("test_scaled", None)
         METHODS.pop("test_nodefault", None)
+
+
+def test_shared_parameters_are_declared_once_and_methods_cite_their_papers():
+    """density and drop_rate come from one alias beside their primitives (pico/ops.py): every method taking one shows
+    the same range and help; each method links its paper in the README table; an unknown name lists the choices."""
+    from pico.docs import tables
+    from pico.ops import Density, DropRate
+    from pico.registry import param_of
+
+    for alias, name in ((Density, "density"), (DropRate, "drop_rate")):
+        users = [m.params[name] for m in METHODS.values() if name in m.params]
+        assert len(users) >= 2 and {(p.allowed(), p.help) for p in users} == {
+            (param_of(name, alias, None).allowed(), users[0].help)}
+    assert METHODS["cart"].params["rho"].allowed() == "(0, 1]"
+    for m in METHODS.values():
+        assert m.reference_url.startswith("https://arxiv.org/abs/") and f"[`{m.name}`]({m.reference_url})" in \
+            tables()["methods"]
+    with pytest.raises(pico.RecipeError, match=r"unknown space 'nope'; choose from core, full, knots"):
+        pico.Recipe(space="nope")
 
 
 def test_readme_tables_are_generated_from_the_registries():
@@ -158,8 +178,10 @@ def test_readme_tables_are_generated_from_the_registries():
 
     text = (ROOT / "README.md").read_text()
     assert render(text) == text, "README.md registry tables are stale: run `python -m pico.docs`"
-    for name in list(METHODS) + list(pico.SPACES) + list(CALIBRATIONS):
+    for name in list(pico.SPACES) + list(CALIBRATIONS):
         assert f"| `{name}`" in text, name
+    for name in METHODS:
+        assert f"| [`{name}`](" in text, name
 
 
 def test_skills_report_lists_the_registry():
@@ -221,7 +243,8 @@ def test_a_normal_peft_adapter_with_all_its_fields_merges(copy, adapters, tmp_pa
 def test_the_allow_list_matches_the_installed_peft():
     """Every understood field is a LoraConfig field, its accepted values include PEFT's default, and every field not
     understood defaults to None (so an unset field needs no PEFT import)."""
-    from pico.peft_config import UNDERSTOOD as _UNDERSTOOD, _peft_defaults
+    from pico.peft_config import UNDERSTOOD as _UNDERSTOOD
+    from pico.peft_config import _peft_defaults
 
     _, defaults = _peft_defaults()
     for key, allowed in _UNDERSTOOD.items():

@@ -12,8 +12,18 @@ from safetensors.torch import load_file
 import pico
 from pico.adapters import load_adapters
 from pico.cli import main
-from pico.tara import (TaraConfig, TaraError, aggregate, check_preference, mean_entropy, prepare, read_prompts,
-                       tara_merge, train, write_tara)
+from pico.tara import (
+    TaraConfig,
+    TaraError,
+    aggregate,
+    check_preference,
+    mean_entropy,
+    prepare,
+    read_prompts,
+    tara_merge,
+    train,
+    write_tara,
+)
 
 VARIANTS = ("tara-a", "tara-b", "weight")
 FILES = ("adapter_model.safetensors", "adapter_config.json", "merge_manifest.json", "loss_curve.png")

@@ -8,13 +8,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from pico.adapters import load_adapters
-from pico.output import AdapterWriter
-from pico.writer import SafetensorsStreamWriter
+from pico.output import AdapterWriter, round_sig, round_sig_array, round_sig_rows
+from pico.writer import SafetensorsStreamWriter, StreamHash
 
 
 def tensors():
@@ -68,6 +69,30 @@ def test_background_flush_keeps_bytes_and_hash(tmp_path, monkeypatch):
     assert plain.sha256 == flushed.sha256 == file_sha256(tmp_path / "b.safetensors")
 
 
+def test_stream_hash_digests_in_order_on_its_thread(monkeypatch):
+    monkeypatch.setattr(StreamHash, "DEPTH", 2)  # update blocks while the thread catches up
+    rng = np.random.default_rng(0)
+    bufs = [rng.integers(0, 256, int(n), dtype=np.uint8) for n in rng.integers(0, 100_000, 50)]
+    h = StreamHash(b"header")
+    for b in bufs:
+        h.update(b)
+    assert h.hexdigest() == hashlib.sha256(b"header" + b"".join(b.tobytes() for b in bufs)).hexdigest()
+    assert h.hexdigest() == h.hexdigest() and not h._thread.is_alive()
+    stopped = StreamHash()
+    stopped.update(b"x")
+    stopped.stop()
+    assert not stopped._thread.is_alive()
+
+
+def test_a_failed_write_leaves_no_hashing_thread(tmp_path):
+    data = tensors()
+    plan = [(k, tuple(t.shape)) for k, t in data.items()]
+    with pytest.raises(RuntimeError, match="stop"):
+        with SafetensorsStreamWriter(tmp_path / "a.safetensors", plan, torch.float32) as writer:
+            writer.write(*next(iter(data.items())))
+            raise RuntimeError("stop")
+    assert writer._hash is None and writer.file.closed
+
 
 def test_adapter_writer_moves_a_complete_directory_into_place_or_leaves_nothing(adapters, tmp_path):
     aset = load_adapters(adapters)
@@ -91,3 +116,50 @@ def test_adapter_writer_moves_a_complete_directory_into_place_or_leaves_nothing(
     assert out["modules"] == 2 and out["max_rank"] == 3 == config["r"]
     tensors = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert torch.equal(tensors[f"base_model.model.{modules[0]}.lora_B.weight"], factors[modules[0]][0])
+
+
+def _string_route(values) -> np.ndarray:
+    """The manifests' rounding as it was first written: one formatted string per value."""
+    return np.array([float(f"{v:.6g}") for v in np.asarray(values, dtype=np.float64).reshape(-1).tolist()])
+
+
+@pytest.mark.parametrize("case", ["wide", "unit", "decimal_ties", "binary_ties", "powers_of_ten", "bits", "special"])
+def test_vectorised_rounding_gives_the_string_routes_bits(case):
+    rng = np.random.default_rng(sum(map(ord, case)))
+    n = 200_000
+    mantissa = rng.integers(1_000_000, 9_999_999, n) // 10 * 10 + 5  # 7 digits ending in 5: decimal ties
+    x = {
+        "wide": rng.standard_normal(n) * 10.0 ** rng.uniform(-30, 30, n),
+        "unit": rng.random(n),
+        "decimal_ties": mantissa * 10.0 ** rng.integers(-20, 20, n).astype(float),
+        "binary_ties": np.concatenate([mantissa.astype(float), mantissa / 2.0 ** rng.integers(0, 30, n)]),
+        "powers_of_ten": np.concatenate([f(10.0 ** np.arange(-30, 30)) for f in
+                                         (lambda p: np.nextafter(p, 0), lambda p: p, lambda p: np.nextafter(p, np.inf),
+                                          lambda p: -p, lambda p: 0.0 * p, lambda p: -0.0 * p)]),
+        "bits": rng.integers(0, 2**63, n, dtype=np.int64).view(np.float64),
+        "special": np.array([np.nan, np.inf, -np.inf, 5e-324, 1e-310, np.finfo(np.float64).max, 0.0, -0.0, 1.0]),
+    }[case]
+    got = round_sig_array(x)
+    want = _string_route(x)
+    assert got.shape == x.shape
+    bad = np.flatnonzero(got.view(np.uint64) != want.view(np.uint64))
+    assert bad.size == 0, f"{bad.size} differ, e.g. {x[bad[:3]]} -> {got[bad[:3]]} instead of {want[bad[:3]]}"
+
+
+def test_round_sig_shapes_and_rows_match_the_per_module_calls():
+    x = torch.rand(7, 5, dtype=torch.float64) * 10.0 ** torch.randint(-8, 8, (7, 1))
+    assert round_sig_rows(x) == [[float(f"{v:.6g}") for v in row.tolist()] for row in x]
+    v = torch.rand(7)  # float32 values are widened first, as before
+    assert round_sig_rows(v) == [float(f"{float(t):.6g}") for t in v.double()]
+    assert isinstance(round_sig(v[0]), float) and round_sig(v[0]) == float(f"{float(v[0]):.6g}")
+    assert json.dumps(round_sig_rows(x)) == json.dumps([[float(f"{v:.6g}") for v in row.tolist()] for row in x])
+
+
+@pytest.mark.parametrize("cores", [1, 16])
+def test_source_hashes_are_the_same_on_one_thread_or_several(adapters, monkeypatch, cores):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)  # 16 cores: four hashing threads
+    aset = load_adapters(adapters)
+    aset.hash_sources()
+    for adapter in aset.adapters:
+        files = adapter.source.files
+        assert len(files) == 2 and files == {n: file_sha256(adapter.source.path / n) for n in files}

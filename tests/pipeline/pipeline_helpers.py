@@ -276,10 +276,14 @@ def reference_merge(project: Path, out: Path) -> dict:
 
 
 def nightly(project: Path, **overrides) -> dict:
-    """Run the flow in-process (threads task runner unless overridden)."""
+    """Run the flow in-process (threads task runner unless overridden): its NightlyResult, as the JSON the main
+    command's --json writes (a dict)."""
     from flows.nightly import nightly_merge
+    from pipeline.records import NightlyResult
 
-    return nightly_merge(project=str(project), overrides=overrides or None)
+    night = nightly_merge(project=str(project), overrides=overrides or None)
+    assert isinstance(night, NightlyResult)
+    return night.model_dump()
 
 
 def subprocess_env(prefect_url: str | None = None, **extra) -> dict:

@@ -1,5 +1,5 @@
 """A pin copied from a merge manifest (or `pico lineage`) must match what fetch computes: pico (Source.files) and
-the pipeline (tasks/fetch.adapter_files) hash the same files of an adapter directory."""
+the pipeline (pipeline/sources.adapter_files) hash the same files of an adapter directory."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from pico.adapters import load_adapter
-from tasks.fetch import adapter_files
+from pipeline.sources import adapter_files
 
 
 @pytest.mark.parametrize("layout", ["safetensors", "safetensors+pickle", "pickle"])

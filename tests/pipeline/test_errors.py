@@ -3,7 +3,7 @@
 import pytest
 
 from pico.errors import AdapterError, OutputExistsError, RecipeError
-from tasks.errors import PipelineError, is_permanent
+from pipeline.errors import PipelineError, is_permanent
 
 
 @pytest.mark.parametrize("exc, permanent", [

@@ -1,10 +1,11 @@
-"""The statistical promotion gate (tasks/gate.py) on constructed per-sample outcomes."""
+"""The statistical promotion gate (pipeline/gate.py) on constructed per-sample outcomes."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks import gate
+from pipeline import gate
+from pipeline.settings import GateSettings
 
 
 def outcomes(n_items: dict[str, int], right: dict[str, set[int]]) -> dict[str, dict[str, int]]:
@@ -30,7 +31,7 @@ def test_gain_smaller_than_its_noise_is_refused():
     # 3 more items right on task a, 2 fewer on b: the raw mean is higher, but 5 discordant items prove nothing
     cand = flip(flip(CHAMP, "a", range(120, 123), 1), "b", range(0, 2), 0)
     assert gate.summarize(cand)["mean"] > gate.summarize(CHAMP)["mean"]
-    d = gate.judge(cand, CHAMP, {"alpha": 0.05})
+    d = gate.judge(cand, CHAMP, GateSettings(alpha=0.05))
     assert not d.promote
     assert any("not significant" in r for r in d.reasons), d.reasons
     assert d.comparison.p_gain >= 0.05
@@ -42,7 +43,7 @@ def test_clear_gain_is_promoted():
     cand = CHAMP
     for t, n in N.items():  # 15% more items right on every task, none lost
         cand = flip(cand, t, range(int(n * 0.6), int(n * 0.75)), 1)
-    d = gate.judge(cand, CHAMP, {"alpha": 0.05})
+    d = gate.judge(cand, CHAMP, GateSettings(alpha=0.05))
     assert d.promote, d.reasons
     assert d.comparison.p_gain < 0.001
     assert d.comparison.gain == pytest.approx(0.15, abs=0.01)
@@ -54,7 +55,7 @@ def test_significant_drop_on_one_skill_is_refused_with_the_reason():
     for t, n in N.items():
         cand = flip(cand, t, range(int(n * 0.6), int(n * 0.8)), 1)  # +20% everywhere ...
     cand = flip(flip(cand, "c", range(48, 64), 0), "c", range(0, 20), 0)  # ... but task c: 20 of 80 lost, none won
-    d = gate.judge(cand, CHAMP, {"alpha": 0.05})
+    d = gate.judge(cand, CHAMP, GateSettings(alpha=0.05))
     assert d.comparison.p_gain < 0.05  # the mean gain alone is significant
     assert not d.promote
     assert len(d.reasons) == 1 and d.reasons[0].startswith("c is significantly worse"), d.reasons
@@ -62,9 +63,9 @@ def test_significant_drop_on_one_skill_is_refused_with_the_reason():
 
 
 def test_first_night_promotes_on_the_floors_alone():
-    d = gate.judge(CHAMP, None, {"floor": 0.5})
+    d = gate.judge(CHAMP, None, GateSettings(floor=0.5))
     assert d.promote and d.reasons == ["no champion yet; every task at or above its floor"]
-    d = gate.judge(CHAMP, None, {"floor": 0.5, "floors": {"c": 0.7}})
+    d = gate.judge(CHAMP, None, GateSettings(floor=0.5, floors={"c": 0.7}))
     assert not d.promote and d.reasons == ["c 0.600 is below its floor 0.700"]
 
 
@@ -72,7 +73,7 @@ def test_floor_blocks_even_a_significant_gain():
     cand = CHAMP
     for t, n in N.items():
         cand = flip(cand, t, range(int(n * 0.6), int(n * 0.9)), 1)
-    d = gate.judge(cand, CHAMP, {"floors": {"a": 0.95}})
+    d = gate.judge(cand, CHAMP, GateSettings(floors={"a": 0.95}))
     assert not d.promote and d.reasons == ["a 0.900 is below its floor 0.950"]
 
 
@@ -99,5 +100,5 @@ def test_different_items_are_an_error_not_a_decision():
         gate.judge(CHAMP, other)
     with pytest.raises(gate.GateError, match="needs 0/1"):
         gate.judge({"a": {"1": 0.5}}, None)
-    with pytest.raises(ValueError, match="alpha"):
-        gate.judge(CHAMP, None, {"alpha": 2})
+    with pytest.raises(ValueError, match="alpha"):  # the typed settings refuse it, before any judgement
+        GateSettings(alpha=2)

@@ -4,7 +4,6 @@ threaded runner gives: calibration diagnostics, merged factors, and the written 
 from __future__ import annotations
 
 import torch
-
 from pipeline_helpers import file_hashes, nightly, reference_merge
 
 
@@ -14,12 +13,12 @@ def test_dask_local_cluster_matches_threads(project, tmp_path):
     from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
-    from tasks import fetch, merging, steps
-    from tasks.config import load_settings
+    from pipeline import merging, sources, steps
+    from pipeline.settings import load_settings
 
     settings = load_settings(project)
-    recipe = settings.recipe
-    fetched = [fetch.fetch_entry(settings, e) for e in settings.catalog.adapters]
+    recipe = settings.space.candidates[0].recipe_obj()
+    fetched = [sources.fetch_entry(settings, e) for e in settings.catalog.adapters]
     aset = merging.load_set(fetched)
     groups = merging.plan_groups(aset, recipe, layers_per_group=1)  # one task per (shape, layer): 8 tasks
     assert len(groups) >= 6

@@ -32,7 +32,7 @@ def test_serve_keeps_the_schedule_on_restart_and_a_pool_deployment_runs_the_modu
 
     from flows import deploy
     from flows.nightly import nightly_merge
-    from tasks.config import ScheduleSettings
+    from pipeline.settings import ScheduleSettings
 
     served = {}
     monkeypatch.setattr(prefect, "serve", lambda *deps, **kw: served.update(kw, deployments=deps))

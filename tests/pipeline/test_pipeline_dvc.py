@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 
 import yaml
-
 from pipeline_helpers import dvc, file_hashes, nightly
 
 
@@ -40,8 +39,8 @@ def test_flow_commits_stages_and_dvc_repro_reproduces_without_prefect(project):
 
 
 def test_dvc_source_is_pulled_from_the_remote_when_absent(project):
-    from tasks.config import load_settings
-    from tasks.fetch import SourceError, fetch_entry
+    from pipeline.settings import load_settings
+    from pipeline.sources import SourceError, fetch_entry
 
     settings = load_settings(project)
     entry = settings.catalog.adapters[0]
@@ -64,7 +63,7 @@ def test_dvc_source_is_pulled_from_the_remote_when_absent(project):
         raise AssertionError("a modified DVC-tracked source was accepted")
 
     # dvc://path@rev: that path as of a git revision (here HEAD, before the edit)
-    from tasks.config import CatalogEntry
+    from pipeline.settings import CatalogEntry
 
     at_rev = fetch_entry(settings, CatalogEntry(name=entry.name, source=f"dvc://adapters/{entry.name}@HEAD"))
     assert at_rev.sha256 == expected.sha256 and "fetch/dvc/HEAD" in at_rev.path
@@ -89,7 +88,7 @@ def _foreach_project(tmp_path, fail: str | None = None):
 
 
 def test_parallel_reproduce_runs_independent_stages_at_once_and_records_them_as_dvc_repro(tmp_path):
-    from tasks import dvcio
+    from pipeline import dvcio
 
     project = _foreach_project(tmp_path)
     logs = []
@@ -109,7 +108,7 @@ def test_parallel_reproduce_runs_independent_stages_at_once_and_records_them_as_
 def test_parallel_reproduce_names_a_failed_stage_and_keeps_the_others(tmp_path):
     import pytest
 
-    from tasks import dvcio
+    from pipeline import dvcio
 
     project = _foreach_project(tmp_path, fail="b")
     with pytest.raises(dvcio.DvcError, match="make@b"):
@@ -121,10 +120,10 @@ def test_parallel_reproduce_names_a_failed_stage_and_keeps_the_others(tmp_path):
 def test_the_suite_build_runs_missing_stages_with_the_configured_jobs_and_build_only_stops(project, monkeypatch,
                                                                                              capsys):
     from flows import nightly
-    from tasks import dvcio, suite
+    from pipeline import build, dvcio
 
     calls = []
-    monkeypatch.setattr(suite, "missing_inputs", lambda settings: ["build/x"])
+    monkeypatch.setattr(build, "missing_inputs", lambda settings: ["build/x"])
     monkeypatch.setattr(dvcio, "stages_producing", lambda project, paths: {"make@b", "make@a"})
     monkeypatch.setattr(dvcio, "reproduce", lambda project, stages, jobs=1: calls.append((stages, jobs)))
     monkeypatch.setattr(nightly, "nightly_merge", lambda **kw: (_ for _ in ()).throw(AssertionError("flow ran")))

@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import yaml
-
 from pipeline_helpers import make_project, set_env
 
 
@@ -24,8 +23,8 @@ def fake_hub_snapshot(cache, repo: str, revision: str, adapter) -> None:
 def test_hf_local_and_pinned_sources(tmp_path, monkeypatch, adapters, base):
     import huggingface_hub.constants as hub
 
-    from tasks.config import CatalogEntry, load_settings
-    from tasks.fetch import PinMismatch, SourceError, fetch_entry
+    from pipeline.settings import CatalogEntry, load_settings
+    from pipeline.sources import PinMismatch, SourceError, fetch_entry
 
     set_env(monkeypatch, tmp_path)
     cache = tmp_path / "hub"
@@ -49,14 +48,14 @@ def test_hf_local_and_pinned_sources(tmp_path, monkeypatch, adapters, base):
         fetch_entry(settings, CatalogEntry(name="x", source="adapters/nope"))
 
     # the merge of hub + local sources records the hub revision and the catalog names
-    from tasks import merging
+    from pipeline import merging
 
     aset = merging.load_set([hf, fetch_entry(settings, CatalogEntry(name="code", source="adapters/code"))])
     assert [s.name for s in aset.sources] == ["math", "code"] and aset.sources[0].revision == rev
 
 
 def test_catalog_and_params_errors_are_named(tmp_path, monkeypatch, adapters, base):
-    from tasks.config import ConfigError, load_settings
+    from pipeline.settings import ConfigError, load_settings
 
     set_env(monkeypatch, tmp_path)
     project = make_project(tmp_path / "p", adapters, base, dvc_init=False)

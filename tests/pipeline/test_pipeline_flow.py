@@ -8,20 +8,27 @@ sets them), so "better" and "worse" merges are chosen by recipe.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-
-from pipeline_helpers import (champion_version, client, file_hashes, free_port, nightly, reference_merge, run,
-                              set_params, versions)
+from pipeline_helpers import (
+    champion_version,
+    client,
+    file_hashes,
+    free_port,
+    nightly,
+    reference_merge,
+    run,
+    set_params,
+    versions,
+)
 
 
 def test_nightly_promotes_reuses_bytes_and_traces_lineage(project, tmp_path):
-    from tasks.config import load_settings
-    from tasks.audit import walk
+    from pipeline.audit import walk
+    from pipeline.settings import load_settings
 
     first = nightly(project)
     assert first["decision"]["promoted"] and first["decision"]["alias"] == "champion"
@@ -40,7 +47,7 @@ def test_nightly_promotes_reuses_bytes_and_traces_lineage(project, tmp_path):
     c = client(project)
     run_ = c.get_run(first["registered"]["run_id"])
     assert run_.data.params["merge.method"] == "ties" and run_.data.metrics["score.mean"] == pytest.approx(0.6)
-    assert "time.calibrate_merge_s" in run_.data.metrics
+    assert "time.choose_merge_s" in run_.data.metrics
     arts = {a.path for a in c.list_artifacts(run_.info.run_id)}
     assert {"merge_manifest.json", "diagnostics.json", "lineage.json", "eval.json", "plots"} <= arts
     assert {a.path for a in c.list_artifacts(run_.info.run_id, "plots")} == {"plots/diagnostics.png"}
@@ -74,7 +81,7 @@ def test_nightly_promotes_reuses_bytes_and_traces_lineage(project, tmp_path):
     assert sum(" OK " in f" {ln.split()[0]} " for ln in lines[2:-1]) >= 7
     # ... and tampering with what DVC holds is caught
     listing = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["merge"]["outs"][0]["md5"]
-    from tasks import dvcio
+    from pipeline import dvcio
 
     files = {e["relpath"]: e["md5"] for e in yaml.safe_load(dvcio.cache_path(project, listing).read_text())}
     target = dvcio.cache_path(project, files["adapter_model.safetensors"])
@@ -110,8 +117,9 @@ def test_gate_worse_eval_and_floors_never_promote(project):
     assert versions(project) == ["1", "2", "3"]
 
     # versions sort by their mean metric: MLflow's own search orders the logged models, the leaderboard follows it
-    from tasks.config import load_settings
-    from tasks.promotion import leaderboard, model_id
+    from pipeline.settings import load_settings
+    from pipeline.tracking.models import model_id
+    from pipeline.tracking.promote import leaderboard
 
     c = client(project)
     by_model = {model_id(v): str(v.version) for v in c.search_model_versions("name = 'merged-test'")}
@@ -125,23 +133,23 @@ def test_gate_worse_eval_and_floors_never_promote(project):
 
 
 def test_pin_mismatch_stops_before_merge_and_is_not_retried(plain_project, monkeypatch):
-    from tasks import fetch
+    from pipeline import sources
 
     cat = plain_project / "adapters.yaml"
     data = yaml.safe_load(cat.read_text())
     data["adapters"][1]["sha256"] = "0" * 64
     cat.write_text(yaml.safe_dump(data))
     calls = []
-    real = fetch.fetch_entry
-    monkeypatch.setattr(fetch, "fetch_entry", lambda s, e: calls.append(e.name) or real(s, e))
-    with pytest.raises(fetch.PinMismatch, match="code: sha256 pin mismatch"):
+    real = sources.fetch_entry
+    monkeypatch.setattr(sources, "fetch_entry", lambda s, e: calls.append(e.name) or real(s, e))
+    with pytest.raises(sources.PinMismatch, match="code: sha256 pin mismatch"):
         nightly(plain_project, fetch={"retry_delay_s": 0})
     assert calls.count("code") == 1  # permanent: not retried
     assert not (plain_project / "build" / "pipeline" / "store").exists()
     assert client(plain_project).search_registered_models() == []
 
     # the right pin passes
-    from tasks.config import CatalogEntry, load_settings
+    from pipeline.settings import CatalogEntry, load_settings
 
     code = CatalogEntry(name="code", source="adapters/code")
     data["adapters"][1]["sha256"] = real(load_settings(plain_project), code).sha256
@@ -150,10 +158,10 @@ def test_pin_mismatch_stops_before_merge_and_is_not_retried(plain_project, monke
 
 
 def test_transient_fetch_failure_is_retried(plain_project, monkeypatch):
-    from tasks import fetch
+    from pipeline import sources
 
     calls = []
-    real = fetch.fetch_entry
+    real = sources.fetch_entry
 
     def flaky(settings, entry):
         calls.append(entry.name)
@@ -161,7 +169,7 @@ def test_transient_fetch_failure_is_retried(plain_project, monkeypatch):
             raise ConnectionError("simulated network hiccup")
         return real(settings, entry)
 
-    monkeypatch.setattr(fetch, "fetch_entry", flaky)
+    monkeypatch.setattr(sources, "fetch_entry", flaky)
     out = nightly(plain_project, fetch={"retry_delay_s": 0})
     assert calls.count("med") == 2 and out["decision"]["promoted"]
 
@@ -216,7 +224,7 @@ def test_crash_mid_merge_leaves_nothing_and_next_run_completes(project, monkeypa
 
 
 def test_mlflow_unreachable_fails_clearly_and_moves_no_alias(project, monkeypatch):
-    from tasks.promotion import RegistryUnavailable
+    from pipeline.tracking.client import RegistryUnavailable
 
     nightly(project)
     assert champion_version(project) == "1"
@@ -231,9 +239,9 @@ def test_mlflow_unreachable_fails_clearly_and_moves_no_alias(project, monkeypatc
 
 
 def test_gate_ties_pass_and_lower_means_or_floors_fail():
-    from tasks.config import GateSettings
-    from tasks.gate import decide, gate
-    from tasks.records import ChampionRecord
+    from pipeline.gate import decide, gate
+    from pipeline.records import ChampionRecord
+    from pipeline.settings import GateSettings
 
     champion = ChampionRecord(version="1", scores={}, mean=(0.1 + 0.2 + 0.3) / 3, fingerprint="")
     scores = {"add": 0.3, "code": 0.2, "fact": 0.1}  # the same mean, summed in another order: 1 ulp lower

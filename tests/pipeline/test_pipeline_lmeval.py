@@ -6,15 +6,14 @@ import json
 import shutil
 
 import yaml
-
 from pipeline_helpers import make_project, set_env
 
 
 def test_lm_eval_task_list_scores_and_cache(tmp_path, monkeypatch, adapters, base):
+    from pipeline import evaluation
+    from pipeline.settings import load_settings
+    from pipeline.sources import model_source
     from skills.tokenizer import build_tokenizer
-    from tasks import benchmark
-    from tasks.config import load_settings
-    from tasks.records import FetchedSource
 
     set_env(monkeypatch, tmp_path)
     model = tmp_path / "base-tok"
@@ -37,16 +36,19 @@ def test_lm_eval_task_list_scores_and_cache(tmp_path, monkeypatch, adapters, bas
                                   "limit": 4, "batch_size": 4, "baselines": False}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     settings = load_settings(project)
-    base_rec = FetchedSource(name="base", uri=str(model), path=str(model), sha256=benchmark.model_digest(model))
+    base_rec = model_source("base", str(model), model)
 
-    first = benchmark.evaluate_cached(settings, base_rec, adapters[0], "math")
+    first = evaluation.evaluate(settings, base_rec, adapters[0], "math")
     assert set(first.scores) == {"tiny_copy"} and 0.0 <= first.scores["tiny_copy"] <= 1.0
     assert not first.cached
-    again = benchmark.evaluate_cached(settings, base_rec, adapters[0], "math")
+    again = evaluation.evaluate(settings, base_rec, adapters[0], "math")
     assert again.cached and again.scores == first.scores
     # the benchmark's data is part of the key: a changed task file is evaluated afresh
     data.write_text(data.read_text() + json.dumps({"prompt": "ab=", "answer": "zz"}) + "\n")
-    assert not benchmark.evaluate_cached(settings, base_rec, adapters[0], "math").cached
+    assert not evaluation.evaluate(settings, base_rec, adapters[0], "math").cached
+    # how the benchmark generated, for the registered model to serve the same way: the task YAML's generation_kwargs
+    assert evaluation.generation(settings, model) == {"apply_chat_template": False, "max_new_tokens": 3,
+                                                      "stop": ["\n"], "chat_template": None}
 
 
 def test_skills_suite_plugs_in_through_the_callable_hook(tmp_path, monkeypatch, adapters, base):
@@ -55,13 +57,13 @@ def test_skills_suite_plugs_in_through_the_callable_hook(tmp_path, monkeypatch, 
     suite build, and lm-eval scores per skill."""
     import pytest
 
-    from pico.writer import sha256_file
+    from pico.writer import json_digest, sha256_file
+    from pipeline import evaluation
+    from pipeline.settings import load_settings
+    from pipeline.sources import model_source
     from skills.data import write_suite_data
     from skills.tiny import tiny_params
     from skills.tokenizer import build_tokenizer
-    from tasks import benchmark
-    from tasks.config import digest, load_settings
-    from tasks.records import FetchedSource
 
     set_env(monkeypatch, tmp_path)
     model = tmp_path / "base-tok"
@@ -75,18 +77,18 @@ def test_skills_suite_plugs_in_through_the_callable_hook(tmp_path, monkeypatch, 
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     settings = load_settings(project)
 
-    assert benchmark.scorer_name(settings.pipeline.eval) == "skills.scorer:suite"
-    fp = benchmark.benchmark_fingerprint(settings)
+    assert evaluation.scorer_name(settings.pipeline.eval) == "skills.scorer:suite"
+    fp = evaluation.fingerprint(settings)
     files = {str(p): sha256_file(p) for p in sorted((project / "suite-data").glob("*/test.jsonl"))}
-    assert len(files) == 6 and fp["data"] == digest(files)
+    assert len(files) == 6 and fp["data"] == json_digest(files)
     assert fp["suite"] == "skills" and fp["skills"] == ["rev", "add"] and "callable" not in fp
-    assert benchmark.scorer_inputs(settings) == [project / "suite-data"]
+    assert evaluation.scorer_inputs(settings) == [project / "suite-data"]
 
-    base_rec = FetchedSource(name="base", uri=str(model), path=str(model), sha256=benchmark.model_digest(model))
-    rec = benchmark.evaluate_cached(settings, base_rec, adapters[0], "math")
+    base_rec = model_source("base", str(model), model)
+    rec = evaluation.evaluate(settings, base_rec, adapters[0], "math")
     assert set(rec.scores) == {"add", "rev"} and all(0.0 <= v <= 1.0 for v in rec.scores.values())
     assert (project / "build" / "pipeline" / "lm_eval_tasks").is_dir()  # task YAMLs under the project's work dir
 
     shutil.rmtree(project / "suite-data")
-    with pytest.raises(benchmark.BenchmarkError, match=r"skills suite data .*suite-data is missing"):
-        benchmark.benchmark_fingerprint(settings)
+    with pytest.raises(evaluation.EvaluationError, match=r"skills suite data .*suite-data is missing"):
+        evaluation.fingerprint(settings)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from pipeline_helpers import client, nightly, set_params
 
 VAL_N, TEST_N = 16, 10
@@ -67,10 +66,10 @@ def candidate_records(project: Path) -> list[dict]:
 
 
 def test_search_and_gate_on_a_user_lm_eval_task_folder(lmeval_project):
-    from tasks import scoring
+    from pipeline import evaluation
 
     project = lmeval_project
-    reads = len(scoring.TEST_READS)
+    reads = len(evaluation.TEST_READS)
     night = nightly(project)
 
     # every candidate was scored on the validation task, item by item, and only there
@@ -89,7 +88,7 @@ def test_search_and_gate_on_a_user_lm_eval_task_folder(lmeval_project):
     assert night["recipe_label"] == best["label"]
 
     # the test task was read once, for the chosen merge, with per-sample outcomes: the gate ran on them
-    assert scoring.TEST_READS[reads:] == ["merged"]
+    assert evaluation.TEST_READS[reads:] == ["merged"]
     assert set(night["eval"]["scores"]) == {"user_test"} and night["eval"]["n"] == {"user_test": TEST_N}
     assert night["gate"] is not None and night["gate"]["candidate"]["n"] == {"user_test": TEST_N}
     assert night["decision"]["promoted"]  # no champion yet: the floors alone (floor 0)
@@ -111,21 +110,21 @@ def test_search_and_gate_on_a_user_lm_eval_task_folder(lmeval_project):
 def test_validation_and_test_use_the_same_lm_eval_model_settings(lmeval_project, monkeypatch):
     """The search's validation scoring reads the model settings the benchmark reads (dtype, model_args, chat
     template, few-shot), and they are in the candidates' cache key: changing one re-scores the candidates."""
-    from tasks import benchmark, scoring
-    from tasks.config import load_settings
+    from pipeline import evaluation
+    from pipeline.settings import load_settings
 
-    monkeypatch.setattr(benchmark, "_task_manager", lambda include: include)  # indexing lm-eval's tasks: seconds
+    monkeypatch.setattr(evaluation, "_task_manager", lambda include: include)  # indexing lm-eval's tasks: seconds
     settings = load_settings(lmeval_project)
-    kw = benchmark.lmeval_kwargs(settings, "/b", "/a", ["user_val"], 3)
+    kw = evaluation.lmeval_kwargs(settings, "/b", "/a", ["user_val"], 3)
     assert kw["model_args"] == "pretrained=/b,tokenizer=/b,dtype=float32,peft=/a" and kw["limit"] == 3
     assert kw["task_manager"] == str(lmeval_project / "user_tasks")
-    before = scoring.validation_fingerprint(settings)
+    before = evaluation.fingerprint(settings, "validation")
     for change in ({"dtype": "bfloat16"}, {"model_args": "attn_implementation=eager"}, {"num_fewshot": 2},
                    {"apply_chat_template": True}):
         other = load_settings(lmeval_project, overrides={"eval": change})
-        kw = benchmark.lmeval_kwargs(other, "/b", None, ["user_val"], None)
+        kw = evaluation.lmeval_kwargs(other, "/b", None, ["user_val"], None)
         assert (kw["num_fewshot"], kw["apply_chat_template"]) == (change.get("num_fewshot", 0),
                                                                   change.get("apply_chat_template", False))
         assert ("dtype=bfloat16" in kw["model_args"]) == ("dtype" in change)
         assert ("attn_implementation=eager" in kw["model_args"]) == ("model_args" in change)
-        assert scoring.validation_fingerprint(other) != before, change
+        assert evaluation.fingerprint(other, "validation") != before, change

@@ -45,8 +45,10 @@ def night(tmp_path_factory, mlflow_template, prefect_api):
     mp.undo()
 
 
-def reference_generate(base_dir: Path, adapter_dir: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of base + adapter through PEFT directly."""
+def reference_generate(base_dir: Path, adapter_dir: Path, prompts: list[str], max_new_tokens: int,
+                       stop: str) -> list[str]:
+    """Greedy continuations of base + adapter through PEFT directly, encoded and cut as lm-eval does (no special
+    tokens added, the reply up to the first stop string)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -55,11 +57,11 @@ def reference_generate(base_dir: Path, adapter_dir: Path, prompts: list[str], ma
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
     out = []
     for p in prompts:
-        enc = tok(p, return_tensors="pt")
+        enc = tok(p, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        out.append(tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+        out.append(tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).split(stop)[0])
     return out
 
 
@@ -74,7 +76,7 @@ def test_champion_loads_through_pyfunc_and_generates_with_the_merged_adapter(nig
     got = model.predict(PROMPTS)
     assert isinstance(got, list) and len(got) == len(PROMPTS) and all(isinstance(t, str) for t in got)
     store = Path(summary["store"])
-    assert got == reference_generate(base, store, PROMPTS, 16)
+    assert got == reference_generate(base, store, PROMPTS, 10, "\n")  # the suite's max_gen_toks and `until`
 
     # the version is a logged model: model code + the adapter files, the base named in its config, never copied
     c = client(project)
@@ -144,3 +146,83 @@ def test_served_champion_answers_over_http(night, tmp_path, monkeypatch):
         proc.wait(30)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert answer["predictions"] == mlflow.pyfunc.load_model("models:/merged-test@champion").predict(PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def instruct_night(tmp_path_factory, mlflow_template, prefect_api):
+    """A night on the SmolLM2 suite's miniature (a chat-templated instruct model, benchmarked with lm-eval's
+    ``apply_chat_template``): the repository's smollm2 settings pointed at the miniature; v1 champion."""
+    import shutil
+
+    from skills.smollm2.tiny import build_tiny, tiny_params
+
+    root = tmp_path_factory.mktemp("instruct")
+    mp = pytest.MonkeyPatch()
+    set_env(mp, root)
+    mini = build_tiny(root / "mini")
+    project = make_project(root / "proj", [Path(mini["adapters"][n]) for n in ("math", "json")], Path(mini["base"]),
+                           dvc_init=False)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    repo = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    params["smollm2"] = repo["smollm2"]
+    params["smollm2"]["paths"].update(data=mini["data"], base=mini["base"])
+    params["smollm2"]["eval"] = tiny_params()["eval"]
+    params["pipeline"]["eval"] = {"suite": "callable", "callable": "skills.smollm2.scorer:suite",
+                                  "skills": ["math", "json"], "limit": 4, "baselines": False}
+    params["pipeline"]["gate"] = {"floor": 0.0}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "build" / "mlflow").mkdir(parents=True)
+    shutil.copyfile(mlflow_template, project / "build" / "mlflow" / "mlflow.db")
+    summary = nightly(project)
+    yield project, summary, mini
+    mp.undo()
+
+
+def test_instruct_champion_serves_the_way_it_was_benchmarked(instruct_night, monkeypatch):
+    """Issue 21: the champion of an instruct-model night, loaded through mlflow.pyfunc, gives the reply the
+    benchmark (lm-eval, chat template, max_gen_toks, `until`) scored for the same item; its config records those
+    settings; chat requests and per-request params work; it carries an input example."""
+    import mlflow
+
+    from skills.smollm2.data import read_jsonl
+    from skills.smollm2.evaluate import evaluate
+    from skills.smollm2.lmeval import STOP, task_name
+    from skills.smollm2.tiny import tiny_params
+
+    project, summary, mini = instruct_night
+    assert summary["decision"]["alias"] == "champion"
+    store = Path(summary["store"])
+    _, res = evaluate(mini["base"], store, ["math"], "test", 2, data_dir=mini["data"],
+                      tasks_dir=project / "build" / "ref_tasks", settings=tiny_params()["eval"], return_details=True)
+    samples = res["samples"][task_name("math", "test")]
+    prompts = [s["doc"]["prompt"] for s in samples]
+    scored = [s["resps"][0][0] for s in samples]  # lm-eval's raw generation, cut at `until`
+    assert prompts == [r["prompt"] for r in read_jsonl(Path(mini["data"]) / "math" / "test.jsonl")[:2]]
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'build' / 'mlflow' / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/merged-test@champion")
+    assert model.predict(prompts) == scored
+
+    # the config records how it was benchmarked; the signature's param defaults are those settings
+    c = client(project)
+    local = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=c.get_model_version("merged-test", summary["registered"]["version"]).source))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    config = mlmodel["flavors"]["python_function"]["config"]
+    from transformers import AutoTokenizer
+
+    assert config["apply_chat_template"] is True and config["stop"] == STOP
+    assert config["max_new_tokens"] == tiny_params()["eval"]["max_gen_toks"]
+    assert config["chat_template"] == AutoTokenizer.from_pretrained(mini["base"]).chat_template
+    params = {p["name"]: p["default"] for p in json.loads(mlmodel["signature"]["params"])}
+    assert params == {"max_new_tokens": config["max_new_tokens"], "stop": STOP, "temperature": 0.0}
+    assert (local / mlmodel["saved_input_example_info"]["artifact_path"]).is_file()
+
+    # MLflow's chat request schema: the same reply as the plain prompt (the prompt is the user's turn)
+    chat = model.predict({"messages": [{"role": "user", "content": prompts[0]}]})
+    assert chat[0]["choices"][0]["message"] == {"role": "assistant", "content": scored[0]}
+    # per-request generation params: fewer tokens give a prefix of the full reply
+    short = model.predict(prompts[:1], params={"max_new_tokens": 1})[0]
+    assert len(short) <= 1 and scored[0].startswith(short)
+    two = model.predict([{"messages": [{"role": "user", "content": prompts[0]}], "max_tokens": 2}])
+    assert len(two[0]["choices"][0]["message"]["content"]) <= 2

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from notify_receiver import Receiver
 from pipeline_helpers import champion_version, client, nightly, set_params
 

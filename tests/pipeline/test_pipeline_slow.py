@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from pipeline_helpers import (PY, MlflowServer, champion_version, dvc, nightly, set_params, subprocess_env,
-                              versions)
+from pipeline_helpers import PY, MlflowServer, champion_version, dvc, nightly, set_params, subprocess_env, versions
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +31,9 @@ def server_versions(url: str, model: str = "merged-test") -> tuple[list[str], st
 
 
 def test_real_mlflow_server_outage_moves_no_alias(project, tmp_path, monkeypatch):
-    from tasks.config import load_settings
-    from tasks.audit import walk
-    from tasks.promotion import RegistryUnavailable
+    from pipeline.audit import walk
+    from pipeline.settings import load_settings
+    from pipeline.tracking.client import RegistryUnavailable
 
     server = MlflowServer(tmp_path / "mlflow-server").start()
     try:
@@ -69,8 +67,8 @@ def run_main(project: Path, *args: str, env: dict) -> subprocess.Popen:
 
 
 def test_two_runs_at_once_keep_registry_and_dvc_consistent(project, prefect_api, tmp_path):
-    from tasks.config import load_settings
-    from tasks.audit import walk
+    from pipeline.audit import walk
+    from pipeline.settings import load_settings
 
     env = subprocess_env(prefect_api, PREFECT_LOGGING_LEVEL="WARNING")
     # the same night twice (same inputs) and a different recipe (an override), all at once
@@ -121,14 +119,14 @@ def test_sigkill_mid_merge_leaves_no_output_and_next_run_completes(project, pref
     done = nightly(project)
     assert done["decision"]["promoted"] and champion_version(project) == "1"
     assert not list(store.glob(".*.tmp-*"))  # the stale temporary was cleaned up under the lock
-    from tasks.merging import verify_dir
+    from pipeline.merging import verify_dir
 
     assert verify_dir(Path(done["store"])) is not None
 
 
 def test_main_command_on_embedded_defaults(project, tmp_path):
     """`python -m flows.nightly` with Prefect's ephemeral API and SQLite MLflow: leaderboard, decision, where to look;
-    then `pico lineage` (through tasks.audit) says everything matches."""
+    then `pico lineage` (through pipeline.audit) says everything matches."""
     env = subprocess_env(None, PREFECT_HOME=str(tmp_path / "prefect-home"))
     env.pop("PREFECT_API_URL", None)
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -148,3 +146,32 @@ def test_main_command_on_embedded_defaults(project, tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "has no version or alias '7'" in bad.stderr
     assert os.path.isdir(project / "build" / "pipeline" / "merged")
+
+
+def test_default_params_night_against_a_real_mlflow_server_registers_and_promotes(project, prefect_api, tmp_path):
+    """The documented path (issue 21): the repository's own params.yaml, unchanged except where it must point at this
+    test's adapters and scorer, a real `mlflow server` over HTTP by MLFLOW_TRACKING_URI, a fresh process with no
+    MLFLOW_HTTP_* variable set beforehand. The typed settings once exported MLFLOW_HTTP_REQUEST_TIMEOUT=20.0, which
+    MLflow refuses, and every such night failed in the preflight; the suite's own params (no http_timeout_s key, so an
+    unvalidated int default) hid it."""
+    repo_params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    mine = yaml.safe_load((project / "params.yaml").read_text())
+    params = {**repo_params, "merge": mine["merge"]}  # one recipe: the HTTP path is under test, not the search
+    params["pipeline"] = {**repo_params["pipeline"], "catalog": mine["pipeline"]["catalog"],
+                          "eval": mine["pipeline"]["eval"]}
+    assert params["pipeline"]["mlflow"] == repo_params["pipeline"]["mlflow"]  # the defaults under test
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "commit", "-qam", "the repository's params"], cwd=project, check=True)
+
+    server = MlflowServer(tmp_path / "mlflow-server").start()
+    try:
+        env = {k: v for k, v in subprocess_env(prefect_api).items() if not k.startswith("MLFLOW_HTTP")}
+        env["MLFLOW_TRACKING_URI"] = server.url
+        proc = run_main(project, "--json", str(tmp_path / "night.json"), env=env)
+        out = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, out[-4000:]
+        night = json.loads((tmp_path / "night.json").read_text())
+        assert night["tracking_uri"] == server.url and night["decision"]["promoted"]
+        assert server_versions(server.url, repo_params["pipeline"]["mlflow"]["model_name"]) == (["1"], "1")
+    finally:
+        server.stop()

@@ -1,4 +1,5 @@
-"""The recipe search space (tasks/search.py): expansion, validation through pico.Recipe, skipped combinations."""
+"""The recipe search space (pipeline/grids.py): expansion, validation through pico.Recipe, skipped combinations;
+the search's argmax (pipeline/search.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import pytest
 import yaml
 
 from pico import Recipe
-from tasks import search
+from pipeline import grids, search
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_one_plain_recipe_is_one_candidate():
-    space = search.expand({"method": "ties", "space": "full", "lam": 2.0, "params": {"density": 0.7},
+    space = grids.expand({"method": "ties", "space": "full", "lam": 2.0, "params": {"density": 0.7},
                            "weights": [1, 2]})
     assert space.single and len(space.candidates) == 1 and not space.skipped
     c = space.candidates[0]
@@ -23,18 +24,18 @@ def test_one_plain_recipe_is_one_candidate():
 
 
 def test_lists_expand_to_their_product_and_method_params_follow_their_methods():
-    space = search.expand({"method": ["ta", "ties"], "space": "core", "lam": [0.5, 1.0],
+    space = grids.expand({"method": ["ta", "ties"], "space": "core", "lam": [0.5, 1.0],
                            "params": {"density": [0.5, 0.7]}})
     labels = [c.label for c in space.candidates]
     # TA has no density: its two lambdas once each; TIES: 2 lambdas x 2 densities
     assert labels == ["ta/core lam=0.5", "ta/core lam=1", "ties/core lam=0.5 density=0.5",
                       "ties/core lam=0.5 density=0.7", "ties/core lam=1 density=0.5", "ties/core lam=1 density=0.7"]
     assert not space.single
-    assert len({c.key for c in space.candidates}) == 6
+    assert len({c.recipe_obj().hash() for c in space.candidates}) == 6
 
 
 def test_invalid_combinations_are_skipped_with_the_recipe_reason():
-    space = search.expand({"search": [
+    space = grids.expand({"search": [
         {"method": ["ties", "iso"], "space": ["knots", "core"]},       # iso does not run in knots space
         {"method": "ties", "params": {"density": [0.5, 1.5]}},          # density out of range
         {"method": "ta", "calibrate": "pico", "rescale": ["post", "pre"], "lam": [0.8, 1.0]},
@@ -54,18 +55,18 @@ def test_invalid_combinations_are_skipped_with_the_recipe_reason():
 
 
 def test_errors_name_the_key():
-    with pytest.raises(search.SearchError, match="unknown recipe keys lamda"):
-        search.expand({"method": "ta", "lamda": [1, 2]})
-    with pytest.raises(search.SearchError, match="max_candidates 3"):
-        search.expand({"search": [{"method": "ta", "lam": [0.1, 0.2, 0.3, 0.4]}], "max_candidates": 3})
-    with pytest.raises(search.SearchError, match="no valid candidate"):
-        search.expand({"method": "nope", "lam": [1, 2]})
-    with pytest.raises(search.SearchError, match="beside search"):
-        search.expand({"search": [{"method": "ta"}], "method": "ties"})
+    with pytest.raises(grids.SearchError, match="unknown recipe keys lamda"):
+        grids.expand({"method": "ta", "lamda": [1, 2]})
+    with pytest.raises(grids.SearchError, match="max_candidates 3"):
+        grids.expand({"search": [{"method": "ta", "lam": [0.1, 0.2, 0.3, 0.4]}], "max_candidates": 3})
+    with pytest.raises(grids.SearchError, match="no valid candidate"):
+        grids.expand({"method": "nope", "lam": [1, 2]})
+    with pytest.raises(grids.SearchError, match="beside search"):
+        grids.expand({"search": [{"method": "ta"}], "method": "ties"})
 
 
 def test_best_is_the_argmax_with_ties_to_the_earlier_candidate():
-    space = search.expand({"method": "ta", "lam": [0.5, 1.0, 2.0]})
+    space = grids.expand({"method": "ta", "lam": [0.5, 1.0, 2.0]})
     a, b, c = space.candidates
     chosen, score, margin = search.best([(a, 0.7), (b, 0.8), (c, 0.8)])
     assert chosen is b and score == 0.8 and margin == 0.0
@@ -75,13 +76,13 @@ def test_best_is_the_argmax_with_ties_to_the_earlier_candidate():
 
 def test_the_default_search_of_params_yaml():
     merge = yaml.safe_load((REPO / "params.yaml").read_text())["merge"]
-    space = search.expand(merge)
+    space = grids.expand(merge)
     labels = [c.label for c in space.candidates]
     assert 10 <= len(labels) <= 24 and not space.skipped
     # what the suite report found best (TIES in full space at lambda 2, TSV, TA with lambda on validation) and Pico
     assert "ties/full lam=2 density=0.7" in labels and "tsv/core lam=0.8" in labels and "ta/core lam=0.6" in labels
     assert sum("+pico" in lb for lb in labels) >= 3
-    from tasks.config import load_settings
+    from pipeline.settings import load_settings
 
     settings = load_settings(REPO)  # the committed params.yaml loads (every key typed and known)
     assert settings.search and settings.pipeline.notify.events == ["failure", "promotion"]
@@ -90,7 +91,7 @@ def test_the_default_search_of_params_yaml():
 def test_the_suite_switch_applies_a_preset_and_set_still_wins(tmp_path):
     """pipeline.suite picks a preset of the top-level `suites:` (catalog, scorer, screening, registry model, merge);
     --set overrides win over the preset; an unknown suite names the file and the known presets."""
-    from tasks.config import ConfigError, load_settings
+    from pipeline.settings import ConfigError, load_settings
 
     (tmp_path / "cat-a.yaml").write_text("adapters:\n  - {name: a, source: ./a}\n")
     (tmp_path / "cat-b.yaml").write_text("adapters:\n  - {name: b1, source: ./b1}\n  - {name: b2, source: ./b2}\n")
@@ -101,10 +102,10 @@ def test_the_suite_switch_applies_a_preset_and_set_still_wins(tmp_path):
               "pipeline": {"suite": "small", "catalog": "cat-a.yaml"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     small = load_settings(tmp_path)
-    assert [a.name for a in small.catalog.adapters] == ["a"] and small.recipe.method == "ta"
+    assert [a.name for a in small.catalog.adapters] == ["a"] and small.space.candidates[0].recipe["method"] == "ta"
     assert small.pipeline.mlflow.model_name == "pico-merged" and small.pipeline.search.limit is None
     big = load_settings(tmp_path, overrides={"suite": "big", "search": {"finalists": 2}})
-    assert [a.name for a in big.catalog.adapters] == ["b1", "b2"] and big.recipe.method == "ties"
+    assert [a.name for a in big.catalog.adapters] == ["b1", "b2"] and big.space.candidates[0].recipe["method"] == "ties"
     assert big.pipeline.mlflow.model_name == "big-merged"
     assert (big.pipeline.search.limit, big.pipeline.search.finalists) == (10, 2)  # --set wins over the preset
     with pytest.raises(ConfigError, match=r"params.yaml: pipeline.suite: no preset 'huge'.*\['big', 'small'\]"):
@@ -112,11 +113,11 @@ def test_the_suite_switch_applies_a_preset_and_set_still_wins(tmp_path):
 
 
 def test_the_smollm2_preset_of_params_yaml():
-    from tasks.config import load_settings
+    from pipeline.settings import load_settings
 
     s = load_settings(REPO, overrides={"suite": "smollm2"})
     assert s.pipeline.catalog == "adapters-smollm2.yaml" and s.pipeline.eval.callable == "skills.smollm2.scorer:suite"
     assert s.pipeline.mlflow.model_name != load_settings(REPO).pipeline.mlflow.model_name  # its own registry model
-    space = search.expand(s.merge)  # its own search space (from its report), every candidate valid
+    space = s.space  # its own search space (from its report), every candidate valid
     assert s.search and not space.skipped and "iso" in {c.recipe["method"] for c in space.candidates}
     assert s.merge != load_settings(REPO).merge

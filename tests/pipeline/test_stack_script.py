@@ -92,3 +92,33 @@ def test_startup_failure_shows_the_end_of_the_service_log(stack):
     (stack.LOGS / "mlflow.log").write_text("".join(f"line {i}\n" for i in range(100)) + "FATAL: password failed\n")
     with pytest.raises(stack.StartupError, match=r"mlflow exited during start-up(.|\n)*FATAL: password failed"):
         stack.wait_port(1, "mlflow", timeout=5)  # no pid file: the service is gone
+
+
+def test_no_secret_on_any_command_line_and_the_password_file_is_never_readable(stack, monkeypatch):
+    """Issue 25 item 8: argv is world-readable (/proc/<pid>/cmdline, ps): the PostgreSQL passwords reach psql on stdin
+    and MLflow's store URI through its environment; initdb's password file is 0600 from its creation."""
+    argvs, modes = [], []
+    real = stack.as_pg_user
+
+    def recording_pg(args, **kw):
+        argvs.append(list(args))
+        if Path(args[0]).name == "initdb":
+            pw = Path(args[args.index("--pwfile") + 1])
+            modes.append(pw.stat().st_mode & 0o777)
+        return real(args, **kw)
+
+    monkeypatch.setattr(stack, "as_pg_user", recording_pg)
+    spawned = {}
+    monkeypatch.setattr(stack, "spawn", lambda name, args, env: spawned.setdefault(name, (list(args), dict(env))))
+    monkeypatch.setattr(stack, "wait_port", lambda *a, **kw: None)
+    monkeypatch.setattr(stack, "ensure_mlflow_users", lambda s: None)
+    s = secrets(stack, "pw")
+    stack.postgres_up(s)
+    stack.mlflow_up(s)
+    assert modes == [0o600]
+    args, env = spawned["mlflow"]
+    argvs.append(args)
+    for argv in argvs:
+        for key, value in s.items():
+            assert not any(value in a for a in argv), f"{key} on the command line {argv[:3]}..."
+    assert s["PG_MLFLOW_PASSWORD"] in env["MLFLOW_BACKEND_STORE_URI"]  # where it goes instead

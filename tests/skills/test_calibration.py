@@ -53,7 +53,7 @@ def test_memorisation_skill_gets_fresh_prompts_of_its_form_and_a_skill_without_a
 
 
 def test_catalog_entries_take_optional_prompts(tmp_path):
-    from tasks.config import load_catalog
+    from pipeline.settings import load_catalog
 
     path = tmp_path / "catalog.yaml"
     path.write_text("adapters:\n  - {name: a, source: ./a, prompts: dvc://build/c/a.jsonl}\n  - {source: ./b}\n")

@@ -126,8 +126,7 @@ def test_train_step_micro_batches_give_the_batch_loss_and_bf16_frozen_weights_th
 
 def test_replay_is_the_base_own_replies_and_adapters_replay_only_other_skills(mini_smollm2, tmp_path):
     from skills.smollm2.adapters import train_adapter
-    from skills.smollm2.common import load_base
-    from skills.smollm2.common import greedy
+    from skills.smollm2.common import greedy, load_base
     from skills.smollm2.data import read_jsonl
     from skills.smollm2.replay import read_replay, write_replay
     from skills.smollm2.tiny import tiny_params
@@ -154,8 +153,8 @@ def test_replay_is_the_base_own_replies_and_adapters_replay_only_other_skills(mi
 
 
 def test_lmeval_tasks_score_the_miniature_and_equal_the_fast_scorer(mini_smollm2):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from skills.smollm2.common import greedy
     from skills.smollm2.evaluate import evaluate
@@ -198,12 +197,12 @@ def test_lmeval_settings_are_checked(mini_smollm2):
 
 
 def test_pipeline_lmeval_path_passes_the_chat_template_and_model_settings(mini_smollm2):
-    """tasks/benchmark.py's generic lm-eval path with settings from params gives the suite evaluator's scores."""
+    """pipeline/evaluation.py's generic lm-eval path with settings from params gives the suite evaluator's scores."""
+    from pipeline import evaluation
+    from pipeline.settings import load_settings
     from skills.config import REPO_ROOT
     from skills.smollm2.evaluate import evaluate
     from skills.smollm2.tiny import tiny_params
-    from tasks import benchmark
-    from tasks.config import load_settings
 
     adapter = mini_smollm2["adapters"]["json"]
     ref = evaluate(mini_smollm2["base"], adapter, ["json", "math"], data_dir=mini_smollm2["data"],
@@ -212,10 +211,10 @@ def test_pipeline_lmeval_path_passes_the_chat_template_and_model_settings(mini_s
                      "include_path": mini_smollm2["tasks"], "apply_chat_template": True, "batch_size": 8,
                      "model_args": "max_length=512"}}
     settings = load_settings(REPO_ROOT, overrides=over)
-    got, stderr = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)  # scores, stderr (when reported)
-    assert got == {"smollm2_json": ref["json"], "smollm2_math": ref["math"]}
-    assert set(stderr) <= set(got)
-    fp = benchmark.benchmark_fingerprint(settings)
+    got = evaluation.score(settings, mini_smollm2["base"], adapter)  # from lm-eval's per-sample outcomes
+    assert got.scores == pytest.approx({"smollm2_json": ref["json"], "smollm2_math": ref["math"]})
+    assert set(got.stderr) <= set(got.scores)
+    fp = evaluation.fingerprint(settings)
     assert fp["apply_chat_template"] is True and fp["model_args"] == "max_length=512"
 
 
@@ -306,16 +305,16 @@ def test_report_rows_from_params_validation_subset_and_tara_on_chat_prompts(mini
 
 
 def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2, tmp_path):
-    """params.yaml's switch (catalog adapters-smollm2.yaml + the suite's scorer) through tasks/benchmark.py."""
+    """params.yaml's switch (catalog adapters-smollm2.yaml + the suite's scorer) through pipeline/evaluation.py."""
     import shutil
 
     import yaml
 
+    from pipeline import evaluation
+    from pipeline.settings import load_settings
     from skills.config import REPO_ROOT
     from skills.smollm2.evaluate import evaluate
     from skills.smollm2.tiny import tiny_params
-    from tasks import benchmark
-    from tasks.config import load_settings
 
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["smollm2"]["paths"].update(data=mini_smollm2["data"], base=mini_smollm2["base"])
@@ -327,27 +326,28 @@ def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2,
         "eval": {"suite": "callable", "callable": "skills.smollm2.scorer:suite", "skills": ["math", "json"]}})
     assert [a.name for a in settings.catalog.adapters] == ["math", "code", "finance", "dosage", "json", "letters"]
     adapter = mini_smollm2["adapters"]["math"]
-    got, _ = benchmark.run_benchmark(settings, mini_smollm2["base"], adapter)  # (scores, stderr)
+    got = evaluation.score(settings, mini_smollm2["base"], adapter).scores
     ref = evaluate(mini_smollm2["base"], adapter, ["math", "json"], data_dir=mini_smollm2["data"],
                    tasks_dir=tmp_path / "ref_tasks", settings=tiny_params()["eval"])
     assert got == ref
-    fp = benchmark.benchmark_fingerprint(settings)
+    fp = evaluation.fingerprint(settings)
     assert fp["callable"] == "skills.smollm2.scorer:suite" and len(fp["data"]) == 64
-    assert benchmark.scorer_inputs(settings) == [Path(mini_smollm2["data"])]
+    assert evaluation.scorer_inputs(settings) == [Path(mini_smollm2["data"])]
 
     # per-item outcomes for the paired gate: test through lm-eval's samples, validation through the fast scorer
     from skills.smollm2.common import score
     from skills.smollm2.data import read_jsonl
     from skills.smollm2.report import SmolEvaluator
-    from tasks.scoring import score_split
-
-    rec = score_split(settings, mini_smollm2["base"], adapter, "test", None)
-    assert rec["scores"] == ref and set(rec["outcomes"]) == {"math", "json"}
-    assert all(len(v) == 4 and set(v.values()) <= {0.0, 1.0} for v in rec["outcomes"].values())
-    val = score_split(settings, mini_smollm2["base"], adapter, "validation", 3)
+    rec = evaluation.score(settings, mini_smollm2["base"], adapter, "test")
+    assert rec.scores == ref and set(rec.outcomes) == {"math", "json"}
+    assert all(len(v) == 4 and set(v.values()) <= {0.0, 1.0} for v in rec.outcomes.values())
+    val = evaluation.score(load_settings(tmp_path, overrides={
+        "catalog": "adapters-smollm2.yaml", "search": {"limit": 3},
+        "eval": {"suite": "callable", "callable": "skills.smollm2.scorer:suite", "skills": ["math", "json"]}}),
+        mini_smollm2["base"], adapter, "validation")
     ev = SmolEvaluator(mini_smollm2["base"], mini_smollm2["data"], ["math", "json"], settings=tiny_params()["eval"])
     model = ev._model(adapter)
     for skill in ("math", "json"):
         recs = read_jsonl(Path(mini_smollm2["data"]) / skill / "validation.jsonl")[:3]
-        assert val["scores"][skill] == pytest.approx(score(model, ev.tok, recs, 6, 8))
-        assert len(val["outcomes"][skill]) == 3
+        assert val.scores[skill] == pytest.approx(score(model, ev.tok, recs, 6, 8))
+        assert len(val.outcomes[skill]) == 3

@@ -12,9 +12,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from stack_support import NEEDED, listening, use_s3_remote
 from pipeline_helpers import ENV, PY, make_project
+from stack_support import NEEDED, listening, use_s3_remote
 
 
 def pytest_collection_modifyitems(items):

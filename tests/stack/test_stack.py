@@ -13,17 +13,15 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from stack_support import (REPO, champion, commit_all, mlflow_client, model_name, stack_secrets, use_s3_remote,
-                           versions)
 from pipeline_helpers import dvc, make_project, nightly, run, set_params
+from stack_support import REPO, champion, commit_all, mlflow_client, model_name, stack_secrets, use_s3_remote, versions
 
 
 def test_nights_on_the_stack_history_and_lineage_from_a_fresh_clone(stack_project, tmp_path):
     """Two nights on the stack; each is a DVC experiment (dvc exp show / metrics diff compare them); a fresh clone
     that has only git and the S3 remote verifies the champion ALL MATCH; the lineage is not dirty."""
-    from tasks.config import load_settings
-    from tasks.audit import walk
+    from pipeline.audit import walk
+    from pipeline.settings import load_settings
 
     project, name = stack_project, model_name(stack_project)
     first = nightly(project)
@@ -69,7 +67,7 @@ def test_storage_remote_down_during_push_registers_nothing(stack, tmp_path, adap
     use_s3_remote(project, f"tests/{tag}")
     dvc(project, "remote", "modify", "stack", "endpointurl", "http://127.0.0.1:15099")  # nothing listens there
     commit_all(project, "remote down")
-    from tasks.dvcio import DvcError
+    from pipeline.dvcio import DvcError
 
     with pytest.raises(DvcError, match="push"):
         nightly(project)
@@ -141,6 +139,55 @@ def test_the_worker_runs_the_deployment_and_no_credential_leaks(stack, stack_pro
             assert value not in text, f"credential {s} appears in {where}"
 
 
+def _stack_processes() -> dict[int, str]:
+    """pid -> command line of every process of the stack: the services started by stack.py (pid files) and all
+    their descendants (gunicorn workers, the worker's flow runs, PostgreSQL's backends)."""
+    from stack_support import STATE
+
+    roots = {int(p.read_text()) for p in (STATE / "pids").glob("*.pid")}
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = {}, list(roots)
+    while todo:
+        pid = todo.pop()
+        try:
+            out[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        todo += children.get(pid, [])
+    for d in Path("/proc").iterdir():  # PostgreSQL (started by pg_ctl, not a pid file): its postmaster and backends
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith(("postgres", "/usr/lib/postgresql")):
+                out[int(d.name)] = cmd
+    return out
+
+
+def test_no_credential_in_service_logs_or_on_the_process_table(stack):
+    """Issue 25 item 8: every stack service's log file and the command line (/proc/<pid>/cmdline, what `ps` shows
+    every user) of every stack process are free of the stack's credentials."""
+    from stack_support import STATE
+
+    procs = _stack_processes()
+    assert any("mlflow" in c for c in procs.values()) and any("postgres" in c for c in procs.values()), procs
+    logs = {p.name: p.read_text(errors="replace") for p in (STATE / "logs").glob("*.log")}
+    assert logs
+    for key, value in stack_secrets().items():
+        for pid, cmd in procs.items():
+            assert value not in cmd, f"credential {key} on the command line of pid {pid}: {cmd[:60]}..."
+        for name, text in logs.items():
+            assert value not in text, f"credential {key} in the service log {name}"
+
+
 def _restart_postgres() -> None:
     """pg_ctl restart of the stack's own cluster, through stack/stack.py (it knows where the cluster lives)."""
     import importlib.util
@@ -153,8 +200,8 @@ def _restart_postgres() -> None:
 
 PROMOTE = """
 import sys, time
-from tasks import promotion
-from tasks.config import load_settings
+from pipeline.settings import load_settings
+from pipeline.tracking import promote as promotion
 project, work, version, mean = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 settings = load_settings(project, overrides={"paths": {"work": work}})
 real = promotion.get_alias
@@ -202,7 +249,8 @@ def test_two_workers_promoting_at_once_leave_one_champion(stack_project, tmp_pat
 def test_postgres_restarted_mid_night_moves_no_alias_and_the_next_night_completes(stack_project, monkeypatch):
     """PostgreSQL (MLflow's backend) restarts between versioning and registration: the night either completes
     (the server reconnects) or fails clearly; no alias moves on failure; the next night completes."""
-    from tasks import promotion as registry
+    from pipeline.tracking import client
+    from pipeline.tracking import runs as registry
 
     name = model_name(stack_project)
     original = registry.register
@@ -223,7 +271,7 @@ def test_postgres_restarted_mid_night_moves_no_alias_and_the_next_night_complete
     assert restarted
     print(f"PostgreSQL restarted mid-night: the night {'failed: ' + repr(failed)[:300] if failed else 'completed'}")
     if failed is not None:
-        assert isinstance(failed, registry.RegistryUnavailable), repr(failed)
+        assert isinstance(failed, client.RegistryUnavailable), repr(failed)
         assert champion(name) is None
     else:
         assert out["decision"]["promoted"] and champion(name) == out["registered"]["version"]
@@ -239,7 +287,6 @@ def test_a_dask_worker_killed_mid_merge_is_rescheduled_with_identical_bytes(stac
     import threading
 
     from distributed import Client
-
     from pipeline_helpers import file_hashes, reference_merge
 
     project = stack_project

@@ -1,0 +1,122 @@
+"""Where the night runs: the process environment, torch's thread count, the task runner of the calibrate/merge map,
+and the warm-up of the run's fixed costs.
+
+The warm-up starts Prefect's ephemeral API itself (Prefect's ``SubprocessASGIServer``, not a public API: with a
+persistent ``prefect server start`` and ``PREFECT_API_URL`` set, none of this runs), side by side with the lm-eval
+import and opening the MLflow store, instead of one after the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+
+import torch
+
+from . import evaluation
+from .settings import Settings
+from .tracking.client import preflight
+
+
+@contextlib.contextmanager
+def torch_threads():
+    """Give torch's intra-op thread count back after a block whose tasks pinned it (for identical bytes, every
+    calibrate/merge task and candidate runs with ``pipeline.calibrate.threads``; the rest of the run keeps its own)."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def make_task_runner(settings: Settings):
+    """The task runner of the calibrate/merge map: threads (default) or Dask (prefect-dask)."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    cfg = settings.pipeline.task_runner
+    if cfg.kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.address:
+        return DaskTaskRunner(address=cfg.address)
+    kwargs: dict = {"n_workers": cfg.n_workers, "threads_per_worker": 1, "processes": cfg.processes,
+              "dashboard_address": None}
+    if cfg.gpu_resource:
+        kwargs["resources"] = {cfg.gpu_resource: 1}
+    share_api_with_workers()
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
+
+
+def gpu_annotation(settings: Settings):
+    """Dask annotation asking for one unit of the GPU resource (a no-op context otherwise)."""
+    cfg = settings.pipeline.task_runner
+    if cfg.kind == "dask" and cfg.gpu_resource:
+        import dask
+
+        return dask.annotate(resources={cfg.gpu_resource: 1})
+    return contextlib.nullcontext()
+
+
+def share_api_with_workers() -> None:
+    """Point local Dask worker processes at this process's Prefect API (else each starts its own, ~15-30 s)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if url:
+        os.environ["PREFECT_API_URL"] = str(url)
+        return
+    with contextlib.suppress(Exception):
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start()
+        os.environ["PREFECT_API_URL"] = server.api_url
+
+
+def warm_up(settings: Settings) -> threading.Thread | None:
+    """Start the run's fixed costs side by side instead of one after the other: Prefect's ephemeral API (a
+    subprocess, ~15 s here), the lm-eval import (~12 s) and opening the MLflow store. Returns the thread starting the
+    API (join it before the flow runs); the others finish on their own (their steps wait for them or redo them)."""
+    evaluation.prewarm(settings)
+
+    def _mlflow():
+        with contextlib.suppress(Exception):  # the flow's pre-flight step reports problems
+            preflight(settings)
+
+    threading.Thread(target=_mlflow, name="prewarm-mlflow", daemon=True).start()
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    api = threading.Thread(target=SubprocessASGIServer().start, name="prewarm-prefect-api", daemon=True)
+    api.start()
+    return api
+
+
+class Clock:
+    """Wall times of the night's four steps (seconds since the previous mark), logged with the run and printed;
+    Prefect shows each task run's own duration."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.marks: list[tuple[str, float]] = []
+
+    def mark(self, step: str, value=None):
+        """Mark the end of ``step``; returns ``value`` (``x = clock.mark("step", run_step())``)."""
+        self.marks.append((step, time.perf_counter()))
+        return value
+
+    def durations(self) -> dict[str, float]:
+        out, prev = {}, self.start
+        for step, at in self.marks:
+            out[step] = round(at - prev, 2)
+            prev = at
+        out["total"] = round(prev - self.start, 2)
+        return out
