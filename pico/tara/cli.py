@@ -18,8 +18,8 @@ EPILOG = """examples:
   pico tara ./add ./rev ./sort --base ./base --prompts add.jsonl rev.jsonl sort.jsonl --out merged
   pico tara a b --base ./base --prompts a.jsonl b.jsonl --variant tara-b --calibrate pico --out merged
   pico tara a b --base ./base --prompts a.jsonl b.jsonl --preference 2,1 --epochs 5 --out merged
-  pico tara a b --base ./base --prompts a.jsonl b.jsonl --objective teacher --variant core \\
-      --init 'tsv/core lam=0.5' --steps 40 --batch-size 4 --lr 1e-3 --out merged
+  pico tara a b --base ./base --prompts a.jsonl b.jsonl --objective teacher --variant factors \\
+      --init 'tsv/core lam=0.5' --steps 20 --autocast bf16 --out merged
 
 Each prompts file is a JSONL of unlabeled inputs of the matching adapter's task, one object per line with a
 "prompt" (a user message: through the chat template per --chat-template), "messages" (a chat), "text" (raw text) or
@@ -69,8 +69,8 @@ def cmd_tara(args) -> int:
     if not args.quiet:
         tr = manifest["training"]
         print(f"{manifest['recipe']['variant']} ({config.objective}): {len(aset)} adapters, "
-              f"{tr['coefficients']} trained values, "
-              f"{tr['steps']} steps in {manifest['seconds']:.1f} s ({manifest['seconds_prepare']:.1f} s preparing); "
-              f"loss on all inputs {tr['loss_all_inputs_init']:.4f} -> {tr['loss_all_inputs_final']:.4f} -> "
-              f"{args.out} (rank <= {manifest['output']['max_rank']})", file=sys.stderr)
+              f"{tr['coefficients']} trained values, {tr['steps']} steps in {manifest['seconds']:.1f} s "
+              f"({manifest['seconds_prepare']:.1f} s preparing); loss on all inputs "
+              f"{tr['loss_all_inputs_init']:.4f} -> {tr['loss_all_inputs_final']:.4f} -> {args.out} "
+              f"(rank <= {manifest['output']['max_rank']})", file=sys.stderr)
     return 0
