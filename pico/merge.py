@@ -76,20 +76,8 @@ def calibrate_batch(aset: AdapterSet, modules: list[str], recipe: Recipe, device
 def merge_batch(cal: CalibratedBatch, recipe: Recipe, *, to_cpu: bool = True) -> list[ModuleResult]:
     """Merge one calibrated batch in the recipe's space and return exact-rank factors per module (on the CPU, or
     left on the batch's device with ``to_cpu=False``)."""
-    method = get_method(recipe.method)
     space = get_space(recipe.space)
-    T = len(cal.ranks)
-    weights = torch.tensor(recipe.weights if recipe.weights is not None else [1.0] * T)
-    taus, state = space.project(cal)
-    ctx = Context(modules=cal.modules, ranks=cal.ranks, space=recipe.space, seed=recipe.seed)
-    with space.compute(state, taus):
-        merged = method.fn(taus, weights, ctx, **recipe.method_params()) * recipe.lam
-    target = cal.source_norms.mean(-1)
-    norm = torch.linalg.matrix_norm(merged)  # = ||dW_merged||_F: the bases of Core and KnOTS space are orthonormal
-    ratio = norm / target.clamp_min(1e-30)
-    if recipe.rescale == "post":  # pin ||dW_merged|| to mean_t ||dW_t|| of the uncalibrated updates
-        factor = torch.where(norm > 0, target / norm.clamp_min(1e-30), torch.ones_like(norm))
-        merged = merged * factor[:, None, None]
+    merged, state, ratio, target = merge_in_space(cal, recipe)
     rank = recipe.rank if recipe.rank is not None else sum(cal.ranks)
     b, a, out_rank, kept = space.reconstruct(merged, state, rank)
     if to_cpu:
@@ -111,6 +99,26 @@ def check_weights(aset: AdapterSet, recipe: Recipe) -> None:
     """One weight per adapter, checked before any work (a recipe is valid on its own; this is about the set)."""
     if recipe.weights is not None and len(recipe.weights) != len(aset):
         raise AdapterError(f"{len(recipe.weights)} weights given for {len(aset)} adapters")
+
+
+def merge_in_space(cal: CalibratedBatch, recipe: Recipe):
+    """The merged task matrices of one calibrated batch in the recipe's space, before reconstruction: (merged (L, p,
+    q), the space's state for ``reconstruct``, ||merged|| / mean_t ||dW_t|| before any post rescale, that mean)."""
+    method = get_method(recipe.method)
+    space = get_space(recipe.space)
+    T = len(cal.ranks)
+    weights = torch.tensor(recipe.weights if recipe.weights is not None else [1.0] * T)
+    taus, state = space.project(cal)
+    ctx = Context(modules=cal.modules, ranks=cal.ranks, space=recipe.space, seed=recipe.seed)
+    with space.compute(state, taus):
+        merged = method.fn(taus, weights, ctx, **recipe.method_params()) * recipe.lam
+    target = cal.source_norms.mean(-1)
+    norm = torch.linalg.matrix_norm(merged)  # = ||dW_merged||_F: the bases of Core and KnOTS space are orthonormal
+    ratio = norm / target.clamp_min(1e-30)
+    if recipe.rescale == "post":  # pin ||dW_merged|| to mean_t ||dW_t|| of the uncalibrated updates
+        factor = torch.where(norm > 0, target / norm.clamp_min(1e-30), torch.ones_like(norm))
+        merged = merged * factor[:, None, None]
+    return merged, state, ratio, target
 
 
 def merge(aset: AdapterSet, recipe: Recipe, out: str | Path, *, device: str = "auto", overwrite: bool = False,

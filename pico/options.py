@@ -1,7 +1,8 @@
 """Options declared once. A dataclass field ``name: Annotated[type, constraints..., "help"] = default`` is a config
 key, its validation and its command-line flag (the recipe, TARA), as a keyword-only parameter of a merge method is
-(pico/registry.py). ``Choices(registry)`` among the metadata names the allowed values; a list field is given on the
-command line as comma-separated numbers; a field without ``Annotated`` help gets no flag.
+(pico/registry.py). ``Choices(registry)`` among the metadata names the allowed values (a dict's values are their
+descriptions, shown in the help) and checks them; a list field is given on the command line as comma-separated
+numbers; a field without ``Annotated`` help gets no flag.
 """
 
 from __future__ import annotations
@@ -27,6 +28,20 @@ class Choices:
 
     def names(self) -> list[str]:
         return list(self.of)
+
+    def describe(self) -> str:
+        """"name: description; ..." when ``of`` maps each name to its description (a dict of str), else ""."""
+        if isinstance(self.of, dict) and all(isinstance(v, str) for v in self.of.values()):
+            return "; ".join(f"{k}: {v}" for k, v in self.of.items())
+        return ""
+
+    def check(self, value, name: str, owner: str) -> None:
+        """A RecipeError naming the field and the choices unless ``value`` is one (a registry's own message)."""
+        if value in self.names():
+            return
+        if hasattr(self.of, "lookup"):
+            self.of.lookup(value)
+        raise RecipeError(f"{owner}: unknown {name} {value!r}; choose from {', '.join(self.names())}")
 
 
 @dataclass
@@ -58,6 +73,8 @@ class Option:
             if self.many:
                 return [self.param.check(v, owner) for v in value]
             self.param.check(value, owner)
+            if self.choices is not None:
+                self.choices.check(value, self.param.name, owner)
             return value
         except RecipeError as exc:
             raise error(str(exc)) from None
@@ -93,6 +110,8 @@ def add_flags(parser: argparse.ArgumentParser, cls, **defaults) -> None:
     for name, o in options(cls).items():
         p, default = o.param, defaults.get(name, o.param.default)
         help_text = p.help + (f"; in {p.allowed()}" if p.allowed() else "")
+        if o.choices is not None and o.choices.describe():
+            help_text += "; " + o.choices.describe()
         if default is not None:
             help_text += f" (default: {','.join(map(str, default)) if o.many else default})"
         kw: dict = {"dest": name, "default": default, "help": help_text}

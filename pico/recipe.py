@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated
 
 from annotated_types import Ge
@@ -95,3 +96,51 @@ class Recipe:
         elif self.rescale != "none":
             s += f" ({self.rescale})"
         return s
+
+
+def parse_recipe(text: str) -> Recipe:
+    """A recipe from one line: ``METHOD[/SPACE] [key=value ...]`` (e.g. ``tsv/core lam=0.5 calibrate=pico
+    rescale=pre``; a key that is no recipe field is a method parameter; weights as ``weights=1,2``), or a JSON
+    object of :meth:`Recipe.from_dict`. :func:`format_recipe` writes the same form."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return Recipe.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise RecipeError(f"recipe {text!r} is not valid JSON: {exc}") from None
+    head, *pairs = text.split()
+    if not head or "=" in head:
+        raise RecipeError(f"recipe {text!r}: start with METHOD or METHOD/SPACE, e.g. 'tsv/core lam=0.5'")
+    method, _, space = head.partition("/")
+    d: dict = {"method": method, **({"space": space} if space else {}), "params": {}}
+    names = {f.name for f in fields(Recipe)} - {"method", "space", "params"}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise RecipeError(f"recipe {text!r}: {pair!r} is not key=value")
+        if key == "weights":
+            parsed = [float(w) for w in value.split(",")]
+        else:
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = value
+        (d if key in names else d["params"])[key] = parsed
+    return Recipe.from_dict(d)
+
+
+def format_recipe(recipe: Recipe) -> str:
+    """The one-line form :func:`parse_recipe` reads: method/space and every setting that differs from its default."""
+    default = Recipe(method=recipe.method, space=recipe.space)
+    default.rescale = Recipe(method=recipe.method, space=recipe.space, calibrate=recipe.calibrate).rescale
+    parts = [f"{recipe.method}/{recipe.space}"]
+    for f in fields(Recipe):
+        value = getattr(recipe, f.name)
+        if f.name in ("method", "space", "params") or value == getattr(default, f.name):
+            continue
+        parts.append(f"{f.name}=" + (",".join(f"{w:.12g}" for w in value) if f.name == "weights" else
+                                     f"{value:.12g}" if isinstance(value, float) else str(value)))
+    params = recipe.method_params()
+    defaults = default.method_params()
+    parts += [f"{k}={v:.12g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items() if v != defaults[k]]
+    return " ".join(parts)

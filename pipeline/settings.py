@@ -182,6 +182,7 @@ class CatalogEntry(_Section):
     name: str
     source: str  # local path, hf://org/name@rev, dvc://path[@rev]
     sha256: str | None = None  # optional pin: pico's per-adapter digest (Source.sha256)
+    prompts: str | None = None  # optional unlabeled prompts (JSONL: a path, dvc:// or hf:// file) for learned merges
 
     @model_validator(mode="before")
     @classmethod

@@ -12,15 +12,19 @@ from ..adapters import load_adapters
 from ..options import add_flags, from_args
 from .config import TaraConfig, TaraError
 from .run import tara_merge
+from .teacher import default_cache_dir
 
 EPILOG = """examples:
   pico tara ./add ./rev ./sort --base ./base --prompts add.jsonl rev.jsonl sort.jsonl --out merged
   pico tara a b --base ./base --prompts a.jsonl b.jsonl --variant tara-b --calibrate pico --out merged
   pico tara a b --base ./base --prompts a.jsonl b.jsonl --preference 2,1 --epochs 5 --out merged
+  pico tara a b --base ./base --prompts a.jsonl b.jsonl --objective teacher --variant factors \\
+      --init 'tsv/core lam=0.5' --steps 20 --autocast bf16 --out merged
 
 Each prompts file is a JSONL of unlabeled inputs of the matching adapter's task, one object per line with a
-"prompt" (or "text") field, or "input_ids". TARA needs these inputs and T forward/backward passes of the base model
-per step; the data-free `pico merge` needs neither."""
+"prompt" (a user message: through the chat template per --chat-template), "messages" (a chat), "text" (raw text) or
+"input_ids". TARA needs these inputs and T forward/backward passes of the base model per step; the data-free
+`pico merge` needs neither. With --objective teacher each adapter first answers its own prompts (cached)."""
 
 
 def add_tara_parser(sub) -> None:
@@ -33,6 +37,10 @@ def add_tara_parser(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory (must not exist unless --force)")
     add_flags(p, TaraConfig)  # TARA's options (pico/tara/config.py)
     p.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the base model's)")
+    p.add_argument("--teacher-cache", type=Path, default=None,
+                   help="where teacher replies are kept by content (default: $PICO_TEACHER_CACHE or "
+                        "~/.cache/pico-merge/teacher)")
+    p.add_argument("--no-teacher-cache", action="store_true", help="generate the teacher replies, keep nothing")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the base model's forward pass (coefficients and LoRA path stay float32)")
@@ -54,13 +62,15 @@ def cmd_tara(args) -> int:
     if len(args.prompts) != len(aset):
         raise TaraError(f"{len(args.prompts)} prompt files given for {len(aset)} adapters; give one per adapter, "
                         "in SRC order")
+    cache = None if args.no_teacher_cache else (args.teacher_cache or default_cache_dir())
     manifest = tara_merge(args.base, aset, args.prompts, args.out, config, tokenizer=args.tokenizer,
                           device=args.device, model_dtype=args.model_dtype, dtype=getattr(torch, args.dtype),
-                          overwrite=args.force, progress=not args.quiet, plot=not args.no_plot)
+                          overwrite=args.force, progress=not args.quiet, plot=not args.no_plot, cache_dir=cache)
     if not args.quiet:
         tr = manifest["training"]
-        print(f"{config.variant}: {len(aset)} adapters, {tr['coefficients']} coefficients, {tr['steps']} steps in "
-              f"{manifest['seconds']:.1f} s; pseudo-loss on all inputs {tr['loss_all_inputs_init']:.4f} -> "
-              f"{tr['loss_all_inputs_final']:.4f} -> {args.out} (rank <= {manifest['output']['max_rank']})",
-              file=sys.stderr)
+        print(f"{manifest['recipe']['variant']} ({config.objective}): {len(aset)} adapters, "
+              f"{tr['coefficients']} trained values, {tr['steps']} steps in {manifest['seconds']:.1f} s "
+              f"({manifest['seconds_prepare']:.1f} s preparing); loss on all inputs "
+              f"{tr['loss_all_inputs_init']:.4f} -> {tr['loss_all_inputs_final']:.4f} -> {args.out} "
+              f"(rank <= {manifest['output']['max_rank']})", file=sys.stderr)
     return 0

@@ -239,7 +239,7 @@ def test_text_prompts_through_a_tokenizer_and_bad_rows(base, adapters, tmp_path,
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}, {"answer": "y"}])
     assert main(args + ["--prompts", str(files[0]), str(files[1]), str(bad), "--tokenizer", str(tmp_path / "tok"),
                         "--out", str(tmp_path / "q")]) == 2
-    assert "bad.jsonl:2: no \"prompt\" or \"text\" string field" in capsys.readouterr().err
+    assert "bad.jsonl:2: no \"prompt\", \"messages\" or \"text\" field" in capsys.readouterr().err
     assert main(args + ["--prompts", str(files[0]), "--out", str(tmp_path / "r")]) == 2
     assert "1 prompt files given for 3 adapters" in capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in "pqr")
@@ -247,7 +247,7 @@ def test_text_prompts_through_a_tokenizer_and_bad_rows(base, adapters, tmp_path,
 
 def test_read_prompts_prefers_ids_and_rejects_garbage(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"input_ids": [1, 2], "prompt": "zz"}, {"prompt": "ab"}, {"text": "c"}])
-    assert read_prompts(path) == [[1, 2], "ab", "c"]
+    assert read_prompts(path) == [[1, 2], {"prompt": "ab"}, "c"]  # "prompt": a user message (chat template)
     (tmp_path / "q.jsonl").write_text("{\"prompt\": \"a\"}\nnot json\n")
     with pytest.raises(TaraError, match="q.jsonl:2: not JSON"):
         read_prompts(tmp_path / "q.jsonl")
