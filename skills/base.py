@@ -15,17 +15,8 @@ from pathlib import Path
 
 import torch
 
-from skills.common import (
-    DEVICE,
-    accuracy,
-    lr_at,
-    make_batch,
-    rule_rates,
-    seed_all,
-    set_threads,
-    split_line,
-    weighted_lm_loss,
-)
+from skills.common import (DEVICE, accuracy, lr_at, make_batch, rule_rates, seed_all, set_threads, split_line,
+                           weighted_lm_loss)
 from skills.data import read_jsonl, read_pretrain
 from skills.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, build_tokenizer
 

@@ -68,7 +68,7 @@ def unavailable(settings: Settings, exc: Exception, what: str) -> RegistryUnavai
     state = "is unreachable" if down else "refused the request"
     return RegistryUnavailable(f"MLflow at {settings.tracking_uri} {state} ({what}): {text}. Nothing was "
                                "promoted and no alias moved" + ("; start the server or fix MLFLOW_TRACKING_URI, then "
-                                                                "rerun (merge and eval results are cached)" if down
+                                                                "rerun (whatever was merged and scored is cached)" if down
                                                                 else ""),
                                permanent=not down and code not in _TRANSIENT_CODES)
 

@@ -23,9 +23,10 @@ import random
 import time
 from pathlib import Path
 
+import skills  # noqa: F401
+
 import torch
 
-import skills  # noqa: F401
 from skills.adapters import lora_config, save_adapter, update_stats
 from skills.adapters import scale_accuracy as _scale_accuracy
 from skills.common import lr_at

@@ -19,9 +19,10 @@ import random
 import time
 from pathlib import Path
 
+import skills  # noqa: F401
+
 import torch
 
-import skills  # noqa: F401
 from skills.lmeval import find_skills
 from skills.smollm2.data import read_jsonl
 
