@@ -12,8 +12,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from stack_support import NEEDED, listening, use_s3_remote  # first: it puts tests/pipeline on sys.path
 from pipeline_helpers import ENV, PY, make_project
-from stack_support import NEEDED, listening, use_s3_remote
 
 
 def pytest_collection_modifyitems(items):
