@@ -174,7 +174,12 @@ def _stack_processes() -> dict[int, str]:
 
 def test_no_credential_in_service_logs_or_on_the_process_table(stack):
     """Issue 25 item 8: every stack service's log file and the command line (/proc/<pid>/cmdline, what `ps` shows
-    every user) of every stack process are free of the stack's credentials."""
+    every user) of every stack process are free of the stack's credentials.
+
+    One exception, in the S3 server's access log only: the S3 access key *ID*. It is the public half of the key pair
+    by AWS's design (SigV4 sends it in clear in every request, and a presigned URL carries it in its query string, so
+    any access log of presigned downloads shows it); the secret key never leaves the client. The ID is still checked
+    on every command line and in every other log."""
     from stack_support import STATE
 
     procs = _stack_processes()
@@ -185,6 +190,8 @@ def test_no_credential_in_service_logs_or_on_the_process_table(stack):
         for pid, cmd in procs.items():
             assert value not in cmd, f"credential {key} on the command line of pid {pid}: {cmd[:60]}..."
         for name, text in logs.items():
+            if key == "S3_ACCESS_KEY" and name == "s3.log":
+                continue
             assert value not in text, f"credential {key} in the service log {name}"
 
 
