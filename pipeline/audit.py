@@ -23,10 +23,11 @@ from pathlib import Path
 
 from pico import Recipe
 from pico.adapters import Source, resolve_source
-from pico.writer import sha256_file
+from pico.writer import json_digest, sha256_file
 
 from . import dvcio
 from .environ import quiet_env
+from .render import recipe_summary
 from .settings import Settings, load_settings
 from .sources import adapter_files
 from .tracking.client import client
@@ -114,6 +115,39 @@ def check_source(project: Path, src: dict) -> Check:
                  + ("" if ok else f" != registered {_short(src['sha256'])} (changed since the merge)"))
 
 
+def check_recipe(manifest: dict) -> Check:
+    """The recipe's hash recomputed: a pico merge's through ``pico.Recipe``, a learned merge's (``pico tara``) as the
+    digest of its config."""
+    r = manifest["recipe"]
+    try:
+        # pico tara: the recipe is its TaraConfig with the variant as method, hashed as it is
+        recomputed = json_digest(r) if "objective" in r else Recipe.from_dict(r).hash()
+        what = recipe_summary(r)
+    except (ValueError, KeyError) as exc:
+        return Check("recipe", "MISMATCH", f"cannot rebuild the recipe: {exc}")
+    ok = recomputed == manifest["recipe_hash"]
+    return Check("recipe", "OK" if ok else "MISMATCH", f"{what}: hash {_short(recomputed)} recomputed"
+                 + ("" if ok else f" != {_short(manifest['recipe_hash'])}"))
+
+
+def check_prompts(project: Path, src: dict) -> Check:
+    """A learned merge's prompts file: its sha256 recomputed from the file the URI names in this checkout (a
+    ``dvc://`` path from the workspace; not fetched from a remote here)."""
+    p = src["prompts"]
+    what = f"prompts of {src['name']}"
+    uri = p["uri"]
+    rel = uri[len("dvc://"):].partition("@")[0] if uri.startswith("dvc://") else None if uri.startswith("hf://") \
+        else uri
+    path = (project / rel) if rel is not None and not Path(rel).is_absolute() else Path(rel or p["path"])
+    if not path.is_file():
+        return Check(what, "INFO", f"{uri}: not in this checkout; registered sha256 {_short(p['sha256'])} "
+                                   f"({p['n']} prompts)")
+    digest = sha256_file(path)
+    ok = digest == p["sha256"]
+    return Check(what, "OK" if ok else "MISMATCH", f"{uri}: sha256 {_short(digest)} recomputed ({p['n']} prompts)"
+                 + ("" if ok else f" != registered {_short(p['sha256'])} (changed since the merge)"))
+
+
 def check_dvc_output(project: Path, dvc_md5: str, manifest: dict) -> Check:
     listing, where = _dir_listing(project, dvc_md5)
     if listing is None:
@@ -171,20 +205,15 @@ def walk(settings: Settings, model: str | None = None, ref: str = "champion") ->
                  ("pico.merge_key", lineage["merge_key"])]
         pairs += [(f"source.{s['name']}.sha256", s["sha256"]) for s in lineage["sources"]]
         pairs += [(f"source.{s['name']}.sha256", s["sha256"]) for s in manifest["sources"]]
+        pairs += [(f"source.{s['name']}.prompts_sha256", s["prompts"]["sha256"]) for s in lineage["sources"]
+                  if s.get("prompts")]
+        pairs += [(f"source.{i['adapter']}.prompts_sha256", i["sha256"]) for i in manifest.get("inputs", [])]
         bad = sorted({k for k, val in pairs if tags.get(k) != val})
         checks.append(Check("registry tags", "MISMATCH" if bad else "OK",
                             f"differ from the run's lineage/manifest: {', '.join(bad)}" if bad else
                             "equal to the run's lineage.json and merge_manifest.json"))
         # 2. recipe hash recomputed
-        try:
-            recomputed = Recipe.from_dict(manifest["recipe"]).hash()
-            ok = recomputed == manifest["recipe_hash"]
-            checks.append(Check("recipe", "OK" if ok else "MISMATCH",
-                                f"{manifest['recipe']['method']}/{manifest['recipe']['space']}/calibrate="
-                                f"{manifest['recipe']['calibrate']}: hash {_short(recomputed)} recomputed"
-                                + ("" if ok else f" != {_short(manifest['recipe_hash'])}")))
-        except ValueError as exc:
-            checks.append(Check("recipe", "MISMATCH", f"cannot rebuild the recipe: {exc}"))
+        checks.append(check_recipe(manifest))
         # 3. the MLflow copy of the merged adapter
         try:
             uri = files_uri(c, v.source)  # a logged model: where its files live
@@ -204,9 +233,11 @@ def walk(settings: Settings, model: str | None = None, ref: str = "champion") ->
         checks.append(check_dvc_output(project, dvc_md5, manifest))
     else:
         checks.append(Check("merged adapter in DVC", "INFO", "not versioned with DVC (no DVC repo or skipped)"))
-    # 5. sources
+    # 5. sources (and a learned merge's prompts)
     for src in lineage["sources"]:
         checks.append(check_source(project, src))
+        if src.get("prompts"):
+            checks.append(check_prompts(project, src))
     # 6. git commit
     commit = lineage.get("git", {}).get("commit")
     if commit:

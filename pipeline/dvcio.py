@@ -196,7 +196,9 @@ def recorded_files(project: Path, path: str | Path) -> dict | None:
             listing, _ = dir_listing(project, out.md5)
         except FileNotFoundError:
             listing = None  # neither cached nor pushed yet: the caller pulls, then asks again
-        if listing is not None:
+        if listing is not None and inner in listing:  # one file of a tracked folder: "" is the file itself
+            files = {"": listing[inner]}
+        elif listing is not None:
             prefix = inner + "/" if inner else ""
             files = {k[len(prefix):]: v for k, v in listing.items() if k.startswith(prefix)}
     elif not inner:

@@ -21,8 +21,16 @@ a TIES/DARE parameter; for TA it is dropped, not an error). Combinations that wo
 are skipped as duplicates with the reason: lambda under ``rescale: post`` (the merged norm is pinned, lambda cancels),
 ``kappa``/``gamma`` without calibration.
 
-Pure Python over pico's public API (Recipe, the method registry): no Prefect, MLflow or lm-eval imports. The
-search itself (merge and score each candidate, the argmax) is :mod:`pipeline.search`.
+A grid with ``method: tara`` is a family of **learned** candidates (``pico tara``; its fields are
+``pico.tara.TaraConfig``'s, lists being choices as above), e.g. the teacher objective at two budgets::
+
+        - {method: tara, objective: teacher, steps: [10, 20]}
+
+Learned candidates come after every data-free one (a tie on validation goes to the data-free merge: a learned merge
+is chosen only when it wins). Without ``init`` each starts from the night's best data-free candidate.
+
+Pure Python over pico's public API (Recipe, the method registry, TaraConfig): no Prefect, MLflow or lm-eval imports.
+The search itself (merge and score each candidate, the argmax) is :mod:`pipeline.search`.
 """
 
 from __future__ import annotations
@@ -30,12 +38,17 @@ from __future__ import annotations
 import itertools
 
 from pico import Recipe
+from pico.errors import PicoError
 from pico.registry import METHODS, get_method
+from pico.tara import TaraConfig
+from pico.writer import json_digest
 
 from .errors import SearchError
 from .records import Candidate, SearchSpace
 
 RECIPE_FIELDS = tuple(Recipe.__dataclass_fields__)
+LEARNED_METHOD = "tara"  # a grid with this method is a family of learned candidates (TaraConfig's fields)
+TARA_FIELDS = tuple(TaraConfig.__dataclass_fields__)
 SEARCH_KEYS = {"search", "defaults", "max_candidates"}
 MAX_CANDIDATES = 32
 
@@ -67,7 +80,7 @@ def is_search(section: dict | None) -> bool:
     """Whether ``merge:`` is a search space (grids or list-valued fields), not one plain recipe."""
     if not section:
         return False
-    if set(section) & SEARCH_KEYS:
+    if set(section) & SEARCH_KEYS or section.get("method") == LEARNED_METHOD:  # a learned merge is scored, too
         return True
     for key, value in section.items():
         if key == "params":
@@ -114,6 +127,45 @@ def _duplicate_reason(recipe: Recipe) -> str | None:
     return None
 
 
+def learned_label(fields: dict) -> str:
+    """tara/factors teacher steps=20 (from the best data-free merge) | ... init=ta/core lam=0.25"""
+    cfg = TaraConfig(**fields)
+    variant = cfg.variant or ("factors" if cfg.objective == "teacher" else "tara-a")
+    s = f"tara/{variant} {cfg.objective}"
+    for name, value in sorted(fields.items()):
+        if name not in ("variant", "objective", "init"):
+            s += f" {name}={value:g}" if isinstance(value, float) else f" {name}={value}"
+    if fields.get("init") is not None:
+        s += f" init={fields['init']}"
+    elif variant in ("core", "factors"):
+        s += " (from the best data-free merge)"
+    return s
+
+
+def _learned(grid: dict, where: str) -> tuple[list[dict], list[dict]]:
+    """A learned family's combinations: (valid recipes ``{"method": "tara", **fields}``, skipped with reasons)."""
+    fields = {k: v for k, v in grid.items() if k != "method"}
+    unknown = set(fields) - set(TARA_FIELDS)
+    if unknown:
+        raise SearchError(f"{where}: unknown keys {', '.join(sorted(unknown))} of a learned merge (method: "
+                          f"{LEARNED_METHOD}; known: {', '.join(TARA_FIELDS)})")
+    choices = {k: _values("weights" if k == "preference" else k, v) for k, v in fields.items()}  # one list: a value
+    if any(not v for v in choices.values()):
+        raise SearchError(f"{where}: an empty list leaves nothing to search")
+    ok, skipped = [], []
+    for combo in itertools.product(*choices.values()):
+        kw = dict(zip(choices, combo))
+        raw = {"method": LEARNED_METHOD, **kw}
+        try:
+            cfg = TaraConfig(**kw)
+            cfg.resolve(len(cfg.preference) if cfg.preference else 1)  # T is checked again on the night's adapters
+        except (PicoError, TypeError, ValueError) as exc:
+            skipped.append({"recipe": raw, "reason": str(exc)})
+            continue
+        ok.append(raw)
+    return ok, skipped
+
+
 def expand(section: dict | None) -> SearchSpace:
     """The candidates of ``merge:`` in order (duplicates removed), and the skipped combinations with reasons."""
     if not section:
@@ -121,10 +173,19 @@ def expand(section: dict | None) -> SearchSpace:
     single = not is_search(section)
     grids, limit = _grids(section)
     candidates: list[Candidate] = []
+    learned: list[dict] = []
     skipped: list[dict] = []
     seen: set[str] = set()
     for gi, grid in enumerate(grids):
         where = "merge" if len(grids) == 1 and "search" not in section else f"merge.search[{gi}]"
+        if grid.get("method") == LEARNED_METHOD:
+            ok, bad = _learned(grid, where)
+            skipped += bad
+            for r in ok:
+                if json_digest(r) not in seen:
+                    seen.add(json_digest(r))
+                    learned.append(r)
+            continue
         unknown = set(grid) - set(RECIPE_FIELDS)
         if unknown:
             raise SearchError(f"{where}: unknown recipe keys {', '.join(sorted(unknown))} (known: "
@@ -163,6 +224,9 @@ def expand(section: dict | None) -> SearchSpace:
                 continue  # the same recipe again (e.g. a parameter dropped for a method without it)
             seen.add(key)
             candidates.append(Candidate(recipe=recipe.to_dict(), label=label(recipe), index=len(candidates)))
+    for raw in learned:  # after every data-free candidate: ties on validation go to the data-free merge
+        candidates.append(Candidate(recipe=raw, label=learned_label({k: v for k, v in raw.items() if k != "method"}),
+                                    index=len(candidates), kind="learned"))
     if not candidates:
         reasons = "; ".join(sorted({s["reason"] for s in skipped}))[:600]
         raise SearchError(f"merge: no valid candidate ({len(skipped)} combinations skipped: {reasons})")

@@ -9,6 +9,7 @@ Writes go through pico's streaming atomic writer: a crash leaves no partial outp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -215,6 +216,73 @@ def merge_into_store(settings: Settings, aset: pico.AdapterSet, fetched: list[Fe
     return MergeResult(key=key, store=str(store), manifest=manifest, cached=cached)
 
 
+def learned_key(fetched: list[FetchedSource], base: FetchedSource, config: dict, dtype: str, device: str,
+                threads: int | None) -> str:
+    """Everything that decides a learned merge's bytes: the adapters' and their prompts' bytes in order, the base
+    model's, the resolved TARA config (its init recipe included), pico's code, dtype, device class and the torch
+    thread count of the training (BLAS rounds differently with another count)."""
+    return json_digest({"sources": [f.sha256 for f in fetched], "prompts": [f.prompts and f.prompts.sha256
+                                                                             for f in fetched],
+                        "base": base.sha256, "tara": config, "pico": pico.__version__,
+                        "pico_code": pico_code_digest(), "dtype": dtype, "device": device, "threads": threads})
+
+
+def check_prompts(fetched: list[FetchedSource], label: str) -> list[str]:
+    """Each adapter's prompts file (catalog ``prompts:``): a learned merge needs one per adapter."""
+    missing = [f.name for f in fetched if f.prompts is None]
+    if missing:
+        raise PipelineError(f"the learned candidate {label!r} needs unlabeled prompts for every adapter; the catalog "
+                            f"gives none for {', '.join(missing)} (add `prompts:` to those entries)", permanent=True)
+    return [f.prompts.path for f in fetched if f.prompts is not None]
+
+
+def learn_into_store(settings: Settings, aset: pico.AdapterSet, fetched: list[FetchedSource], base: FetchedSource,
+                     config, key: str, label: str = "learned") -> tuple[MergeResult, dict]:
+    """The learned merge (``pico.tara.tara_merge``: each adapter the teacher of its own prompts) in the store: a
+    verified copy if there is one, else trained and written atomically under the key's lock. Teacher replies are
+    cached by content under ``<work>/teacher-cache``. Returns the merge and its training record (init, steps, loss
+    curve, seconds; the seconds are this night's, 0 when the store had it)."""
+    from pico.tara import tara_merge
+
+    p = settings.pipeline
+    out = store_dir(settings, key)
+    manifest = verify_dir(out)
+    cached = manifest is not None
+    seconds = {"seconds_prepare": 0.0, "seconds_train": 0.0}
+    if manifest is None:
+        prompts = check_prompts(fetched, label)
+        with project_lock(settings.work, f"merge-{out.name}"):
+            manifest = verify_dir(out)
+            if manifest is None:
+                clean_stale(out.parent, out.name)
+                with torch_threads(p.learn.threads):
+                    manifest = tara_merge(base.path, aset, prompts, out, config, device=p.device,
+                                          dtype=getattr(torch, p.dtype), overwrite=out.exists(),
+                                          progress=p.learn.progress, cache_dir=settings.work / "teacher-cache")
+                seconds = {k: round(manifest.pop(k), 2) for k in ("seconds_prepare", "seconds_train")}
+                manifest.pop("seconds", None)
+    check_sources(manifest, fetched)
+    t = manifest["training"]
+    training = {"init": manifest["recipe"].get("init"), "variant": manifest["recipe"].get("variant"),
+                "objective": manifest["recipe"].get("objective"), "steps": t["steps"],
+                "coefficients": t["coefficients"], "loss": t["loss"], **seconds,
+                "prompts": {i["adapter"]: {"sha256": i["sha256"], "n": i["n"]} for i in manifest["inputs"]}}
+    return MergeResult(key=key, store=str(out), manifest=manifest, cached=cached), training
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None = None):
+    """torch's intra-op thread count set to ``n`` inside the block (None: left as it is), restored after: tasks that
+    pin it for identical bytes leave the rest of the run its own count."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def diagnostics(manifest: dict) -> dict:
     """Per-module Pico diagnostics from the manifest, plus a summary."""
     layers = manifest["layers"]
@@ -241,7 +309,11 @@ def plot_diagnostics(manifest: dict, path: Path) -> Path:
 
     layers = manifest["layers"]
     modules = sorted(layers, key=natural_key)
-    series = {"norm ratio (merged / mean source)": [layers[m].get("norm_ratio") for m in modules]}
+    series = {}
+    if all("norm_ratio" in layers[m] for m in modules):
+        series["norm ratio (merged / mean source)"] = [layers[m]["norm_ratio"] for m in modules]
+    series["rank"] = [layers[m]["rank"] for m in modules] if not series else []
+    series = {k: v for k, v in series.items() if v}
     if all("alpha" in layers[m] for m in modules):
         series["Pico min alpha"] = [min(layers[m]["alpha"]) for m in modules]
     for key in ("overlap_B", "overlap_A"):
@@ -251,8 +323,9 @@ def plot_diagnostics(manifest: dict, path: Path) -> Path:
     for label, values in series.items():
         ax.plot(values, marker=".", label=label)
     ax.set_xlabel("module (model order)")
-    ax.set_title(f"{manifest['recipe']['method']} / {manifest['recipe']['space']} / "
-                 f"calibrate={manifest['recipe']['calibrate']}")
+    r = manifest["recipe"]
+    ax.set_title(f"{r['method']} / {r.get('space', r.get('objective'))} / "
+                 + (f"calibrate={r['calibrate']}" if "space" in r else f"init={r.get('init')}"))
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

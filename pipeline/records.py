@@ -7,6 +7,7 @@ eval.json, the ``--json`` summary), key for key what the untyped pipeline wrote 
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +21,17 @@ class Record(BaseModel):
 Outcomes = dict[str, dict[str, float]]  # {task: {item: 0/1}}: per-sample outcomes, for the paired gate
 
 
+class PromptsFile(Record):
+    """An adapter's unlabeled prompts (catalog ``prompts:``) resolved to a local JSONL file and hashed: they decide a
+    learned merge's bytes, so their digest is in its key and in the lineage."""
+
+    uri: str
+    path: str
+    sha256: str
+    n: int  # prompts (non-empty rows)
+    revision: str | None = None
+
+
 class FetchedSource(Record):
     """One catalog entry resolved to a local directory and hashed (pico's per-adapter sha256)."""
 
@@ -31,6 +43,7 @@ class FetchedSource(Record):
     pinned: bool = False
     files: dict[str, str] = {}
     dvc: dict | None = None  # what DVC recorded for it (pipeline.dvcio.recorded_files), None when not DVC-tracked
+    prompts: PromptsFile | None = None  # the catalog's prompts: for learned merges
 
 
 class EvalResult(Record):
@@ -112,6 +125,7 @@ class LineageSource(Record):
     sha256: str
     files: dict[str, str]
     dvc: dict | None
+    prompts: PromptsFile | None = None  # a learned merge's: the prompts it learned from
 
 
 class LineageBase(Record):
@@ -158,6 +172,9 @@ class Lineage(Record):
         out = self.model_dump(exclude={"dvc_lock"} if self.dvc_lock is None else set())
         if self.output.dvc is None:
             del out["output"]["dvc"]
+        for src in out["sources"]:  # prompts: only a learned merge's sources have them
+            if src.get("prompts") is None:
+                src.pop("prompts", None)
         return out
 
 
@@ -172,16 +189,33 @@ class MergeResult(Record):
 
 
 class Candidate(Record):
-    """One recipe of the search space, in the space's order (ties on validation go to the earlier candidate)."""
+    """One recipe of the search space, in the space's order (ties on validation go to the earlier candidate).
+
+    ``kind`` "merge": a data-free merge, ``recipe`` is ``pico.Recipe.to_dict()``. ``kind`` "learned": a merge learned
+    from the adapters as teachers on their prompts (``pico tara``), ``recipe`` is ``{"method": "tara", <TaraConfig
+    fields as written>}``; without ``init`` it starts from the best data-free candidate of the night."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    recipe: dict  # pico.Recipe.to_dict(): every field, method parameters with their defaults
+    recipe: dict
     label: str
     index: int
+    kind: Literal["merge", "learned"] = "merge"
 
     def recipe_obj(self) -> pico.Recipe:
+        if self.kind != "merge":
+            raise TypeError(f"candidate {self.label!r} is a learned merge, not a pico.Recipe")
         return pico.Recipe.from_dict(self.recipe)
+
+    def tara_config(self, init: str | None = None):
+        """The learned candidate's ``pico.tara.TaraConfig`` (``init``: the data-free merge it starts from when the
+        grid names none)."""
+        from pico.tara import TaraConfig
+
+        fields = {k: v for k, v in self.recipe.items() if k != "method"}
+        if fields.get("init") is None and init is not None:
+            fields["init"] = init
+        return TaraConfig(**fields)
 
 
 class SearchSpace(Record):
@@ -213,11 +247,16 @@ class CandidateRecord(Record):
     validation: Validation
     merge_s: float
     score_s: float
+    kind: Literal["merge", "learned"] = "merge"
+    training: dict | None = None  # a learned merge: init, steps, seconds (prepare/train), loss curve, teacher cache
     cached: bool = False  # read from its record (or Prefect's cache) this night
     scored_on: str = ""  # "first N validation items", "all validation items (finalist)", ...
 
     def to_file(self) -> dict:
         return self.model_dump(exclude={"cached", "scored_on"})
+
+    def candidate(self) -> Candidate:
+        return Candidate(recipe=self.recipe, label=self.label, index=self.index, kind=self.kind)
 
 
 class SearchResult(Record):

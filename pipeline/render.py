@@ -24,16 +24,40 @@ def recipe_of(summary: NightlyResult) -> str:
     return summary.search.chosen if summary.search else summary.recipe_label
 
 
+def recipe_summary(recipe: dict) -> str:
+    """ties / core / calibrate=pico (a pico merge) | learned factors / teacher / init=tsv/core lam=0.5 (pico tara)."""
+    if "objective" in recipe:
+        return f"learned {recipe['method']} / {recipe['objective']} / init={recipe.get('init')}"
+    return f"{recipe['method']} / {recipe['space']} / calibrate={recipe['calibrate']}"
+
+
 def candidate_rows(records: list[CandidateRecord], chosen_key: str | None = None) -> list[dict]:
     """Candidates by validation mean (finalists first, best first; ties: search order), as table rows."""
     rows: list[dict] = []
-    finalist = lambda r: "finalist" in r.scored_on  # noqa: E731
+    finalist = lambda r: "finalist" in r.scored_on or "(learned)" in r.scored_on  # noqa: E731
     for r in sorted(records, key=lambda r: (not finalist(r), -r.validation.mean, r.index)):
         v = r.validation
         rows.append({"rank": len(rows) + 1, "candidate": r.label, "val mean": pm(v.mean, v.mean_stderr),
                      **{t: f"{s:.3f}" for t, s in v.scores.items()}, "scored on": r.scored_on,
                      "chosen": "yes" if r.key == chosen_key else ""})
     return rows
+
+
+def learned_markdown(rec: CandidateRecord) -> str:
+    """A learned candidate: where it started, what it cost, its validation scores and its loss curve."""
+    t = rec.training or {}
+    loss = t.get("loss") or []
+    lines = [f"## {rec.label}", "",
+             f"- started from `{t.get('init')}` ({t.get('variant')}, objective {t.get('objective')}), "
+             f"{t.get('steps')} steps, {t.get('coefficients')} trained coefficients",
+             f"- cost: {t.get('seconds_prepare', 0):.1f} s teacher replies and preparation + "
+             f"{t.get('seconds_train', 0):.1f} s training; validation scoring {rec.score_s:.1f} s",
+             f"- validation mean {pm(rec.validation.mean, rec.validation.mean_stderr)}: "
+             + ", ".join(f"{k} {v:.3f}" for k, v in rec.validation.scores.items()),
+             "- prompts: " + ", ".join(f"{k} {v['n']} ({v['sha256'][:12]})" for k, v in (t.get("prompts") or {}).items()),
+             "", "| step | loss |", "|---:|---:|"]
+    lines += [f"| {i + 1} | {x:.4f} |" for i, x in enumerate(loss)]
+    return "\n".join(lines)
 
 
 @dataclass

@@ -13,22 +13,10 @@ import os
 import threading
 import time
 
-import torch
-
 from . import evaluation
+from .merging import torch_threads  # noqa: F401  (the flow's: the block gives torch's thread count back)
 from .settings import Settings
 from .tracking.client import preflight
-
-
-@contextlib.contextmanager
-def torch_threads():
-    """Give torch's intra-op thread count back after a block whose tasks pinned it (for identical bytes, every
-    calibrate/merge task and candidate runs with ``pipeline.calibrate.threads``; the rest of the run keeps its own)."""
-    before = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def make_task_runner(settings: Settings):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Protocol, TypeVar
 
 import pico
+from pico.recipe import format_recipe
 from pico.writer import json_digest
 
 from . import evaluation, merging
@@ -62,12 +63,17 @@ def run_candidate(settings: Settings, aset: pico.AdapterSet, fetched: list[Fetch
     if path.is_file():
         return CandidateRecord(**json.loads(path.read_text()), cached=True)
     t0 = time.perf_counter()
-    merged = merging.merge_into_store(settings, aset, fetched, candidate.recipe_obj(), key=merge_key)
+    training = None
+    if candidate.kind == "learned":
+        merged, training = merging.learn_into_store(settings, aset, fetched, base, candidate.tara_config(), merge_key,
+                                                    candidate.label)
+    else:
+        merged = merging.merge_into_store(settings, aset, fetched, candidate.recipe_obj(), key=merge_key)
     t1 = time.perf_counter()
     val = evaluation.validate(settings, base.path, merged.store, settings.pipeline.calibrate.threads)
     rec = CandidateRecord(key=key, merge_key=merge_key, store=merged.store, label=candidate.label,
                           index=candidate.index, recipe=candidate.recipe, validation=val, merge_s=round(t1 - t0, 2),
-                          score_s=round(time.perf_counter() - t1, 2))
+                          score_s=round(time.perf_counter() - t1, 2), kind=candidate.kind, training=training)
     write_json(path, rec.to_file())
     return rec
 
@@ -84,35 +90,62 @@ def run_rounds(settings: Settings, space: SearchSpace, fetched: list[FetchedSour
     t0 = time.perf_counter()
     cfg, p = settings.pipeline.search, settings.pipeline
     device = merging.device_class(settings)
-    merge_keys = {c.index: merging.merge_key(fetched, c.recipe_obj(), p.dtype, device) for c in space.candidates}
+    free = [c for c in space.candidates if c.kind == "merge"]
+    merge_keys = {c.index: merging.merge_key(fetched, c.recipe_obj(), p.dtype, device) for c in free}
 
     def jobs(st: Settings, cands: list[Candidate]) -> list[Job]:
         fp = evaluation.fingerprint(st, "validation")
         return [(c, merge_keys[c.index], candidate_key(merge_keys[c.index], base.sha256, fp)) for c in cands]
 
+    full = settings.model_copy(update={"pipeline": p.model_copy(update={
+        "search": cfg.model_copy(update={"limit": None})})})
     scored_on = f"first {cfg.limit} validation items" if cfg.limit else "all validation items"
-    records = [r.model_copy(update={"scored_on": scored_on}) for r in score_all(settings, jobs(settings,
-                                                                                               space.candidates))]
+    records = [r.model_copy(update={"scored_on": scored_on}) for r in score_all(settings, jobs(settings, free))] \
+        if free else []
     cached = {r.index for r in records if r.cached}
     pool = records
-    if cfg.finalists and cfg.limit:
+    if cfg.finalists and cfg.limit and free:
         top = rank([(r, r.validation.mean) for r in records])[: int(cfg.finalists)]
-        full = settings.model_copy(update={"pipeline": p.model_copy(update={
-            "search": cfg.model_copy(update={"limit": None})})})
-        by_index = {c.index: c for c in space.candidates}
+        by_index = {c.index: c for c in free}
         pool = [r.model_copy(update={"scored_on": "all validation items (finalist)"})
                 for r in score_all(full, jobs(full, [by_index[r.index] for r, _ in top]))]
         finalists = {r.index for r in pool}
         records = pool + [r for r in records if r.index not in finalists]
         cached -= {r.index for r in pool if not r.cached}  # cached: every round of it was
+    screened = pool is not records  # the choice is among finalists
+    learned = [c for c in space.candidates if c.kind == "learned"]
+    if learned:  # trained from the best data-free merge (unless init says), scored like the finalists
+        start = best([(r, r.validation.mean) for r in pool])[0] if pool else None
+        init = format_recipe(pico.Recipe.from_dict(start.recipe)) if start else None
+        learned = [resolve_learned(c, init) for c in learned]
+        st = full if cfg.limit else settings
+        for c in learned:
+            merge_keys[c.index] = merging.learned_key(fetched, base, c.tara_config().resolve(len(fetched)).to_dict(),
+                                                      p.dtype, device, p.learn.threads)
+        on = "all validation items" + (" (learned)" if cfg.limit else "")
+        done = [r.model_copy(update={"scored_on": on}) for r in score_all(st, jobs(st, learned))]
+        cached |= {r.index for r in done if r.cached}
+        pool = pool + done
+        records = records + done
     chosen, _, margin = best([(r, r.validation.mean) for r in pool])
     runner_up = rank([(r, r.validation.mean) for r in pool])[1][0] if len(pool) > 1 else None
     why = (f"validation argmax: mean {chosen.validation.mean:.4f}"
            + (f", {margin:+.4f} over the runner-up {runner_up.label} ({runner_up.validation.mean:.4f})"
               if runner_up else "")
-           + f" among {len(pool)} " + ("finalists" if pool is not records else "candidates"))
+           + f" among {len(pool)} " + ("finalists and learned merges" if screened and learned else "finalists"
+                                       if screened else "candidates"))
     return SearchResult(records=records, chosen=chosen, runner_up=runner_up, margin=margin, why=why,
                         cached=len(cached), seconds=round(time.perf_counter() - t0, 2))
+
+
+def resolve_learned(candidate: Candidate, init: str | None) -> Candidate:
+    """A learned candidate with the data-free merge it starts from written in (when its grid names none): ``init``,
+    the night's best data-free candidate (None: TARA's default init)."""
+    if candidate.recipe.get("init") is not None or init is None:
+        return candidate
+    return candidate.model_copy(update={"recipe": {**candidate.recipe, "init": init},
+                                        "label": candidate.label.replace("(from the best data-free merge)",
+                                                                         f"init={init}")})
 
 
 def run_search_plain(settings: Settings, aset: pico.AdapterSet, fetched: list[FetchedSource],

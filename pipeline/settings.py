@@ -158,6 +158,14 @@ class DvcSettings(_Section):
     build_jobs: PositiveInt = 1
 
 
+class LearnSettings(_Section):
+    """Training the learned candidates of a search space (``method: tara`` grids; pipeline/merging.py)."""
+
+    # torch threads of the training (None: torch's default, every core); part of the learned merge's key
+    threads: PositiveInt | None = None
+    progress: bool = True  # pico's progress bars (teacher replies, steps) on the worker's stderr
+
+
 class PipelineSettings(_Section):
     """Everything under ``pipeline:``; params.yaml overrides the defaults key by key."""
 
@@ -173,6 +181,7 @@ class PipelineSettings(_Section):
     mlflow: MlflowSettings = MlflowSettings()
     gate: GateSettings = GateSettings()
     search: SearchSettings = SearchSettings()
+    learn: LearnSettings = LearnSettings()
     notify: NotifySettings = NotifySettings()
     schedule: ScheduleSettings = ScheduleSettings()
     dvc: DvcSettings = DvcSettings()
@@ -377,5 +386,16 @@ def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
         raise ConfigError(f"{params_path.name}: {exc}") from None
     catalog = load_catalog((project / pipeline.catalog) if not Path(pipeline.catalog).is_absolute()
                            else Path(pipeline.catalog))
+    learned = [c for c in space.candidates if c.kind == "learned"]
+    missing = [a.name for a in catalog.adapters if a.prompts is None]
+    if learned and missing:
+        raise ConfigError(f"{params_path.name}: merge: the learned candidate {learned[0].label!r} needs unlabeled "
+                          f"prompts for every adapter; {catalog.path.name} gives none for {', '.join(missing)} (add "
+                          "`prompts:` to those entries, or drop the method: tara grid)")
+    for c in learned:  # the checks that need the number of adapters (a preference per adapter)
+        try:
+            c.tara_config().resolve(len(catalog.adapters))
+        except (pico.PicoError, ValueError) as exc:
+            raise ConfigError(f"{params_path.name}: merge: learned candidate {c.label!r}: {exc}") from None
     return Settings(project=project, params_path=params_path, pipeline=pipeline, merge=merge, space=space,
                     catalog=catalog)

@@ -24,7 +24,7 @@ from pico.writer import sha256_file
 from . import dvcio
 from .errors import PipelineError
 from .files import project_lock
-from .records import FetchedSource
+from .records import FetchedSource, PromptsFile
 from .settings import CatalogEntry, Settings
 
 
@@ -64,13 +64,14 @@ def _resolve_dvc(settings: Settings, spec: str) -> tuple[Path, str | None, dict 
     recorded = dvcio.recorded_files(project, path)
     if recorded is None:
         raise SourceError(f"dvc://{path}: DVC tracks no output holding {path} (not in dvc.lock or a .dvc file)")
-    if not local.exists() or (recorded["files"] and any(not (local / f).is_file() for f in recorded["files"])):
+    if not local.exists() or (recorded["files"] and any(not (local / f if f else local).is_file()
+                                                       for f in recorded["files"])):
         with project_lock(settings.work):
             dvcio.pull(project, [recorded["out"]])
         recorded = dvcio.recorded_files(project, path) or recorded
     if recorded["files"]:
         for rel, md5 in recorded["files"].items():
-            f = local / rel if local.is_dir() else local
+            f = local / rel if rel and local.is_dir() else local
             if not f.is_file() or dvcio.md5_file(f) != md5:
                 raise SourceError(f"dvc://{path}: the workspace copy of {rel} differs from what DVC recorded "
                                   f"({recorded['origin']}, md5 {md5}); run `dvc checkout {recorded['out']}` or "
@@ -118,8 +119,52 @@ def _check_pin(entry: CatalogEntry, sha: str, what: str, kind: str) -> None:
                           "is intended)")
 
 
+def _resolve_hub_file(uri: str) -> tuple[Path, str]:
+    """hf://org/name@revision/path/in/repo.jsonl (hf://datasets/org/name@... for a dataset repo) -> the local file
+    from the hub cache, and the revision."""
+    spec = uri[len("hf://"):]
+    repo_type = None
+    if spec.startswith("datasets/"):
+        repo_type, spec = "dataset", spec[len("datasets/"):]
+    repo, _, rest = spec.partition("@")
+    revision, _, filename = rest.partition("/")
+    if not repo or not revision or not filename:
+        raise SourceError(f"{uri}: a hub file is hf://org/name@<revision>/<path in the repo> (the revision pinned)")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision, repo_type=repo_type)), revision
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
+        raise SourceError(f"{uri}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
+
+
+def fetch_prompts(settings: Settings, entry: CatalogEntry) -> PromptsFile | None:
+    """The entry's ``prompts:`` (a path, ``dvc://`` or ``hf://`` file) as a local JSONL file, hashed, its rows checked
+    (pico's reader: a bad row is refused here, naming the file and line, before any merge)."""
+    if entry.prompts is None:
+        return None
+    from pico.tara import TaraError
+    from pico.tara.inputs import read_prompt_rows
+
+    uri, revision = entry.prompts, None
+    if uri.startswith("dvc://"):
+        path, revision, _ = _resolve_dvc(settings, uri[len("dvc://"):])
+    elif uri.startswith("hf://"):
+        path, revision = _resolve_hub_file(uri)
+    else:
+        path = settings.resolve(uri)
+    if not Path(path).is_file():
+        raise SourceError(f"{entry.name}: prompts {uri}: no such file ({path})")
+    try:
+        n = len(read_prompt_rows(path))
+    except TaraError as exc:
+        raise SourceError(f"{entry.name}: prompts {uri}: {exc}") from None
+    return PromptsFile(uri=uri, path=str(path), sha256=sha256_file(Path(path)), n=n, revision=revision)
+
+
 def fetch_entry(settings: Settings, entry: CatalogEntry) -> FetchedSource:
-    """Resolve one catalog adapter to a local directory; hash it; enforce the pin."""
+    """Resolve one catalog adapter to a local directory; hash it; enforce the pin; fetch its prompts, if any."""
     path, revision, dvc = _resolve(settings, entry, (CONFIG_NAME, SAFETENSORS_NAME, *PICKLE_NAMES))
     files = adapter_files(path)
     if not files:
@@ -128,7 +173,7 @@ def fetch_entry(settings: Settings, entry: CatalogEntry) -> FetchedSource:
     sha = Source(name=entry.name, uri=entry.source, path=path, revision=revision, files=files).sha256
     _check_pin(entry, sha, entry.name, "adapter")
     return FetchedSource(name=entry.name, uri=entry.source, path=str(path), revision=revision, sha256=sha,
-                         pinned=entry.sha256 is not None, files=files, dvc=dvc)
+                         pinned=entry.sha256 is not None, files=files, dvc=dvc, prompts=fetch_prompts(settings, entry))
 
 
 def model_source(name: str, uri: str, path: Path, revision: str | None = None, dvc: dict | None = None

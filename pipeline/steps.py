@@ -116,6 +116,9 @@ def score_candidate(settings: Settings, aset: pico.AdapterSet, fetched: list[Fet
     rec = search.run_candidate(settings, aset, fetched, base, candidate, merge_key, key)
     get_run_logger().info("%-40s validation mean %.4f%s", candidate.label, rec.validation.mean,
                           " (cached)" if rec.cached else f" (merge {rec.merge_s} s, score {rec.score_s} s)")
+    if rec.training and not rec.cached:
+        create_markdown_artifact(key="pico-learned-merge", markdown=render.learned_markdown(rec),
+                                 description="The learned merge candidate: its cost and training curve")
     return rec
 
 

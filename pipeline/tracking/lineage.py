@@ -45,7 +45,8 @@ def build_lineage(settings: Settings, fetched: list[FetchedSource], base: Fetche
     return Lineage(
         pico_version=manifest["pico_version"], merge_key=merged.key, recipe=manifest["recipe"],
         recipe_hash=manifest["recipe_hash"],
-        sources=[LineageSource(**f.model_dump(include={"name", "uri", "path", "revision", "sha256", "files", "dvc"}))
+        sources=[LineageSource(**f.model_dump(include={"name", "uri", "path", "revision", "sha256", "files", "dvc"}),
+                               prompts=f.prompts if "inputs" in manifest else None)  # learned merges read them
                  for f in fetched],
         base=LineageBase(**base.model_dump(include={"name", "uri", "revision", "sha256"})),
         output=output, git=git_info(settings.project),
@@ -90,6 +91,9 @@ def lineage_tags(lineage: Lineage) -> dict[str, str]:
         tags[f"{p}.uri"] = s["uri"]
         tags[f"{p}.revision"] = s["revision"] or "none"
         tags[f"{p}.sha256"] = s["sha256"]
+        if s.get("prompts"):
+            tags[f"{p}.prompts_sha256"] = s["prompts"]["sha256"]
+            tags[f"{p}.prompts_uri"] = s["prompts"]["uri"]
         if s.get("dvc"):
             tags[f"{p}.dvc_md5"] = s["dvc"]["out_md5"]
             tags[f"{p}.dvc_out"] = s["dvc"]["out"]

@@ -48,7 +48,8 @@ def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lin
         tags={"pico.identity": identity(lineage), "pico.merge_key": lineage.merge_key,
               "eval.fingerprint": lineage.eval.fingerprint,
               "output.sha256": lineage.output.files["adapter_model.safetensors"]},
-        params={"method": recipe["method"], "space": recipe["space"], "calibrate": recipe["calibrate"],
+        params={"method": recipe["method"], "space": recipe.get("space", "learned"),
+                "calibrate": recipe.get("calibrate", recipe.get("init")),
                 "recipe_hash": lineage.recipe_hash, "sources": ",".join(s.name for s in lineage.sources)})
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..evaluation import generation
 from ..merging import diagnostics, plot_diagnostics
 from ..records import EvalResult, Evaluation, FetchedSource, Lineage, MergeResult, Registration, SearchResult
+from ..render import recipe_summary
 from ..settings import Settings
 from .client import client, ensure_experiment, params, registry_errors, registry_guard
 from .lineage import lineage_tags
@@ -61,7 +62,9 @@ def run_artifacts(settings: Settings, merged: MergeResult, ev: Evaluation, linea
             "eval.json": {"merged": ev.merged.model_dump(), "baselines": [b.model_dump() for b in ev.baselines],
                           "champion": ev.champion.model_dump() if ev.champion else None},
             "lineage.json": lineage.to_json(), "config/params.yaml": settings.params_path,
-            "config/catalog.yaml": settings.catalog.path}
+            "config/catalog.yaml": settings.catalog.path,
+            **({"plots/loss_curve.png": Path(merged.store) / "loss_curve.png"}  # a learned merge's training curve
+               if (Path(merged.store) / "loss_curve.png").is_file() else {})}
 
 
 def run_tags(lineage: Lineage) -> dict[str, str]:
@@ -138,8 +141,8 @@ def register(settings: Settings, lineage: Lineage, merged: MergeResult, base: Fe
                     with registry_sees(settings):
                         version = c.create_model_version(
                             name, source=source, run_id=run_id, tags=tags, model_id=model_id,
-                            description=f"{recipe['method']} / {recipe['space']} / calibrate={recipe['calibrate']} "
-                                        "of " + ", ".join(s.name for s in lineage.sources))
+                            description=f"{recipe_summary(recipe)} of "
+                                        + ", ".join(s.name for s in lineage.sources))
                     reused = False
             c.set_terminated(run_id, "FINISHED")
             artifact_uri = c.get_run(run_id).info.artifact_uri
@@ -175,8 +178,18 @@ def log_candidates(settings: Settings, parent_run_id: str, found: SearchResult) 
             if v.mean_stderr is not None:
                 metrics["val.mean_stderr"] = v.mean_stderr
             metrics.update({"time.merge_s": r.merge_s, "time.score_s": r.score_s})
-            c.log_batch(run.info.run_id, metrics=[Metric(k, float(x), now, 0) for k, x in sorted(metrics.items())],
-                        params=params(r.recipe, "recipe"), tags=[RunTag("pico.candidate_index", str(r.index))])
+            curve = []
+            if r.training:  # a learned merge: its training cost and curve (the loss per step)
+                metrics.update({"time.learn_prepare_s": r.training["seconds_prepare"],
+                                "time.learn_train_s": r.training["seconds_train"],
+                                "learn.steps": r.training["steps"]})
+                curve = [Metric("learn.loss", float(x), now, i) for i, x in enumerate(r.training["loss"])]
+            c.log_batch(run.info.run_id, metrics=[Metric(k, float(x), now, 0) for k, x in sorted(metrics.items())]
+                        + curve, params=params(r.recipe, "recipe"),
+                        tags=[RunTag("pico.candidate_index", str(r.index)), RunTag("pico.kind", r.kind)])
+            plot = Path(r.store) / "loss_curve.png"
+            if r.training and plot.is_file():
+                c.log_artifact(run.info.run_id, str(plot), "plots")
             c.set_terminated(run.info.run_id, "FINISHED")
             ids.append(run.info.run_id)
     return ids
