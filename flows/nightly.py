@@ -85,12 +85,7 @@ def choose_and_merge(settings: Settings, srcs: Sources) -> tuple[MergeResult, Se
             get_run_logger().info("recipe search: %s", settings.space.describe())
             found = recipe_search.with_options(task_runner=runtime.make_task_runner(settings))(settings, aset, srcs)
             chosen = found.chosen
-        if found is not None and found.chosen.kind == "learned":  # trained during the search: in the store
-            merged, _ = merging.learn_into_store(settings, aset, srcs.adapters, srcs.base,
-                                                 found.chosen.candidate().tara_config(), found.chosen.merge_key)
-        else:
-            merged = merging.merge_into_store(settings, aset, srcs.adapters, pico.Recipe.from_dict(chosen.recipe),
-                                              compute=on_workers)
+        merged = merging.merge_chosen(settings, aset, srcs.adapters, srcs.base, chosen, compute=on_workers)
     merged = merged.model_copy(update={"runner": runner and type(runner).__name__})
     get_run_logger().info("merged adapter %s (%d modules, rank <= %d)%s", merged.store,
                           merged.manifest["output"]["modules"], merged.manifest["output"]["max_rank"],

@@ -14,22 +14,21 @@ import argparse
 import sys
 from pathlib import Path
 
-import pico
 from pipeline import evaluation, merging, search, sources, versioning
-from pipeline.records import EvalResult, MergeResult
+from pipeline.records import Candidate, CandidateRecord, EvalResult, MergeResult
 from pipeline.settings import Settings, load_settings
 
 
 def stage_merge(settings: Settings) -> MergeResult:
     fetched = [sources.fetch_entry(settings, e) for e in settings.catalog.adapters]
     aset = merging.load_set(fetched)
-    recipe = settings.space.candidates[0].recipe
+    chosen: Candidate | CandidateRecord = settings.space.candidates[0]
+    base = None
     if settings.search:  # the same search as the flow (every candidate's record cached by content: free after it)
         base = sources.resolve_base(settings, sources.fetch_base(settings), fetched[0].path)
         chosen = search.run_search_plain(settings, aset, fetched, base).chosen
         print(f"recipe search: chosen on validation: {chosen.label}")
-        recipe = chosen.recipe
-    merged = merging.merge_into_store(settings, aset, fetched, pico.Recipe.from_dict(recipe))
+    merged = merging.merge_chosen(settings, aset, fetched, base, chosen)
     out = settings.path("merged")
     merging.materialize(Path(merged.store), out)
     print(f"merged {len(aset)} adapters -> {out} ({merged.manifest['output']['modules']} modules)")
@@ -50,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("stage", choices=["merge", "eval"])
     ap.add_argument("--project", default=".")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--suite", default=None, help="a preset of params.yaml suites: (dvc.yaml's merge@<suite>)")
     args = ap.parse_args(argv)
-    settings = load_settings(args.project, args.params)
+    settings = load_settings(args.project, args.params, {"suite": args.suite} if args.suite else None)
     {"merge": stage_merge, "eval": stage_eval}[args.stage](settings)
     return 0
 

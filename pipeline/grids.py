@@ -108,7 +108,9 @@ def _grids(section: dict) -> tuple[list[dict], int]:
         raise SearchError("merge.defaults: must be a mapping of recipe fields")
     out = []
     for g in grids:
-        merged = {**defaults, **g}
+        shared = defaults if g.get("method") != LEARNED_METHOD else \
+            {k: v for k, v in defaults.items() if k in TARA_FIELDS}  # a learned grid takes the defaults it has
+        merged = {**shared, **g}
         if "params" in defaults and "params" in g:
             merged["params"] = {**(defaults["params"] or {}), **(g["params"] or {})}
         out.append(merged)

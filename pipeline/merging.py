@@ -25,7 +25,7 @@ from pico.writer import AtomicDir, json_digest, sha256_file
 
 from .errors import PipelineError
 from .files import project_lock
-from .records import FetchedSource, MergeResult
+from .records import Candidate, CandidateRecord, FetchedSource, MergeResult
 from .settings import Settings
 
 
@@ -268,6 +268,24 @@ def learn_into_store(settings: Settings, aset: pico.AdapterSet, fetched: list[Fe
                 "coefficients": t["coefficients"], "loss": t["loss"], **seconds,
                 "prompts": {i["adapter"]: {"sha256": i["sha256"], "n": i["n"]} for i in manifest["inputs"]}}
     return MergeResult(key=key, store=str(out), manifest=manifest, cached=cached), training
+
+
+def merge_chosen(settings: Settings, aset: pico.AdapterSet, fetched: list[FetchedSource], base: FetchedSource | None,
+                 chosen: Candidate | CandidateRecord, compute: ComputeGroups | None = None) -> MergeResult:
+    """The night's merge of its chosen candidate (the flow and the DVC stage): a learned one from the store (trained
+    during the search; again if the store lost it), a data-free one through :func:`merge_into_store` (``compute``:
+    the flow's workers)."""
+    if chosen.kind == "learned":
+        if base is None:
+            raise PipelineError(f"the learned candidate {chosen.label!r} needs the base model", permanent=True)
+        rec = chosen if isinstance(chosen, CandidateRecord) else None
+        cand = rec.candidate() if rec else chosen
+        assert isinstance(cand, Candidate)
+        key = rec.merge_key if rec else learned_key(fetched, base, cand.tara_config().resolve(len(fetched)).to_dict(),
+                                                    settings.pipeline.dtype, device_class(settings),
+                                                    settings.pipeline.learn.threads)
+        return learn_into_store(settings, aset, fetched, base, cand.tara_config(), key, cand.label)[0]
+    return merge_into_store(settings, aset, fetched, pico.Recipe.from_dict(chosen.recipe), compute=compute)
 
 
 @contextlib.contextmanager

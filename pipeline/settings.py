@@ -156,6 +156,8 @@ class DvcSettings(_Section):
     history: Literal["exp", "none"] = "exp"
     # the one-off suite build (pipeline/build.py): independent stages (a foreach's items) run this many at once
     build_jobs: PositiveInt = 1
+    # what a suite's merge@<suite> / eval@<suite> stages read (dvc.yaml interpolates them; the night does not)
+    inputs: dict[str, str] = {}
 
 
 class LearnSettings(_Section):

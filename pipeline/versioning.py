@@ -42,8 +42,9 @@ def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -
         return DvcRecord(enabled=False, reason="pipeline.dvc.enabled is false")
     if not dvcio.is_dvc_repo(project):
         return DvcRecord(enabled=False, reason=f"{project} is not a DVC repository")
-    stages = [s for s in cfg.stages if s in dvcio.stage_names(project)]
-    missing = sorted(set(cfg.stages) - set(stages))
+    names = dvcio.stage_names(project)
+    stages = [suite_stage(settings, s, names) for s in cfg.stages]
+    missing = sorted(s for s in stages if s not in names)
     if missing:
         raise dvcio.DvcError(f"dvc.yaml has no stage(s) {', '.join(missing)} (pipeline.dvc.stages)")
     with project_lock(settings.work, "dvc"):
@@ -66,11 +67,22 @@ def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -
     return DvcRecord(enabled=True, path=rel, md5=md5, pushed=pushed, lock=entries, exp=exp)
 
 
+def suite_stage(settings: Settings, stage: str, names: set[str]) -> str:
+    """The DVC stage a night of this suite commits to: ``merge@<suite>`` when dvc.yaml has one stage per suite (a
+    ``foreach`` over ``suites:``), else the plain ``merge``."""
+    per_suite = f"{stage}@{settings.pipeline.suite}"
+    return per_suite if settings.pipeline.suite and per_suite in names else stage
+
+
 def dvc_consistent(settings: Settings) -> str | None:
-    """Why dvc.lock must not record this run (None: it may): overrides of what the DVC stages read."""
+    """Why dvc.lock must not record this run (None: it may): overrides of what the DVC stages read. With one stage
+    per suite, a night of another suite than params.yaml's default (``--suite``) is what its own stage reads."""
     if settings.params_path != settings.project / "params.yaml":
         return f"the run read {settings.params_path.name}, but the DVC stages read params.yaml"
-    on_disk = load_settings(settings.project, settings.params_path)
+    suite = settings.pipeline.suite
+    names = dvcio.stage_names(settings.project) if suite else set()
+    per_suite = suite and all(f"{s}@{suite}" in names for s in settings.pipeline.dvc.stages)
+    on_disk = load_settings(settings.project, settings.params_path, {"suite": suite} if per_suite else None)
     if on_disk.merge != settings.merge:
         return "the recipe was overridden (not what params.yaml says)"
     for key in ("catalog", "dtype", "calibrate", "eval", "paths", "search"):

@@ -98,5 +98,5 @@ def lineage_tags(lineage: Lineage) -> dict[str, str]:
             tags[f"{p}.dvc_md5"] = s["dvc"]["out_md5"]
             tags[f"{p}.dvc_out"] = s["dvc"]["out"]
     for stage, md5s in (lin.get("dvc_lock") or {}).items():
-        tags[f"dvc.lock.{stage}"] = json.dumps(md5s, sort_keys=True)[:4900]
+        tags[f"dvc.lock.{stage.replace('@', ':')}"] = json.dumps(md5s, sort_keys=True)[:4900]  # merge:smollm2
     return {k: str(v)[:4900] for k, v in tags.items()}

@@ -107,7 +107,8 @@ def test_a_whole_float_in_params_is_exported_as_an_int(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["pipeline"]["mlflow"]["http_timeout_s"] = 30.0  # YAML `30.0`: a whole number, kept as 30
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "adapters.yaml").write_text((REPO / "adapters.yaml").read_text())
+    for f in ("adapters.yaml", "adapters-smollm2.yaml"):
+        (tmp_path / f).write_text((REPO / f).read_text())
     assert mlflow_env(load_settings(tmp_path).pipeline.mlflow)["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
 
 

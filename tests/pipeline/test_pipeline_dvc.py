@@ -4,6 +4,7 @@ pull really move them through the local remote; dvc:// sources are pulled when a
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import yaml
 from pipeline_helpers import dvc, file_hashes, nightly
@@ -129,3 +130,37 @@ def test_the_suite_build_runs_missing_stages_with_the_configured_jobs_and_build_
     monkeypatch.setattr(nightly, "nightly_merge", lambda **kw: (_ for _ in ()).throw(AssertionError("flow ran")))
     assert nightly.main(["--project", str(project), "--set", "dvc.build_jobs=2", "--build-only"]) == 0
     assert calls == [(["make@a", "make@b"], 2)] and "independent stages 2 at a time" in capsys.readouterr().out
+
+
+def test_per_suite_stages_record_the_suite_that_ran(project):
+    """dvc.yaml with one merge/eval stage per suite (a foreach over params.yaml `suites:`, as the repository's): the
+    default suite's night commits merge@<suite>, a `--suite` night its own stage (not skipped as an override), each
+    listing the code (pico/, pipeline/) among its deps; `dvc status` of both is clean afterwards."""
+    from pipeline_helpers import set_params
+
+    repo_stages = yaml.safe_load((Path(__file__).resolve().parents[2] / "dvc.yaml").read_text())["stages"]
+    for name in ("merge", "eval"):  # the repository's stages list the code that decides the bytes
+        assert {"pico", "pipeline", "flows/stages.py", "${item.dvc.inputs.code}"} <= set(repo_stages[name]["do"]["deps"])
+    spec = yaml.safe_load((project / "dvc.yaml").read_text())
+    for name in ("merge", "eval"):  # the repository's stage templates, on this project's inputs (it has no code)
+        do = repo_stages[name]["do"]
+        do["deps"] = [d for d in do["deps"] if d.startswith("${item.paths")] + \
+            ["${item.catalog}", "${item.dvc.inputs.adapters}"] * (name == "merge")
+        spec["stages"][name] = {"foreach": "${suites}", "do": do}
+    (project / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    suites = {s: {"catalog": "adapters.yaml", "paths": {"merged": f"build/pipeline/{s}/merged",
+                                                        "eval": f"build/pipeline/{s}/eval"},
+                  "dvc": {"inputs": {"adapters": "adapters"}}} for s in ("one", "two")}
+    set_params(project, suites=suites, pipeline__suite="one", pipeline__search={}, pipeline__learn={},
+               pipeline__device="auto")  # every param the stages list is in params.yaml (DVC requires it)
+    suites["two"]["merge"] = {"method": "ta", "space": "core", "lam": 0.5}
+    set_params(project, suites=suites)
+
+    first = nightly(project)
+    second = nightly(project, suite="two")
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert first["dvc"]["enabled"] and second["dvc"]["enabled"], (first["dvc"], second["dvc"])
+    assert lock["merge@one"]["outs"][0]["md5"] == first["dvc"]["md5"]
+    assert lock["merge@two"]["outs"][0]["md5"] == second["dvc"]["md5"] != first["dvc"]["md5"]
+    assert {"adapters", "adapters.yaml"} <= {d["path"] for d in lock["merge@two"]["deps"]}
+    assert "up to date" in dvc(project, "status", "merge@one", "eval@one", "merge@two", "eval@two").stdout

@@ -160,7 +160,7 @@ def test_default_params_night_against_a_real_mlflow_server_registers_and_promote
     mine = yaml.safe_load((project / "params.yaml").read_text())
     params = {**repo_params, "merge": mine["merge"]}  # one recipe: the HTTP path is under test, not the search
     params["pipeline"] = {**repo_params["pipeline"], "catalog": mine["pipeline"]["catalog"],
-                          "eval": mine["pipeline"]["eval"]}
+                          "eval": mine["pipeline"]["eval"], "suite": None}  # no suite preset: this test's adapters
     assert params["pipeline"]["mlflow"] == repo_params["pipeline"]["mlflow"]  # the defaults under test
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "commit", "-qam", "the repository's params"], cwd=project, check=True)

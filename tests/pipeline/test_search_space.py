@@ -86,6 +86,13 @@ def test_the_default_search_of_params_yaml():
 
     settings = load_settings(REPO)  # the committed params.yaml loads (every key typed and known)
     assert settings.search and settings.pipeline.notify.events == ["failure", "promotion"]
+    # the default suite is SmolLM2: its space ends with the learned merge (the defaults' seed only; no rank/weights)
+    assert settings.pipeline.suite == "smollm2" and settings.catalog.path.name == "adapters-smollm2.yaml"
+    last = settings.space.candidates[-1]
+    assert last.kind == "learned" and last.recipe == {"method": "tara", "seed": 0, "objective": "teacher",
+                                                      "init": "tsv/core lam=0.5", "steps": 20}
+    assert all(c.kind == "merge" for c in settings.space.candidates[:-1])
+    assert load_settings(REPO, overrides={"suite": "skills"}).catalog.path.name == "adapters.yaml"
 
 
 def test_the_suite_switch_applies_a_preset_and_set_still_wins(tmp_path):
@@ -116,8 +123,9 @@ def test_the_smollm2_preset_of_params_yaml():
     from pipeline.settings import load_settings
 
     s = load_settings(REPO, overrides={"suite": "smollm2"})
+    skills = load_settings(REPO, overrides={"suite": "skills"})
     assert s.pipeline.catalog == "adapters-smollm2.yaml" and s.pipeline.eval.callable == "skills.smollm2.scorer:suite"
-    assert s.pipeline.mlflow.model_name != load_settings(REPO).pipeline.mlflow.model_name  # its own registry model
+    assert s.pipeline.mlflow.model_name != skills.pipeline.mlflow.model_name  # its own registry model
     space = s.space  # its own search space (from its report), every candidate valid
     assert s.search and not space.skipped and "iso" in {c.recipe["method"] for c in space.candidates}
-    assert s.merge != load_settings(REPO).merge
+    assert s.merge != skills.merge and s.path("merged") != skills.path("merged")  # its own DVC stage outputs
