@@ -19,6 +19,7 @@ of its own (about 0.9 s each here, 3.5 s a night: measured on the tests' nights)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -101,8 +102,10 @@ def recipe_search(settings: Settings, aset: pico.AdapterSet, srcs: Sources) -> S
 
     def score_all(st: Settings, jobs: list[search.Job]):
         cands, mkeys, keys = zip(*jobs)
-        futures = candidate.map(unmapped(st), unmapped(aset), unmapped(srcs.adapters), unmapped(srcs.base), cands,
-                                mkeys, keys, [steps.cache_key(st, k) for k in keys])
+        learned = any(c.kind == "learned" for c in cands)  # trained on a GPU worker when the cluster has one
+        with runtime.gpu_annotation(settings) if learned else contextlib.nullcontext():
+            futures = candidate.map(unmapped(st), unmapped(aset), unmapped(srcs.adapters), unmapped(srcs.base),
+                                    cands, mkeys, keys, [steps.cache_key(st, k) for k in keys])
         records = [f.result() for f in futures]
         return [r.model_copy(update={"cached": r.cached or f.state.name == "Cached"}) for r, f in zip(records, futures)]
 
