@@ -3,7 +3,7 @@
 
 The pipeline (pipeline/) never imports skills/: it calls this object with (base_dir, adapter_dir, split, limit) and a
 ``context`` carrying the project, params file, work folder and eval settings, and reads its optional ``fingerprint``,
-``inputs`` and ``prewarm`` methods.
+``inputs``, ``prewarm`` and ``tasks`` methods.
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ class SkillsSuite:
                         data_dir=self.data_dir(context), batch_size=int(context.eval.batch_size),
                         tasks_dir=Path(context.work) / "lm_eval_tasks",
                         threads=self.eval_settings(context).get("threads", 2))
+
+    def tasks(self, context) -> list[str] | None:
+        """The task names its scores carry, known before the data is built: ``suite.data.skills`` of params.yaml,
+        those of ``pipeline.eval.skills`` when set (the pipeline checks ``gate.floors`` against them)."""
+        skills = (self._suite(context).get("data") or {}).get("skills")
+        if skills is None:
+            return None
+        return [s for s in skills if not context.eval.skills or s in context.eval.skills]
 
     def generation(self, context) -> dict:
         """How the benchmark generates (the registered model serves the same way): plain prompts, no chat template,
