@@ -417,9 +417,9 @@ def _lmeval_outcomes(res: dict, tasks: list[str], metric: str) -> Outcomes:
             items[item] = float(value)
         reported = ((res.get("results") or {}).get(task) or {}).get(f"{name},{use}")
         mean = sum(items.values()) / len(items)
-        if isinstance(reported, numbers.Real) and abs(mean - reported) > 1e-6:
+        if isinstance(reported, numbers.Real) and abs(mean - float(reported)) > 1e-6:
             raise EvaluationError(f"task {task!r}: the mean of the per-item {name!r} ({mean:.6f}) is not lm-eval's "
-                                  f"score {reported:.6f}: the metric is not aggregated as a mean of per-item scores, "
+                                  f"score {float(reported):.6f}: the metric is not aggregated as a mean of per-item scores, "
                                   "so the gate cannot compare it item by item")
         out[task] = items
     return out

@@ -197,8 +197,8 @@ def bootstrap_interval(diffs: list[np.ndarray], level: float, iters: int,
                 total[lo:lo + m] += d[rng.integers(0, n, size=(m, n))].mean(axis=1)
     total /= len(diffs)
     tail = (1 - level) / 2
-    low, high = np.quantile(total, [tail, 1 - tail])
-    return float(low), float(high)
+    q: np.ndarray = np.quantile(total, [tail, 1 - tail])
+    return float(q[0]), float(q[1])
 
 
 def holm(p: dict[str, float]) -> dict[str, float]:
@@ -225,7 +225,8 @@ def compare(candidate: dict[str, dict], champion: dict[str, dict], *, iters: int
     _check(champion, "champion")
     if set(candidate) != set(champion):
         raise GateError(f"not the same tasks: candidate {sorted(candidate)}, champion {sorted(champion)}")
-    tasks, diffs, shifted = {}, [], []
+    tasks: dict[str, dict] = {}
+    diffs, shifted = [], []
     gain, var = 0.0, 0.0
     S = len(candidate)
     for i, task in enumerate(sorted(candidate)):
@@ -249,7 +250,7 @@ def compare(candidate: dict[str, dict], champion: dict[str, dict], *, iters: int
         var += (se if se == se else 0.0) ** 2 / S ** 2
         diffs.append(d)
         shifted.append((d - min_delta) / (S * n))  # sums to gain - min_delta: H0 is gain <= min_delta
-    for task, p in holm({t: x["p_worse"] for t, x in tasks.items()}).items():
+    for task, p in holm({t: float(x["p_worse"]) for t, x in tasks.items()}).items():
         tasks[task]["p_worse_holm"] = p
     p_gain, _ = sign_flip(np.concatenate(shifted), int(iters), np.random.default_rng([seed, 0]))
     level = 1 - 2 * alpha
