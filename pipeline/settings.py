@@ -115,9 +115,11 @@ class MlflowSettings(_Section):
 
 class GateSettings(_Section):
     metric: Literal["mean"] = "mean"  # the aggregate compared with the champion (only the mean so far)
-    min_delta: float = 0.0  # promote when the mean gain over the champion is >= min_delta ...
-    alpha: float = Field(0.05, gt=0, lt=1)  # ... and significant at this level (paired test, pipeline/gate.py)
-    iters: int = Field(20000, ge=100)  # Monte Carlo draws of the paired randomization test (fixed seed)
+    min_delta: float = 0.0  # promote when the mean gain over the champion is significantly above min_delta ...
+    # ... at this level (one-sided paired tests, pipeline/gate.py; also the Holm-corrected per-task veto's level; the
+    # gain's interval is at 1 - 2 alpha)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    iters: int = Field(20000, ge=100)  # Monte Carlo draws of the randomization tests and the bootstrap (fixed seed)
     seed: int = 0
     floor: float = 0.0  # ... and no task below this score
     floors: dict[str, float] = {}  # per-task floors, overriding `floor`; each key must be a task of the benchmark
