@@ -274,7 +274,8 @@ def task_names(settings: Settings, split: Split = "test") -> list[str] | None:
     if settings.pipeline.eval.suite == "lm-eval":
         return leaf_tasks(settings, split)
     scorer = load_scorer(settings)
-    return list(scorer.tasks(context(settings, split))) if hasattr(scorer, "tasks") else None
+    names = scorer.tasks(context(settings, split)) if hasattr(scorer, "tasks") else None
+    return None if names is None else list(names)
 
 
 def check_benchmark(settings: Settings) -> list[str] | None:

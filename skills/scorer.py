@@ -40,11 +40,15 @@ class SkillsSuite:
                         threads=self.eval_settings(context).get("threads", 2))
 
     def tasks(self, context) -> list[str] | None:
-        """The task names its scores carry, known before the data is built: ``suite.data.skills`` of params.yaml,
-        those of ``pipeline.eval.skills`` when set (the pipeline checks ``gate.floors`` against them)."""
+        """The task names its scores carry (the pipeline checks ``gate.floors`` against them), known before the data
+        is built: ``suite.data.skills`` of params.yaml, else the skills of the data folder when it is there (None: not
+        known yet); those of ``pipeline.eval.skills`` when set."""
         skills = (self._suite(context).get("data") or {}).get("skills")
         if skills is None:
-            return None
+            data = self.data_dir(context)
+            if not data.is_dir():
+                return None
+            skills = sorted(p.name for p in data.iterdir() if (p / f"{context.eval.split}.jsonl").is_file())
         return [s for s in skills if not context.eval.skills or s in context.eval.skills]
 
     def generation(self, context) -> dict:

@@ -32,9 +32,12 @@ class SmolLM2Suite:
         return evaluate(base_dir, adapter_dir, context.eval.skills, split, limit, data_dir=p["paths"]["data"],
                         tasks_dir=Path(context.work) / "smollm2_lm_eval_tasks", settings=self.settings(p))
 
-    def tasks(self, context) -> list[str]:
+    def tasks(self, context) -> list[str] | None:
         """The task names its scores carry: ``smollm2.data.skills``, those of ``pipeline.eval.skills`` when set."""
-        return [s for s in self.params(context)["data"]["skills"] if not context.eval.skills or s in context.eval.skills]
+        skills = (self.params(context).get("data") or {}).get("skills")
+        if skills is None:
+            return None
+        return [s for s in skills if not context.eval.skills or s in context.eval.skills]
 
     def generation(self, context) -> dict:
         """How the benchmark generates (the registered model serves the same way): the prompt as the user's turn of

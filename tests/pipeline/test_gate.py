@@ -276,3 +276,14 @@ def test_floor_keys_are_checked_against_the_scorer_task_names(tmp_path):
     assert evaluation.check_benchmark(good) == ["add", "rev", "sort"]
     some = load_settings(write_project(tmp_path / "p3", {"eval": {"skills": ["rev", "add"]}}, top))
     assert evaluation.task_names(some) == ["add", "rev"]
+    # no suite.data.skills in params.yaml: the built data folder names them; nothing built yet: not known, unchecked
+    data = tmp_path / "data"
+    for skill in ("add", "pct"):
+        (data / skill).mkdir(parents=True)
+        (data / skill / "test.jsonl").write_text("")
+    built = load_settings(write_project(tmp_path / "p5", {"gate": {"floors": {"pct": 0.3}}},
+                                        {"suite": {"paths": {"data": str(data)}}}))
+    assert evaluation.check_benchmark(built) == ["add", "pct"]
+    unbuilt = load_settings(write_project(tmp_path / "p6", {"gate": {"floors": {"pct": 0.3}}},
+                                          {"suite": {"paths": {"data": str(tmp_path / "none")}}}))
+    assert evaluation.check_benchmark(unbuilt) is None
