@@ -45,6 +45,7 @@ def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: di
     """Fetch the sources; choose the recipe on validation (when params.yaml's merge: is a search space) and merge
     it; benchmark it on the test split and judge it against the champion; version, register and promote it."""
     settings = load_settings(project, params, overrides)
+    evaluation.check_benchmark(settings)  # task lists resolved (groups expanded), floors and overlaps checked: first
     clock = runtime.Clock()
     srcs = clock.mark("fetch", fetch_sources(settings))
     merged, found = clock.mark("choose_merge", choose_and_merge(settings, srcs))
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["suite"] = args.suite
     try:
         settings = load_settings(args.project, args.params, overrides)
+        evaluation.check_benchmark(settings)  # before a suite build of minutes
         if not args.no_build:
             ensure_suite(settings)
         if args.build_only:

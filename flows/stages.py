@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite", default=None, help="a preset of params.yaml suites: (dvc.yaml's merge@<suite>)")
     args = ap.parse_args(argv)
     settings = load_settings(args.project, args.params, {"suite": args.suite} if args.suite else None)
+    if args.stage == "merge" and settings.search:
+        evaluation.check_benchmark(settings)  # never choose on test tasks (groups expanded)
     {"merge": stage_merge, "eval": stage_eval}[args.stage](settings)
     return 0
 

@@ -10,13 +10,21 @@ Suites (``pipeline.eval.suite``):
   ``outcomes(base_dir, adapter_dir, split, limit, *, context)`` (per-item outcomes, preferred over the call),
   ``fingerprint(context) -> dict`` (what else its scores depend on, e.g. its data files' digest),
   ``inputs(context) -> list[Path]`` (what it reads; the main command builds missing ones with ``dvc repro``),
-  ``prewarm(context)`` (run in a background thread while fetch and merge run) and ``generation(context) -> dict``
+  ``prewarm(context)`` (run in a background thread while fetch and merge run), ``generation(context) -> dict``
   (how it generates: ``apply_chat_template``, ``max_new_tokens``, ``stop``; recorded in the registered model so it
-  serves the way it was evaluated).
+  serves the way it was evaluated) and ``tasks(context) -> list[str]`` (the task names its scores carry, known
+  before scoring: ``gate.floors`` keys are checked against them).
 - ``skills``: the embedded skills suite, an alias of ``callable: skills.scorer:suite`` (this package imports
   nothing from skills/).
 - ``lm-eval``: ``lm_eval.simple_evaluate(log_samples=True)`` on ``eval.tasks`` (test) or ``search.tasks``
-  (validation), the per-sample ``metric`` read from each sample.
+  (validation). A group (``mmlu``) or a tag is expanded to its leaf tasks by lm-eval's own ``TaskManager``; the gate
+  compares leaf tasks. ``metric`` (``name`` or ``name,filter``, lm-eval's result key) is read from each sample, the
+  samples of the named filter (a task with one filter: that one); each leaf's per-item values must average to the
+  score lm-eval reports for it (a corpus-level metric such as BLEU or F1 over all items is refused by name).
+
+:func:`check_benchmark` resolves the task lists before any work (the flow's first step): groups expanded, a
+validation task list overlapping the test list refused, ``gate.floors`` keys checked against the benchmark's task
+names (a scorer names them with ``tasks(context)``).
 
 Items are named by lm-eval's doc id and document hash (or the scorer's ids): two models' outcomes are compared only
 on the same items. The test split's cache key hashes the base model, the adapter's files (None for the bare base)
@@ -29,6 +37,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import numbers
 import os
 import sys
 import threading
@@ -45,7 +54,7 @@ from .errors import PipelineError
 from .files import write_json
 from .gate import summarize
 from .records import EvalResult, FetchedSource, Outcomes, Validation
-from .settings import EvalSettings, Settings
+from .settings import ConfigError, EvalSettings, Settings, unknown_floors
 
 Split = Literal["test", "validation"]
 SKILLS_SCORER = "skills.scorer:suite"  # what `suite: skills` means
@@ -191,10 +200,9 @@ def _lmeval_generation(settings: Settings) -> dict:
     """max_new_tokens/stop from the lm-eval tasks' YAML ``generation_kwargs`` (when every generative task agrees)."""
     from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval 0.4.13's task-YAML reader (includes, !function tags)
 
-    cfg = settings.pipeline.eval
-    index = _task_manager(str(settings.resolve(cfg.include_path)) if cfg.include_path else None).task_index
+    index = _task_manager(_include(settings)).task_index
     seen = set()
-    for task in cfg.tasks:
+    for task in leaf_tasks(settings, "test"):
         path = getattr(index.get(task), "yaml_path", None)  # an index Entry; None for generated tasks
         if not path:
             continue
@@ -210,6 +218,12 @@ def _lmeval_generation(settings: Settings) -> dict:
 
 _PREWARM: list[threading.Thread] = []
 _TASK_MANAGERS: dict = {}
+_LEAVES: dict = {}
+
+
+def _include(settings: Settings) -> str | None:
+    cfg = settings.pipeline.eval
+    return str(settings.resolve(cfg.include_path)) if cfg.include_path else None
 
 
 def _task_manager(include: str | None):
@@ -219,6 +233,80 @@ def _task_manager(include: str | None):
     if include not in _TASK_MANAGERS:
         _TASK_MANAGERS[include] = TaskManager(include_path=include)
     return _TASK_MANAGERS[include]
+
+
+def _offline() -> None:
+    """The benchmark reads lm-eval's datasets from the local cache (or the task's local files), never the network."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def expand_tasks(tasks: list[str], include: str | None, key: str = "pipeline.eval.tasks") -> list[str]:
+    """lm-eval task names as lm-eval runs them: a task is itself; a group (``mmlu``) or a tag is the leaf tasks
+    lm-eval's ``TaskManager.load`` builds for it (recursively, in its order; this loads their datasets, once per
+    process). Leaves are what lm-eval keys its samples by, so they are what the gate compares."""
+    tm = _task_manager(include)
+    out: list[str] = []
+    for name in tasks:
+        if (include, name) not in _LEAVES:
+            if name in tm.all_subtasks:
+                _LEAVES[include, name] = [name]
+            else:
+                _offline()
+                try:
+                    _LEAVES[include, name] = list(tm.load([name])["tasks"])
+                except KeyError:
+                    raise ConfigError(f"{key}: {name!r} is not an lm-eval task, group or tag (built-in, or in "
+                                      f"include_path {include})") from None
+        out += [leaf for leaf in _LEAVES[include, name] if leaf not in out]
+    return out
+
+
+def leaf_tasks(settings: Settings, split: Split = "test") -> list[str]:
+    """The leaf lm-eval tasks of ``split``'s task list (``eval.tasks`` or ``search.tasks``)."""
+    key = "pipeline.eval.tasks" if split == "test" else "pipeline.search.tasks"
+    return expand_tasks(split_settings(settings, split)[1], _include(settings), key)
+
+
+def task_names(settings: Settings, split: Split = "test") -> list[str] | None:
+    """The task names the scores of ``split`` carry, before anything is scored: lm-eval's leaf tasks, or the plugged-in
+    scorer's ``tasks(context)``; None when the scorer does not say."""
+    if settings.pipeline.eval.suite == "lm-eval":
+        return leaf_tasks(settings, split)
+    scorer = load_scorer(settings)
+    names = scorer.tasks(context(settings, split)) if hasattr(scorer, "tasks") else None
+    return None if names is None else list(names)
+
+
+def check_benchmark(settings: Settings) -> list[str] | None:
+    """The task lists resolved and checked before any work (the night's first step): a ``ConfigError`` naming the
+    key when the lm-eval task lists are empty or unknown, when the validation list (``pipeline.search.tasks``, groups
+    expanded) shares a task with the test list, or when a ``pipeline.gate.floors`` key is not a task of the
+    benchmark. Returns the benchmark's task names (None: the scorer does not name them)."""
+    cfg, file = settings.pipeline.eval, settings.params_path.name
+    if cfg.suite == "lm-eval":
+        if not cfg.tasks:
+            raise ConfigError(f"{file}: pipeline.eval.tasks is empty: name the lm-eval tasks to run (or suite: "
+                              "skills)")
+        if settings.search and not settings.pipeline.search.tasks:
+            raise ConfigError(f"{file}: pipeline.search.tasks is empty: name the lm-eval tasks candidates are chosen "
+                              "on (a validation split; never the test tasks)")
+    try:
+        names = task_names(settings, "test")
+        if cfg.suite == "lm-eval" and settings.pipeline.search.tasks:
+            test = set(names or [])
+            shared = [t for t in leaf_tasks(settings, "validation") if t in test]
+            if shared:
+                raise ConfigError(f"pipeline.search.tasks: {', '.join(shared)} also in pipeline.eval.tasks (groups "
+                                  "expanded): the recipe would be chosen on the test items; validation tasks must be "
+                                  "other tasks (e.g. the task's validation split as its own YAML)")
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    if names is not None:
+        bad = unknown_floors(settings.pipeline.gate, names, "the benchmark")
+        if bad:
+            raise ConfigError(f"{file}: pipeline.{bad}")
+    return names
 
 
 def prewarm(settings: Settings) -> threading.Thread | None:
@@ -231,7 +319,7 @@ def prewarm(settings: Settings) -> threading.Thread | None:
         def work():
             import lm_eval.models.huggingface  # noqa: F401
 
-            _task_manager(str(settings.resolve(cfg.include_path)) if cfg.include_path else None)
+            _task_manager(_include(settings))
     else:
         scorer = load_scorer(settings)
         if not hasattr(scorer, "prewarm"):
@@ -262,10 +350,9 @@ def lmeval_kwargs(settings: Settings, base_dir, adapter_dir, tasks: list[str], l
         model_args += f",peft={adapter_dir}"
     if cfg.model_args:
         model_args += f",{cfg.model_args}"
-    include = str(settings.resolve(cfg.include_path)) if cfg.include_path else None
     return dict(model="hf", model_args=model_args, tasks=list(tasks), num_fewshot=cfg.num_fewshot,
                 apply_chat_template=cfg.apply_chat_template, batch_size=int(cfg.batch_size), device=cfg.device,
-                limit=limit, task_manager=_task_manager(include), bootstrap_iters=0, random_seed=0,
+                limit=limit, task_manager=_task_manager(_include(settings)), bootstrap_iters=0, random_seed=0,
                 numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
 
 
@@ -282,18 +369,59 @@ def stats(outcomes: Outcomes | None, scores: dict[str, float] | None = None) -> 
     return Validation(scores=scores, mean=sum(scores.values()) / max(1, len(scores)))
 
 
+def parse_metric(metric: str) -> tuple[str, str | None]:
+    """``pipeline.eval.metric`` as (metric, filter): ``exact_match,strict-match`` names lm-eval's filter too (its
+    result key), ``acc`` does not (then a task must have one filter)."""
+    name, _, flt = metric.partition(",")
+    return name.strip(), flt.strip() or None
+
+
 def _lmeval_outcomes(res: dict, tasks: list[str], metric: str) -> Outcomes:
+    """Per-item values of ``metric`` for each leaf task, from lm-eval's logged samples: one sample per document and
+    filter, the filter the metric names (a task with one filter: that one; several and none named: an error naming
+    them). Each task's values must be numbers whose mean is lm-eval's own score for it (the metric's aggregation is the
+    mean of per-item values); otherwise the gate could not test it item by item, and the error says so."""
+    name, wanted = parse_metric(metric)
+    samples = res.get("samples") or {}
+    extra = sorted(set(samples) - set(tasks))
+    if extra:
+        raise EvaluationError(f"lm-eval returned samples for tasks not in the expanded task list: {extra}")
     out = {}
     for task in tasks:
-        samples = (res.get("samples") or {}).get(task)
-        if not samples:
+        logged = samples.get(task)
+        if not logged:
             raise EvaluationError(f"lm-eval returned no samples for task {task!r}")
-        items = {}
-        for s in samples:
-            value = s.get(metric)
+        filters = list(dict.fromkeys(str(s.get("filter", "none")) for s in logged))
+        use = wanted if wanted in filters else filters[0] if len(filters) == 1 else None
+        if use is None:
+            raise EvaluationError(
+                f"task {task!r} logs {len(filters)} filters ({', '.join(filters)}): pipeline.eval.metric must name "
+                f"one of them, e.g. '{name},{filters[0]}'" if wanted is None else
+                f"task {task!r} has no filter {wanted!r} (pipeline.eval.metric {metric!r}; its filters: "
+                f"{', '.join(filters)})")
+        items: dict[str, float] = {}
+        for s in logged:
+            if str(s.get("filter", "none")) != use:
+                continue
+            value = s.get(name)
             if value is None:
-                raise EvaluationError(f"task {task!r}: samples have no metric {metric!r}")
-            items[f"{s['doc_id']}:{str(s.get('doc_hash', ''))[:12]}"] = float(value)
+                raise EvaluationError(f"task {task!r}: samples have no metric {name!r} (they have: "
+                                      f"{', '.join(s.get('metrics') or [])})")
+            if not isinstance(value, numbers.Real):
+                raise EvaluationError(
+                    f"task {task!r}: metric {name!r} logs {type(value).__name__} values per item, not a score (a "
+                    "corpus-level metric, aggregated over all items): the gate needs a per-item score (0/1 or a "
+                    "number whose mean is the task's score)")
+            item = f"{s['doc_id']}:{str(s.get('doc_hash', ''))[:12]}"
+            if item in items:
+                raise EvaluationError(f"task {task!r}: item {item} logged twice for filter {use!r}")
+            items[item] = float(value)
+        reported = ((res.get("results") or {}).get(task) or {}).get(f"{name},{use}")
+        mean = sum(items.values()) / len(items)
+        if isinstance(reported, numbers.Real) and abs(mean - float(reported)) > 1e-6:
+            raise EvaluationError(f"task {task!r}: the mean of the per-item {name!r} ({mean:.6f}) is not lm-eval's "
+                                  f"score {float(reported):.6f}: the metric is not aggregated as a mean of per-item scores, "
+                                  "so the gate cannot compare it item by item")
         out[task] = items
     return out
 
@@ -321,7 +449,7 @@ def score(settings: Settings, base_dir, adapter_dir, split: Split = "test") -> V
 
         res = lm_eval.simple_evaluate(**lmeval_kwargs(settings, base_dir, adapter_dir, tasks, cfg.limit),
                                       log_samples=True)
-        return stats(_lmeval_outcomes(res, tasks, cfg.metric))
+        return stats(_lmeval_outcomes(res, leaf_tasks(settings, split), cfg.metric))
     scorer = load_scorer(settings)
     extra = {"context": context(settings, split)} if _wants_context(scorer) else {}
     adapter = adapter_dir and str(adapter_dir)
@@ -342,8 +470,7 @@ def evaluate(settings: Settings, base: FetchedSource, adapter_dir: str | Path | 
     path = settings.work / "eval-samples" / f"{key[:32]}.json"
     if path.is_file():
         return EvalResult(**json.loads(path.read_text()), label=label, cached=True)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    _offline()
     for t in list(_PREWARM):  # let the background import/indexing finish rather than race it
         t.join()
     t0 = time.time()

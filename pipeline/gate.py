@@ -4,29 +4,38 @@
 suite scored through lm-eval's ``log_samples``, or a scorer returning them) the decision is the paired statistical
 test below (:func:`judge`); a scorer with plain scores falls back to comparing means (:func:`gate`).
 
-Pure Python (no Prefect, MLflow or lm-eval): the inputs are per-sample outcomes, ``{task: {item_id: 0 or 1}}`` for
-the candidate and for the champion, scored on the same benchmark.
+Pure Python (no Prefect, MLflow or lm-eval): the inputs are per-sample outcomes, ``{task: {item_id: value}}`` for the
+candidate and for the champion, scored on the same benchmark. A value is 0/1 (accuracy, exact match) or any finite
+number (a per-item F1, a similarity): a task is *binary* when every value of both models is 0 or 1.
 
-Which test, and why: **McNemar's exact test**, per task, and its stratified form for the mean.
+The tests, and why:
 
-* On one task the only items that say anything about "which model is better" are the discordant ones (one model
-  right, the other wrong); under "no difference" each discordant item goes either way with probability 1/2. McNemar's
-  exact test is that binomial: exact for any number of discordant items, where a paired bootstrap is
-  anti-conservative for few of them (3 items lost out of 200 and none won: the bootstrap gives p ~ 0.05 that the task
-  got worse, the exact test p = 0.125).
-* The gated aggregate is the mean over tasks of per-task accuracy (tasks weigh the same, whatever their item counts),
-  a weighted sum of per-task McNemar counts; its null distribution (each task's discordant items flipping fair coins)
-  has no closed form, so it is drawn by Monte Carlo (a sign-flip randomization test, ``iters`` draws, fixed ``seed``:
-  the same inputs always give the same p-value and decision).
+* **Per task, is the candidate worse?** Binary task: **McNemar's exact test**. The only items that say anything are
+  the discordant ones (one model right, the other wrong); under "no difference" each goes either way with probability
+  1/2, so the count is a fair binomial: exact for any number of them, where a paired bootstrap is anti-conservative
+  for few (3 items lost out of 200 and none won: the bootstrap gives p ~ 0.05, the exact test p = 0.125). Continuous
+  task: the **paired sign-flip permutation test** on the per-item differences (under "no difference" each difference
+  is as likely to have either sign; McNemar is its binary case), ``iters`` Monte Carlo draws. The veto "no task
+  significantly worse" is **Holm-corrected** over the tasks: with S tasks and no real difference an uncorrected veto
+  fires with probability up to 1 - (1 - alpha)^S (26% at 6 tasks), Holm's keeps it at most alpha.
+* **Is the mean gain above min_delta?** The gated aggregate is the mean over tasks of the per-task mean (tasks weigh
+  the same, whatever their item counts), a weighted sum of the per-item differences d (weight 1/(S n_task)). The null
+  hypothesis is gain <= ``min_delta``: the differences are shifted by min_delta and the sign-flip randomization test
+  asks how often random signs give a sum at least the observed one (``iters`` draws, fixed ``seed``: the same inputs
+  always give the same p-value and decision). With min_delta 0 and binary tasks this is the stratified McNemar test.
+* **How large is the gain?** A paired, task-stratified bootstrap (items resampled within each task, ``iters`` draws,
+  the seed fixed) gives its (1 - 2 alpha) percentile interval; its lower end is the one-sided (1 - alpha) bound that
+  matches the one-sided test. Shown in every decision; the test decides.
 
 A candidate is promoted when every task is at or above its floor, and, when there is a champion, the mean gain is
-at least ``min_delta`` and significant (one-sided p < ``alpha``) and no task is significantly worse (one-sided exact
-McNemar p < ``alpha``). The first night, with no champion, promotes on the floors alone.
+significantly above ``min_delta`` (one-sided p < ``alpha``) and no task is significantly worse (Holm-adjusted p <
+``alpha``). The first night, with no champion, promotes on the floors alone.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -85,7 +94,7 @@ def decide(version: str, scores: dict[str, float], champion: ChampionRecord | No
 
 
 def accuracy_stderr(values) -> tuple[float, float]:
-    """(mean, standard error of the mean) of 0/1 outcomes: sample std / sqrt(n), as lm-eval reports for a mean."""
+    """(mean, standard error of the mean) of per-item values: sample std / sqrt(n), as lm-eval reports for a mean."""
     n = len(values)
     if n == 0:
         raise GateError("no items")
@@ -97,7 +106,8 @@ def accuracy_stderr(values) -> tuple[float, float]:
 
 
 def summarize(outcomes: dict[str, dict]) -> dict:
-    """Per-task accuracy and stderr, the mean over tasks and its stderr (tasks independent)."""
+    """Per-task score (the mean of its per-item values) and stderr, the mean over tasks and its stderr (tasks
+    independent)."""
     scores, stderr = {}, {}
     for task, items in sorted(outcomes.items()):
         scores[task], stderr[task] = accuracy_stderr(list(items.values()))
@@ -124,47 +134,136 @@ def _check(outcomes: dict[str, dict], who: str) -> None:
     for task, items in outcomes.items():
         if not items:
             raise GateError(f"{who}: task {task!r} has no items")
-        bad = [k for k, v in items.items() if v not in (0, 1, 0.0, 1.0, True, False)]
-        if bad:
-            raise GateError(f"{who}: task {task!r} item {bad[0]!r} has outcome {items[bad[0]]!r}; the gate needs 0/1")
+        for k, v in items.items():
+            if not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise GateError(f"{who}: task {task!r} item {k!r} has outcome {v!r}; the gate needs a finite number "
+                                "per item (0/1, or a per-item score)")
+
+
+_CHUNK = 1 << 22  # Monte Carlo draws are made this many numbers at a time (memory stays ~32 MiB for any size)
+
+
+def _signed_sums(mags: np.ndarray, counts: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """``m`` draws of sum(s_i |v_i|) with fair random signs s_i, the |v_i| given as distinct magnitudes and counts:
+    a magnitude shared by c values adds (2K - c) times itself, K ~ Binomial(c, 1/2) (binary differences have at most
+    three magnitudes per task, so millions of items cost what a few do); a magnitude held by one value gets a random
+    bit (continuous differences: mostly these)."""
+    out = np.zeros(m)
+    many = counts > 1
+    if many.any():
+        c = counts[many]
+        out += (2 * rng.binomial(c, 0.5, size=(m, c.size)) - c) @ mags[many]
+    one = mags[~many]
+    if one.size:
+        bits = np.unpackbits(rng.integers(0, 256, size=(m, (one.size + 7) // 8), dtype=np.uint8), axis=1,
+                             count=one.size)
+        out += 2 * (bits @ one) - one.sum()
+    return out
+
+
+def sign_flip(values, iters: int, rng: np.random.Generator) -> tuple[float, float]:
+    """The paired sign-flip randomization test of sum(values): (P(T >= observed), P(T <= observed)) where T is the sum
+    with each value's sign a fair coin, from ``iters`` Monte Carlo draws, each with the +1 correction (never 0)."""
+    v = np.asarray(values, dtype=float)
+    observed = float(v.sum())
+    mags, counts = np.unique(np.abs(v[v != 0]), return_counts=True)
+    eps = 1e-9 * max(1.0, float(mags @ counts))  # the observed sum and the drawn ones add in different orders
+    ge = le = done = 0
+    step = max(1, _CHUNK // max(1, mags.size))
+    while done < iters:
+        m = min(step, iters - done)
+        null = _signed_sums(mags, counts, m, rng)
+        ge += int(np.count_nonzero(null >= observed - eps))
+        le += int(np.count_nonzero(null <= observed + eps))
+        done += m
+    return (1 + ge) / (1 + iters), (1 + le) / (1 + iters)
+
+
+def bootstrap_interval(diffs: list[np.ndarray], level: float, iters: int,
+                       rng: np.random.Generator) -> tuple[float, float]:
+    """The percentile interval at ``level`` of the mean over tasks of each task's mean difference, items resampled
+    with replacement within each task (a paired, task-stratified bootstrap). A task with few distinct differences
+    (binary: at most three) is resampled as multinomial counts of them, one with many as item indices."""
+    total = np.zeros(iters)
+    for d in diffs:
+        vals, counts = np.unique(d, return_counts=True)
+        n = d.size
+        step = max(1, _CHUNK // (vals.size if vals.size <= 16 else n))
+        for lo in range(0, iters, step):
+            m = min(step, iters - lo)
+            if vals.size <= 16:
+                total[lo:lo + m] += rng.multinomial(n, counts / n, size=m) @ vals / n
+            else:
+                total[lo:lo + m] += d[rng.integers(0, n, size=(m, n))].mean(axis=1)
+    total /= len(diffs)
+    tail = (1 - level) / 2
+    q: np.ndarray = np.quantile(total, [tail, 1 - tail])
+    return float(q[0]), float(q[1])
+
+
+def holm(p: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjusted p-values: a task is rejected at alpha when its adjusted p < alpha, which keeps the
+    chance of any false rejection among the tasks at most alpha (no assumption on their dependence)."""
+    out, run = {}, 0.0
+    for i, task in enumerate(sorted(p, key=lambda t: (p[t], t))):
+        run = max(run, min(1.0, (len(p) - i) * p[task]))
+        out[task] = run
+    return out
+
+
+def _binary(*tasks: dict) -> bool:
+    return all(float(v) in (0.0, 1.0) for items in tasks for v in items.values())
 
 
 def compare(candidate: dict[str, dict], champion: dict[str, dict], *, iters: int = GateSettings().iters,
-            seed: int = GateSettings().seed) -> Comparison:
-    """The paired comparison of two models' per-sample outcomes on the same tasks and items."""
+            seed: int = GateSettings().seed, min_delta: float = GateSettings().min_delta,
+            alpha: float = GateSettings().alpha) -> Comparison:
+    """The paired comparison of two models' per-sample outcomes on the same tasks and items: per task the test of
+    "worse" (McNemar exact on binary tasks, sign-flip otherwise) with its Holm adjustment, the test of gain <=
+    ``min_delta`` on the mean, and the gain's (1 - 2 alpha) bootstrap interval."""
     _check(candidate, "candidate")
     _check(champion, "champion")
     if set(candidate) != set(champion):
         raise GateError(f"not the same tasks: candidate {sorted(candidate)}, champion {sorted(champion)}")
-    tasks, weights, discordant = {}, [], []
+    tasks: dict[str, dict] = {}
+    diffs, shifted = [], []
     gain, var = 0.0, 0.0
     S = len(candidate)
-    for task in sorted(candidate):
+    for i, task in enumerate(sorted(candidate)):
         a, b = candidate[task], champion[task]
         if set(a) != set(b):
             only = sorted(set(a) ^ set(b), key=str)[:3]
             raise GateError(f"task {task!r}: not the same items (candidate {len(a)}, champion {len(b)}; e.g. "
                             f"{only}); re-score the champion on this benchmark")
-        d = [float(a[k]) - float(b[k]) for k in sorted(a, key=str)]
+        d = np.array([float(a[k]) - float(b[k]) for k in sorted(a, key=str)])
         n = len(d)
-        won, lost = sum(1 for x in d if x > 0), sum(1 for x in d if x < 0)
-        diff, se = accuracy_stderr(d) if n > 1 else (d[0], float("nan"))
-        # McNemar exact, one-sided each way: P(won <= observed) under a fair coin on the won+lost discordant items
-        p_worse = _binom_cdf(won, won + lost)
-        p_better = _binom_cdf(lost, won + lost)
-        tasks[task] = {"diff": diff, "stderr": se, "won": won, "lost": lost, "n": n, "p_worse": p_worse,
-                       "p_better": p_better}
+        won, lost = int(np.count_nonzero(d > 0)), int(np.count_nonzero(d < 0))
+        diff, se = accuracy_stderr(d.tolist()) if n > 1 else (float(d[0]), float("nan"))
+        if _binary(a, b):  # McNemar exact, one-sided each way: a fair coin on the won + lost discordant items
+            test, p_worse, p_better = "mcnemar", _binom_cdf(won, won + lost), _binom_cdf(lost, won + lost)
+        else:
+            test = "sign-flip"
+            p_better, p_worse = sign_flip(d, iters, np.random.default_rng([seed, 2, i]))
+        tasks[task] = {"diff": diff, "stderr": se, "won": won, "lost": lost, "n": n, "test": test,
+                       "p_worse": p_worse, "p_better": p_better}
         gain += diff / S
         var += (se if se == se else 0.0) ** 2 / S ** 2
-        weights.append(1.0 / (S * n))
-        discordant.append(won + lost)
-    observed = sum(weights[i] * (tasks[t]["won"] - tasks[t]["lost"]) for i, t in enumerate(sorted(tasks)))
-    rng = np.random.default_rng(seed)
-    w, D = np.asarray(weights), np.asarray(discordant)
-    k = rng.binomial(D, 0.5, size=(int(iters), len(D)))  # items the candidate wins under "no difference"
-    null = ((2 * k - D) * w).sum(axis=1)
-    p_gain = float((1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + int(iters)))
-    return Comparison(gain=gain, gain_stderr=math.sqrt(var), p_gain=p_gain, tasks=tasks)
+        diffs.append(d)
+        shifted.append((d - min_delta) / (S * n))  # sums to gain - min_delta: H0 is gain <= min_delta
+    for task, p in holm({t: float(x["p_worse"]) for t, x in tasks.items()}).items():
+        tasks[task]["p_worse_holm"] = p
+    p_gain, _ = sign_flip(np.concatenate(shifted), int(iters), np.random.default_rng([seed, 0]))
+    level = 1 - 2 * alpha
+    low, high = bootstrap_interval(diffs, level, int(iters), np.random.default_rng([seed, 1]))
+    return Comparison(gain=gain, gain_stderr=math.sqrt(var), p_gain=p_gain, min_delta=min_delta, ci_low=low,
+                      ci_high=high, ci_level=level, tasks=tasks)
+
+
+def gain_text(comp: Comparison, champion_name: str = "the champion") -> str:
+    """"mean gain +0.0123 ± 0.0045 (90% CI [+0.0050, +0.0200]) over the champion v3"."""
+    ci = (f" ({comp.ci_level:.0%} CI [{comp.ci_low:+.4f}, {comp.ci_high:+.4f}])" if comp.ci_low is not None
+          else "")
+    return f"mean gain {comp.gain:+.4f} ± {comp.gain_stderr:.4f}{ci} over {champion_name}"
 
 
 def judge(candidate: dict[str, dict], champion: dict[str, dict] | None, cfg: GateSettings = GateSettings(), *,
@@ -175,20 +274,23 @@ def judge(candidate: dict[str, dict], champion: dict[str, dict] | None, cfg: Gat
     reasons = below_floors(cand.scores, cfg)
     if champion is None:
         return Verdict(promote=not reasons, reasons=reasons or [NO_CHAMPION], candidate=cand)
-    comp = compare(candidate, champion, iters=cfg.iters, seed=cfg.seed)
+    comp = compare(candidate, champion, iters=cfg.iters, seed=cfg.seed, min_delta=cfg.min_delta, alpha=cfg.alpha)
     alpha = cfg.alpha
     champ = Scores(**summarize(champion))
-    gain = f"mean gain {comp.gain:+.4f} ± {comp.gain_stderr:.4f} over {champion_name}"
-    if comp.gain < cfg.min_delta:
-        reasons.append(f"{gain} is below min_delta {cfg.min_delta:g}")
-    elif comp.p_gain >= alpha:
-        reasons.append(f"{gain} is not significant (paired randomization p = {comp.p_gain:.3f} >= alpha {alpha:g})")
+    gain = gain_text(comp, champion_name)
+    above = "significant" if not cfg.min_delta else f"significantly above min_delta {cfg.min_delta:g}"
+    if comp.p_gain >= alpha:
+        reasons.append(f"{gain} is not {above} (paired randomization p = {comp.p_gain:.3f} >= alpha {alpha:g})")
+    S = len(comp.tasks)
     for task, t in comp.tasks.items():
-        if t["p_worse"] < alpha:
-            reasons.append(f"{task} is significantly worse than {champion_name}: {t['diff']:+.3f} ({t['lost']} items "
-                           f"lost, {t['won']} won; McNemar p = {t['p_worse']:.4f} < alpha {alpha:g})")
+        if t["p_worse_holm"] < alpha:
+            name, lost, won = (("McNemar", "items lost", "won") if t["test"] == "mcnemar" else
+                               ("sign-flip", "items worse", "better"))
+            reasons.append(f"{task} is significantly worse than {champion_name}: {t['diff']:+.3f} ({t['lost']} "
+                           f"{lost}, {t['won']} {won}; {name} p = {t['p_worse']:.4g}, Holm-adjusted over {S} "
+                           f"tasks {t['p_worse_holm']:.4g} < alpha {alpha:g})")
     promote = not reasons
     if promote:
-        reasons = [f"{gain} is significant (p = {comp.p_gain:.4f} < {alpha:g}); no task significantly worse; every "
-                   "task at or above its floor"]
+        reasons = [f"{gain} is {above} (p = {comp.p_gain:.4f} < {alpha:g}); no task significantly worse (Holm over "
+                   f"{S} tasks); every task at or above its floor"]
     return Verdict(promote=promote, reasons=reasons, candidate=cand, champion=champ, comparison=comp)

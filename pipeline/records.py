@@ -18,7 +18,7 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-Outcomes = dict[str, dict[str, float]]  # {task: {item: 0/1}}: per-sample outcomes, for the paired gate
+Outcomes = dict[str, dict[str, float]]  # {task: {item: value}}: per-sample outcomes (0/1 or a score), for the gate
 
 
 class PromptsFile(Record):
@@ -288,10 +288,15 @@ class SearchSummary(Record):
 class Comparison(Record):
     """Candidate minus champion on the same items (pipeline.gate.compare)."""
 
-    gain: float  # mean over tasks of the accuracy difference
+    gain: float  # mean over tasks of the per-task mean difference
     gain_stderr: float  # paired standard error of that gain
-    p_gain: float  # one-sided: P(gain this large | no difference), randomization test
-    tasks: dict[str, dict] = {}  # task -> {diff, stderr, won, lost, n, p_worse, p_better}
+    p_gain: float  # one-sided: P(gain this large | gain <= min_delta), sign-flip randomization test
+    min_delta: float = 0.0  # the null hypothesis tested: gain <= min_delta
+    ci_low: float | None = None  # the gain's paired bootstrap interval at ci_level (1 - 2 alpha: its lower end is
+    ci_high: float | None = None  # the one-sided 1 - alpha bound)
+    ci_level: float | None = None
+    # task -> {diff, stderr, won, lost, n, test ("mcnemar" | "sign-flip"), p_worse, p_better, p_worse_holm}
+    tasks: dict[str, dict] = {}
 
 
 class Verdict(Record):

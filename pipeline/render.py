@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .gate import gain_text
 from .records import CandidateRecord, Decision, NightlyResult
 from .settings import Settings
 
@@ -162,11 +163,13 @@ def decision_markdown(summary: NightlyResult) -> str:
     lines += [f"**Test mean** {pm(ev.mean, ev.mean_stderr)}", "", "**Gate**: " + "; ".join(d.reasons)]
     comp = summary.gate and summary.gate.comparison
     if comp:
-        lines += ["", "| task | diff | won | lost | McNemar p (worse) |", "|---|---|---|---|---|"]
+        lines += ["", "| task | diff | won | lost | test | p (worse) | Holm-adjusted |", "|---|---|---|---|---|---|---|"]
         for t, x in comp.tasks.items():
+            holm = x.get("p_worse_holm")
             lines.append(f"| {t} | {x['diff']:+.3f} ± {x['stderr']:.3f} | {x['won']} | {x['lost']} | "
-                         f"{x['p_worse']:.4f} |")
-        lines += ["", f"mean gain {comp.gain:+.4f} ± {comp.gain_stderr:.4f}, paired randomization "
+                         f"{x.get('test', 'mcnemar')} | {x['p_worse']:.4f} | "
+                         + (f"{holm:.4f} |" if holm is not None else "|"))
+        lines += ["", f"{gain_text(comp)}; H0: gain <= min_delta {comp.min_delta:g}, paired randomization "
                       f"p = {comp.p_gain:.4f}"]
     if summary.mlflow_url:
         lines += ["", f"MLflow run: {summary.mlflow_url}"]

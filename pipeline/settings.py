@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -68,9 +69,11 @@ class EvalSettings(_Section):
     skills: list[str] | None = None  # skills suite: which skills (None: all)
     split: str = "test"
     limit: int | float | None = None  # items per task (None: all)
-    tasks: list[str] = []  # lm-eval task names, for suite: lm-eval
+    tasks: list[str] = []  # lm-eval task, group or tag names, for suite: lm-eval (groups: their leaf tasks are scored)
     include_path: str | None = None  # lm-eval: a folder of task YAMLs
-    metric: str = "exact_match"  # lm-eval: the metric read from each task's results
+    # lm-eval: the per-item metric read from each sample, "name" or "name,filter" (lm-eval's result key, e.g.
+    # "exact_match,strict-match"): a task that logs several filters needs the filter named
+    metric: str = "exact_match"
     batch_size: PositiveInt = 64
     # lm-eval model settings (suite: lm-eval), from params so the same path serves a user's model on a GPU
     device: str = "cpu"
@@ -81,9 +84,12 @@ class EvalSettings(_Section):
     baselines: bool = True  # also evaluate the catalog's baselines and the base model (cached by content hash)
 
     @model_validator(mode="after")
-    def _callable_named(self):
+    def _valid(self):
         if self.suite == "callable" and (not self.callable or ":" not in self.callable):
             raise ValueError(f"suite: callable needs callable: 'module:function', got {self.callable!r}")
+        if not re.fullmatch(r"[^,\s]+(,[^,\s]+)?", self.metric):
+            raise ValueError(f"metric: 'name' or 'name,filter' (lm-eval's result key, e.g. 'exact_match,strict-match'), "
+                             f"got {self.metric!r}")
         return self
 
 
@@ -109,15 +115,28 @@ class MlflowSettings(_Section):
 
 class GateSettings(_Section):
     metric: Literal["mean"] = "mean"  # the aggregate compared with the champion (only the mean so far)
-    min_delta: float = 0.0  # promote when the mean gain over the champion is >= min_delta ...
-    alpha: float = Field(0.05, gt=0, lt=1)  # ... and significant at this level (paired test, pipeline/gate.py)
-    iters: int = Field(20000, ge=100)  # Monte Carlo draws of the paired randomization test (fixed seed)
+    min_delta: float = 0.0  # promote when the mean gain over the champion is significantly above min_delta ...
+    # ... at this level (one-sided paired tests, pipeline/gate.py; also the Holm-corrected per-task veto's level; the
+    # gain's interval is at 1 - 2 alpha)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    iters: int = Field(20000, ge=100)  # Monte Carlo draws of the randomization tests and the bootstrap (fixed seed)
     seed: int = 0
     floor: float = 0.0  # ... and no task below this score
-    floors: dict[str, float] = {}  # per-task floors, overriding `floor`
+    floors: dict[str, float] = {}  # per-task floors, overriding `floor`; each key must be a task of the benchmark
 
     def floor_of(self, task: str) -> float:
         return float(self.floors.get(task, self.floor))
+
+
+def unknown_floors(gate: GateSettings, tasks: list[str], what: str) -> str | None:
+    """``gate.floors`` keys that are not in ``tasks`` (a typo would silently leave that task at the default floor),
+    as the error's text after the file name; None when every key is a task."""
+    bad = [k for k in gate.floors if k not in tasks]
+    if not bad:
+        return None
+    known = ", ".join(tasks[:12]) + (f", ... ({len(tasks)} in all)" if len(tasks) > 12 else "")
+    return (f"gate.floors: {', '.join(repr(k) for k in bad)} {'is not a task' if len(bad) == 1 else 'are not tasks'} "
+            f"of {what} (its tasks: {known})")
 
 
 class SearchSettings(_Section):
@@ -187,6 +206,20 @@ class PipelineSettings(_Section):
     notify: NotifySettings = NotifySettings()
     schedule: ScheduleSettings = ScheduleSettings()
     dvc: DvcSettings = DvcSettings()
+
+    @model_validator(mode="after")
+    def _task_lists(self):
+        """What is known without lm-eval or the scorer (pipeline.evaluation.check_benchmark checks the rest, groups
+        expanded, at the night's start): no validation task is a test task; floors name skills of eval.skills."""
+        shared = [t for t in self.search.tasks if t in self.eval.tasks]
+        if shared:
+            raise ValueError(f"search.tasks: {', '.join(shared)} also in eval.tasks: the recipe would be chosen on the "
+                             "test items; validation tasks must be other tasks")
+        if self.eval.suite == "skills" and self.eval.skills:
+            bad = unknown_floors(self.gate, self.eval.skills, "eval.skills")
+            if bad:
+                raise ValueError(bad)
+        return self
 
 
 class CatalogEntry(_Section):

@@ -3,7 +3,7 @@
 
 The pipeline (pipeline/) never imports skills/: it calls this object with (base_dir, adapter_dir, split, limit) and a
 ``context`` carrying the project, params file, work folder and eval settings, and reads its optional ``fingerprint``,
-``inputs`` and ``prewarm`` methods.
+``inputs``, ``prewarm`` and ``tasks`` methods.
 """
 
 from __future__ import annotations
@@ -38,6 +38,18 @@ class SkillsSuite:
                         data_dir=self.data_dir(context), batch_size=int(context.eval.batch_size),
                         tasks_dir=Path(context.work) / "lm_eval_tasks",
                         threads=self.eval_settings(context).get("threads", 2))
+
+    def tasks(self, context) -> list[str] | None:
+        """The task names its scores carry (the pipeline checks ``gate.floors`` against them), known before the data
+        is built: ``suite.data.skills`` of params.yaml, else the skills of the data folder when it is there (None: not
+        known yet); those of ``pipeline.eval.skills`` when set."""
+        skills = (self._suite(context).get("data") or {}).get("skills")
+        if skills is None:
+            data = self.data_dir(context)
+            if not data.is_dir():
+                return None
+            skills = sorted(p.name for p in data.iterdir() if (p / f"{context.eval.split}.jsonl").is_file())
+        return [s for s in skills if not context.eval.skills or s in context.eval.skills]
 
     def generation(self, context) -> dict:
         """How the benchmark generates (the registered model serves the same way): plain prompts, no chat template,

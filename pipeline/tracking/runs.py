@@ -43,6 +43,8 @@ def run_metrics(ev: Evaluation, found: SearchResult | None, timings: dict[str, f
     if ev.verdict is not None and ev.verdict.comparison is not None:
         c = ev.verdict.comparison
         metrics.update({"gate.gain": c.gain, "gate.gain_stderr": c.gain_stderr, "gate.p_gain": c.p_gain})
+        if c.ci_low is not None and c.ci_high is not None:
+            metrics.update({"gate.gain_ci_low": c.ci_low, "gate.gain_ci_high": c.ci_high})
     return metrics
 
 

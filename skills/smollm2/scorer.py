@@ -32,6 +32,13 @@ class SmolLM2Suite:
         return evaluate(base_dir, adapter_dir, context.eval.skills, split, limit, data_dir=p["paths"]["data"],
                         tasks_dir=Path(context.work) / "smollm2_lm_eval_tasks", settings=self.settings(p))
 
+    def tasks(self, context) -> list[str] | None:
+        """The task names its scores carry: ``smollm2.data.skills``, those of ``pipeline.eval.skills`` when set."""
+        skills = (self.params(context).get("data") or {}).get("skills")
+        if skills is None:
+            return None
+        return [s for s in skills if not context.eval.skills or s in context.eval.skills]
+
     def generation(self, context) -> dict:
         """How the benchmark generates (the registered model serves the same way): the prompt as the user's turn of
         the chat template (lm-eval's ``apply_chat_template``), greedy, cut at the end of the turn."""

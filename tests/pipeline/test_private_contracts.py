@@ -30,6 +30,10 @@ CONTRACTS = [
     ("mlflow.environment_variables", "_MLFLOW_HTTP_REQUEST_MAX_BACKOFF_FACTOR_LIMIT", []),
     # the task YAMLs' generation_kwargs for the served model (pipeline.evaluation.generation): lm-eval's own reader
     ("lm_eval.tasks._yaml_loader", "load_yaml", ["path", "resolve_func"]),
+    # groups and tags expanded to their leaf tasks (pipeline.evaluation.expand_tasks): TaskManager.load's flat
+    # {"tasks": {leaf: Task}} (lm-eval 0.4.13; older versions only had the nested load_task_or_group)
+    ("lm_eval.tasks", "TaskManager.load", ["task_list"]),
+    ("lm_eval.tasks", "TaskManager.all_subtasks", []),
 ]
 
 
