@@ -107,6 +107,7 @@ def recipe_search(settings: Settings, aset: pico.AdapterSet, srcs: Sources) -> S
         with runtime.gpu_annotation(settings) if learned else contextlib.nullcontext():
             futures = candidate.map(unmapped(st), unmapped(aset), unmapped(srcs.adapters), unmapped(srcs.base),
                                     cands, mkeys, keys, [steps.cache_key(st, k) for k in keys])
+        runtime.log_progress(futures, "candidates" if not learned else "learned candidates", get_run_logger())
         records = [f.result() for f in futures]
         return [r.model_copy(update={"cached": r.cached or f.state.name == "Cached"}) for r, f in zip(records, futures)]
 

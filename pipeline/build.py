@@ -37,7 +37,9 @@ def ensure_suite(settings: Settings) -> None:
     stages = dvcio.stages_producing(settings.project, need)
     if not stages:
         raise BuildError(f"missing {', '.join(need)} and no DVC stage produces it; build the suite first")
-    jobs = settings.pipeline.dvc.build_jobs
-    print(f"building the suite: dvc repro {' '.join(sorted(stages))} (one-off, minutes"
-          + (f"; independent stages {jobs} at a time" if jobs > 1 else "") + ")", flush=True)
+    jobs, minutes = settings.pipeline.dvc.build_jobs, settings.pipeline.dvc.build_minutes
+    print(f"building the suite: dvc repro {' '.join(sorted(stages))} (one-off"
+          + (f", about {minutes} min on an idle 2-core box" if minutes else ", minutes")
+          + (f"; independent stages {jobs} at a time" if jobs > 1 else "")
+          + "; training stages print their step and an ETA)", flush=True)
     dvcio.reproduce(settings.project, sorted(stages), jobs=jobs)

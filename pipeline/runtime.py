@@ -38,6 +38,18 @@ def make_task_runner(settings: Settings):
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
 
 
+def log_progress(futures: list, what: str, log) -> None:
+    """Wait for mapped tasks, logging each completion with the elapsed time and an estimate of the rest (the mean
+    time per completed task so far, times the tasks left; cached ones count as done at once)."""
+    from prefect.futures import as_completed
+
+    t0, n = time.monotonic(), len(futures)
+    for i, _ in enumerate(as_completed(futures), 1):
+        elapsed = time.monotonic() - t0
+        eta = elapsed / i * (n - i)
+        log.info("%d/%d %s done, %.0f s elapsed%s", i, n, what, elapsed, f", about {eta:.0f} s left" if i < n else "")
+
+
 def gpu_annotation(settings: Settings):
     """Dask annotation asking for one unit of the GPU resource (a no-op context otherwise)."""
     cfg = settings.pipeline.task_runner

@@ -177,6 +177,7 @@ class DvcSettings(_Section):
     build_jobs: PositiveInt = 1
     # what a suite's merge@<suite> / eval@<suite> stages read (dvc.yaml interpolates them; the night does not)
     inputs: dict[str, str] = {}
+    build_minutes: PositiveInt | None = None  # the suite build's measured wall time, printed as its estimate
 
 
 class LearnSettings(_Section):
