@@ -129,12 +129,24 @@ class SearchSettings(_Section):
 
 
 class NotifySettings(_Section):
-    """Notifications through a Prefect notification block (pipeline/notify.py)."""
+    """Notifications through a saved Prefect notification block (pipeline/notify.py). The block holds the webhook URL
+    and its token on the Prefect server; params.yaml only names it (it is committed, and copied into each night's
+    records), so a URL here is refused."""
 
-    block: str | None = None  # a saved block, e.g. "slack-webhook/team-ml"
-    webhook_url: str | None = None  # or a plain URL: POST {"subject", "body"} (CustomWebhookNotificationBlock)
+    block: str | None = None  # a saved block, e.g. "slack-webhook/team-ml" or "custom-webhook/pico-nightly"
     events: list[Literal["failure", "promotion"]] = ["failure", "promotion"]  # ("on" is YAML 1.1 for true)
-    timeout_s: float = Field(10, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_url(cls, data: Any):
+        if isinstance(data, dict) and data.get("webhook_url") is not None:
+            raise ValueError("webhook_url: a webhook URL carries its token, and params.yaml is committed and copied "
+                             "into each night's records; save it as a Prefect notification block (`python -m "
+                             "pipeline.notify save-webhook NAME` reads the URL from stdin) and set "
+                             "pipeline.notify.block: custom-webhook/NAME")
+        if isinstance(data, dict) and "webhook_url" in data:  # `webhook_url: null` (the old default): nothing set
+            data = {k: v for k, v in data.items() if k != "webhook_url"}
+        return data
 
 
 class ScheduleSettings(_Section):

@@ -14,7 +14,44 @@ import yaml
 from ..records import FetchedSource, Lineage
 from ..settings import Settings
 from .client import client
-from .lineage import identity
+from .lineage import git_remote_url, identity
+
+# DVC's remote plugins (pip names): whichever of them the night has installed, a dvc:// base may need to be read back
+DVC_REMOTE_PLUGINS = ("dvc-s3", "dvc-gs", "dvc-azure", "dvc-ssh", "dvc-hdfs", "dvc-webhdfs", "dvc-oss", "dvc-gdrive",
+                      "dvc-webdav")
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def model_requirements(base_uri: str) -> list[str]:
+    """The version's pip requirements, pinned as installed, for MLflow's environment managers (``mlflow models
+    serve`` without ``--env-manager local``): mlflow, torch, transformers, peft, safetensors, and what fetches the base
+    (huggingface_hub for ``hf://``; dvc and the installed DVC remote plugins for ``dvc://``). A PyTorch build with a
+    local label (``2.13.0+cpu``, ``+cu128``) is pinned with it and PyTorch's index for that build, so the environment
+    gets the same build (PyPI's plain ``torch`` is the multi-GB CUDA one)."""
+    torch = md.version("torch")
+    label = torch.partition("+")[2]
+    reqs = [f"--extra-index-url https://download.pytorch.org/whl/{label}"] if label else []
+    reqs += [f"torch=={torch}"] + [f"{n}=={md.version(n)}" for n in ("mlflow", "transformers", "peft", "safetensors")]
+    if base_uri.startswith("hf://"):
+        reqs.append(f"huggingface_hub=={md.version('huggingface_hub')}")
+    if base_uri.startswith("dvc://"):
+        reqs += [f"dvc=={md.version('dvc')}"] + [f"{n}=={v}" for n in DVC_REMOTE_PLUGINS if (v := _installed(n))]
+    return reqs
+
+
+def base_locator(base: FetchedSource, lineage: Lineage) -> dict:
+    """How the pyfunc finds the base on any host (pyfunc_model.resolve_base): the night's directory, the catalog's
+    source and revision, pico's digest of it, and for a ``dvc://`` or relative source the project it is read from
+    (its git remote without credentials, the night's checkout, the night's git commit)."""
+    return {"base_model": base.path, "base_uri": base.uri, "base_revision": base.revision,
+            "base_sha256": base.sha256, "base_project": lineage.project,
+            "base_git_url": git_remote_url(Path(lineage.project)), "base_git_commit": lineage.git.commit}
 
 
 def serving_signature(generation: dict):
@@ -39,9 +76,7 @@ def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lin
     import mlflow
     from mlflow.models import Model
 
-    # pinned as installed ("2.13.0+cpu" -> "2.13.0": a local label no index serves)
-    reqs = [f"{p}=={md.version(p).partition('+')[0]}" for p in
-            ("mlflow", "torch", "transformers", "peft", "safetensors")]
+    reqs = model_requirements(base.uri)
     recipe = lineage.recipe
     model = c.create_logged_model(
         exp_id, name="model", source_run_id=run_id,
@@ -59,8 +94,7 @@ def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lin
                 signature=serving_signature(generation),
                 input_example=([generation.get("example") or "Hello!"],
                                {"max_new_tokens": int(generation["max_new_tokens"])}),
-                model_config={"base_model": base.path, "base_uri": base.uri, "base_revision": base.revision,
-                              "base_sha256": base.sha256, "dtype": "float32", "device": "auto",
+                model_config={**base_locator(base, lineage), "dtype": "float32", "device": "auto",
                               **{k: generation[k] for k in ("apply_chat_template", "chat_template", "max_new_tokens",
                                                             "stop")}})
             c.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
