@@ -54,7 +54,7 @@ def build_deployment(project: str = ".", params: str = "params.yaml", name: str 
 
 def alerts_line(cfg: NotifySettings) -> str:
     if cfg.block and "failure" in cfg.events:
-        return f"failure alerts: a Prefect automation sends this deployment's Crashed/Failed/TimedOut runs to {cfg.block}"
+        return f"failure alerts: a Prefect automation sends the Crashed/Failed/TimedOut runs to {cfg.block}"
     return "failure alerts: none on the server (pipeline.notify.block is not set, or failure is not in its events)"
 
 

@@ -100,6 +100,9 @@ class MlflowSettings(_Section):
     http_backoff_factor: int = Field(1, ge=0, le=120)
     http_timeout_s: int = Field(20, gt=0)
     log_adapter: bool = True  # the merged adapter as run artifacts (the model version's source)
+    # a pip index serving the night's torch build (e.g. https://download.pytorch.org/whl/cpu for 2.13.0+cpu): the model
+    # version's requirements then pin that build and name the index; None: the public version (PyPI's is CUDA)
+    torch_index: str | None = None
     # A Prefect global concurrency limit (limit 1) held while versions are registered and aliases move, so runs on
     # different hosts never race on the aliases (`prefect gcl create pico-registry --limit 1`); None: a file lock
     # under pipeline.paths.work only (one host)

@@ -28,16 +28,18 @@ def _installed(name: str) -> str | None:
         return None
 
 
-def model_requirements(base_uri: str) -> list[str]:
+def model_requirements(base_uri: str, torch_index: str | None = None) -> list[str]:
     """The version's pip requirements, pinned as installed, for MLflow's environment managers (``mlflow models
     serve`` without ``--env-manager local``): mlflow, torch, transformers, peft, safetensors, and what fetches the base
-    (huggingface_hub for ``hf://``; dvc and the installed DVC remote plugins for ``dvc://``). A PyTorch build with a
-    local label (``2.13.0+cpu``, ``+cu128``) is pinned with it and PyTorch's index for that build, so the environment
-    gets the same build (PyPI's plain ``torch`` is the multi-GB CUDA one)."""
+    (huggingface_hub for ``hf://``; dvc and the installed DVC remote plugins for ``dvc://``).
+
+    torch: the public version (``2.13.0+cpu`` -> ``torch==2.13.0``), which any index serves (on Linux, PyPI's is the
+    multi-GB CUDA build); with ``torch_index`` (``pipeline.mlflow.torch_index``, an index serving the night's build,
+    e.g. PyTorch's ``https://download.pytorch.org/whl/cpu``) the exact build and that index (``--extra-index-url``)."""
     torch = md.version("torch")
-    label = torch.partition("+")[2]
-    reqs = [f"--extra-index-url https://download.pytorch.org/whl/{label}"] if label else []
-    reqs += [f"torch=={torch}"] + [f"{n}=={md.version(n)}" for n in ("mlflow", "transformers", "peft", "safetensors")]
+    reqs = [f"--extra-index-url {torch_index}", f"torch=={torch}"] if torch_index else \
+        [f"torch=={torch.partition('+')[0]}"]
+    reqs += [f"{n}=={md.version(n)}" for n in ("mlflow", "transformers", "peft", "safetensors")]
     if base_uri.startswith("hf://"):
         reqs.append(f"huggingface_hub=={md.version('huggingface_hub')}")
     if base_uri.startswith("dvc://"):
@@ -67,7 +69,7 @@ def serving_signature(generation: dict):
 
 
 def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lineage: Lineage,
-              generation: dict) -> str:
+              generation: dict, torch_index: str | None = None) -> str:
     """The merged adapter as an MLflow logged model of the run: the pyfunc of pyfunc_model.py (model code plus the
     adapter files; the base is named in its config, never copied), generating as the benchmark did (``generation``:
     chat template, max new tokens, stop strings), with a signature of its per-request params and an input example.
@@ -76,7 +78,7 @@ def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lin
     import mlflow
     from mlflow.models import Model
 
-    reqs = model_requirements(base.uri)
+    reqs = model_requirements(base.uri, torch_index)
     recipe = lineage.recipe
     model = c.create_logged_model(
         exp_id, name="model", source_run_id=run_id,

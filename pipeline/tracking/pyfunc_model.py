@@ -121,19 +121,19 @@ def resolve_base(cfg: dict) -> Path:
         shutil.rmtree(cached, ignore_errors=True)  # a damaged copy: fetched again below
     uri = str(cfg.get("base_uri") or "")
     if uri.startswith("hf://"):
-        repo, _, rev = uri[len("hf://"):].partition("@")
+        repo_id, _, hub_rev = uri[len("hf://"):].partition("@")
         try:
             from huggingface_hub import snapshot_download
 
-            path = Path(snapshot_download(repo_id=repo, revision=rev or cfg.get("base_revision")))
+            path = Path(snapshot_download(repo_id=repo_id, revision=hub_rev or cfg.get("base_revision")))
         except Exception as exc:  # noqa: BLE001 - reported with the other places tried
             tried.append(f"{uri}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
         else:
             if verified(path, uri):
                 return path
     elif uri.startswith("dvc://"):
-        path, _, rev = uri[len("dvc://"):].partition("@")
-        rev = rev or cfg.get("base_git_commit")
+        target, _, pinned = uri[len("dvc://"):].partition("@")
+        rev = pinned or cfg.get("base_git_commit")
         repos = _dvc_repos(cfg)
         if not repos:
             tried.append(f"{uri}: no repository to read it from (the night's checkout is gone and the current "
@@ -143,7 +143,7 @@ def resolve_base(cfg: dict) -> Path:
             shutil.rmtree(partial, ignore_errors=True)
             partial.parent.mkdir(parents=True, exist_ok=True)
             try:
-                _dvc_get(repo, path.strip("/"), rev, partial)
+                _dvc_get(repo, target.strip("/"), rev, partial)
             except Exception as exc:  # noqa: BLE001 - reported with the other places tried
                 tried.append(f"{uri} from {repo} at {rev or 'its workspace'}: {type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:300]}")

@@ -143,7 +143,7 @@ def register(settings: Settings, lineage: Lineage, merged: MergeResult, base: Fe
                 _upload(c, run_id, run_artifacts(settings, merged, ev, lineage))
                 if settings.pipeline.mlflow.log_adapter:
                     model_id = log_model(c, exp_id, run_id, Path(merged.store), base, lineage,
-                                         generation(settings, base.path))
+                                         generation(settings, base.path), settings.pipeline.mlflow.torch_index)
                     source = f"models:/{model_id}"
                 else:
                     source = Path(merged.store).as_uri()

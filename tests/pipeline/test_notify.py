@@ -191,10 +191,10 @@ def test_a_crashed_run_of_the_deployment_is_reported_by_the_server(project, tmp_
     through the block, once; a Completed run sends nothing."""
     import time
 
+    from pipeline_helpers import prefect_server
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Completed, Crashed, Running
-    from pipeline_helpers import prefect_server
 
     from flows import deploy
 

@@ -220,19 +220,25 @@ def test_the_champion_loads_on_another_host_from_its_dvc_source(dvc_base_night, 
 
 
 @pytest.mark.slow
-def test_served_champion_answers_over_http(night, tmp_path, monkeypatch):
+@pytest.mark.parametrize("env_manager", ["local", "default"])
+def test_served_champion_answers_over_http(night, tmp_path, monkeypatch, env_manager):
+    """`mlflow models serve` of the champion, in this environment (``--env-manager local``) and with MLflow's default
+    environment manager (virtualenv: a fresh Python environment from the version's pinned requirements, built in a
+    temporary MLFLOW_ENV_ROOT, packages from this machine's pip configuration)."""
     import mlflow
 
     project, _, _ = night
     uri = f"sqlite:///{project / 'build' / 'mlflow' / 'mlflow.db'}"
     port = free_port()
-    env = subprocess_env(None, MLFLOW_TRACKING_URI=uri)
+    extra = {"MLFLOW_ENV_ROOT": str(tmp_path / "envs")} if env_manager == "default" else {}
+    env = subprocess_env(None, MLFLOW_TRACKING_URI=uri, **extra)
     log = open(tmp_path / "serve.log", "wb")
+    flags = ["--env-manager", "local"] if env_manager == "local" else []  # default: virtualenv
     proc = subprocess.Popen([str(Path(PY).parent / "mlflow"), "models", "serve", "-m", "models:/merged-test@champion",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log,
+                             *flags, "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/ping", timeout=300, proc=proc)
+        wait_http(f"http://127.0.0.1:{port}/ping", timeout=300 if env_manager == "local" else 1500, proc=proc)
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
                                      data=json.dumps({"inputs": PROMPTS}).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -243,6 +249,8 @@ def test_served_champion_answers_over_http(night, tmp_path, monkeypatch):
         proc.wait(30)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert answer["predictions"] == mlflow.pyfunc.load_model("models:/merged-test@champion").predict(PROMPTS)
+    if env_manager == "default":  # it did serve from its own environment, not this one
+        assert list((tmp_path / "envs").rglob("mlflow-*/bin/python"))
 
 
 @pytest.fixture(scope="module")
