@@ -1,6 +1,8 @@
 """The registered version is an MLflow model: `models:/<name>@champion` loads through mlflow.pyfunc and generates with
-the tiny skills suite's base plus the merged adapter (the base named, never copied), `mlflow models serve` answers over
-HTTP on 127.0.0.1, the scores are metrics on the run and on the logged model, and an unchanged rerun uploads nothing.
+the tiny skills suite's base plus the merged adapter (the base named, never copied), also on another host (its base
+resolved from its dvc:// source and verified), `mlflow models serve` answers over HTTP on 127.0.0.1 (this environment
+and MLflow's default one), the scores are metrics on the run and on the logged model, and an unchanged rerun uploads
+nothing.
 
 The night here runs the real skills suite through its `callable` alias (`suite: skills`) on a tiny trained suite."""
 

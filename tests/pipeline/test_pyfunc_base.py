@@ -133,3 +133,55 @@ def test_a_tampered_dvc_object_is_refused(dvc_clone, monkeypatch):
     msg = str(err.value)
     assert f"dvc://base from {clone} at {cfg['base_git_commit']}" in msg and f"expected {cfg['base_sha256']}" in msg
     assert not (Path(pm.cache_root()) / cfg["base_sha256"]).exists()  # nothing unverified is cached
+
+
+def test_a_hub_source_is_downloaded_at_its_pinned_revision_and_verified(base, tmp_path, monkeypatch):
+    """``hf://org/name@rev``: huggingface_hub's snapshot_download at that revision (its own cache; stood in for here
+    by a local copy, as the tests have no network); a snapshot with other bytes is refused."""
+    import huggingface_hub
+
+    monkeypatch.setenv("PICO_BASE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PICO_BASE_MODEL", raising=False)
+    snapshot = shutil.copytree(base, tmp_path / "hub" / "snapshot")
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, **kw):
+        calls.append((repo_id, revision, kw))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    cfg = {"base_model": str(tmp_path / "gone"), "base_uri": "hf://org/tiny-llama@0123abc",
+           "base_revision": "0123abc", "base_sha256": pm.base_digest(base)}
+    assert pm.resolve_base(cfg) == snapshot and calls == [("org/tiny-llama", "0123abc", {})]
+    tamper(snapshot)
+    with pytest.raises(pm.BaseModelError, match=f"hf://org/tiny-llama@0123abc {snapshot}: sha256 .*, expected"):
+        pm.resolve_base(cfg)
+
+
+def test_the_recorded_git_remote_carries_no_credentials(tmp_path):
+    from pipeline.tracking.lineage import git_remote_url
+
+    run(["git", "init", "-q"], tmp_path)
+    assert git_remote_url(tmp_path) is None
+    for url, recorded in [("https://user:ghp_token@github.example/org/proj.git", "https://github.example/org/proj.git"),
+                          ("https://ghp_token@github.example/org/proj.git", "https://github.example/org/proj.git"),
+                          ("ssh://git:secret@git.example/org/proj.git", "ssh://git@git.example/org/proj.git"),
+                          ("git@git.example:org/proj.git", "git@git.example:org/proj.git")]:
+        run(["git", "remote", "remove", "origin"], tmp_path, check=False)
+        run(["git", "remote", "add", "origin", url], tmp_path)
+        assert git_remote_url(tmp_path) == recorded
+
+
+def test_the_requirements_name_what_fetches_the_base_and_the_torch_build():
+    import importlib.metadata as md
+
+    from pipeline.tracking.models import model_requirements
+
+    torch = md.version("torch")
+    plain = model_requirements("base")
+    assert f"torch=={torch.partition('+')[0]}" in plain and f"mlflow=={md.version('mlflow')}" in plain
+    assert not any(r.startswith(("dvc", "huggingface_hub", "--")) for r in plain)
+    assert f"huggingface_hub=={md.version('huggingface_hub')}" in model_requirements("hf://org/x@rev")
+    assert f"dvc=={md.version('dvc')}" in model_requirements("dvc://base")
+    indexed = model_requirements("base", "https://download.pytorch.org/whl/cpu")
+    assert indexed[:2] == ["--extra-index-url https://download.pytorch.org/whl/cpu", f"torch=={torch}"]
