@@ -10,6 +10,11 @@ the ephemeral API the schedule lives only as long as this process. A served proc
 schedule running (``pause_on_shutdown=False``). One run at a time (``concurrency_limit``). On a work pool the
 entrypoint is the module ``flows.nightly`` (the project is installed in the worker's environment) and the flow run
 starts in this code checkout (``working_dir``).
+
+With ``pipeline.notify.block`` set, the deployment gets a server-side failure alert (pipeline/notify.py
+``failure_automation``): a Prefect Automation on its runs' Crashed, Failed and TimedOut events that sends through that
+block, so a run killed with its process (SIGKILL, OOM, a lost host) is still reported. It is created or updated each
+time the deployment is applied or served here, and deleted when the block is removed from params.yaml.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
 from flows.nightly import nightly_merge
-from pipeline.settings import load_settings
+from pipeline import notify
+from pipeline.settings import NotifySettings, load_settings
 
 CODE_ROOT = Path(__file__).resolve().parent.parent  # where `flows` and `tasks` live (the worker starts runs here)
 
@@ -46,6 +52,12 @@ def build_deployment(project: str = ".", params: str = "params.yaml", name: str 
     )
 
 
+def alerts_line(cfg: NotifySettings) -> str:
+    if cfg.block and "failure" in cfg.events:
+        return f"failure alerts: a Prefect automation sends the Crashed/Failed/TimedOut runs to {cfg.block}"
+    return "failure alerts: none on the server (pipeline.notify.block is not set, or failure is not in its events)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.splitlines()[0])
     ap.add_argument("--project", default=".")
@@ -61,14 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     sched = deployment.schedules[0].schedule
     line = (f"deployment {deployment.flow_name}/{deployment.name}: cron '{sched.cron}' ({sched.timezone}), "
             f"parameters {deployment.parameters}")
+    cfg = load_settings(args.project, args.params).pipeline.notify
     if args.show:
-        print(line)
+        print(f"{line}\n{alerts_line(cfg)}")
         return 0
+    # serve applies the deployment again (an upsert: the same id), so the automation can name it first
+    deployment_id = deployment.apply(work_pool_name=args.pool if args.apply else None)
+    notify.sync_failure_automation(cfg, deployment_id, deployment.flow_name, deployment.name)
     if args.apply:
-        deployment_id = deployment.apply(work_pool_name=args.pool)
-        print(f"{line}\napplied: {deployment_id}" + (f" on work pool {args.pool}" if args.pool else ""))
+        print(f"{line}\napplied: {deployment_id}" + (f" on work pool {args.pool}" if args.pool else "")
+              + f"\n{alerts_line(cfg)}")
         return 0
-    print(line, flush=True)
+    print(f"{line}\n{alerts_line(cfg)}", flush=True)
     prefect.serve(deployment, pause_on_shutdown=False)  # a restart (upgrade, reboot) must not pause the nightly schedule
     return 0
 

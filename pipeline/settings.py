@@ -106,6 +106,9 @@ class MlflowSettings(_Section):
     http_backoff_factor: int = Field(1, ge=0, le=120)
     http_timeout_s: int = Field(20, gt=0)
     log_adapter: bool = True  # the merged adapter as run artifacts (the model version's source)
+    # a pip index serving the night's torch build (e.g. https://download.pytorch.org/whl/cpu for 2.13.0+cpu): the model
+    # version's requirements then pin that build and name the index; None: the public version (PyPI's is CUDA)
+    torch_index: str | None = None
     # A Prefect global concurrency limit (limit 1) held while versions are registered and aliases move, so runs on
     # different hosts never race on the aliases (`prefect gcl create pico-registry --limit 1`); None: a file lock
     # under pipeline.paths.work only (one host)
@@ -148,12 +151,24 @@ class SearchSettings(_Section):
 
 
 class NotifySettings(_Section):
-    """Notifications through a Prefect notification block (pipeline/notify.py)."""
+    """Notifications through a saved Prefect notification block (pipeline/notify.py). The block holds the webhook URL
+    and its token on the Prefect server; params.yaml only names it (it is committed, and copied into each night's
+    records), so a URL here is refused."""
 
-    block: str | None = None  # a saved block, e.g. "slack-webhook/team-ml"
-    webhook_url: str | None = None  # or a plain URL: POST {"subject", "body"} (CustomWebhookNotificationBlock)
+    block: str | None = None  # a saved block, e.g. "slack-webhook/team-ml" or "custom-webhook/pico-nightly"
     events: list[Literal["failure", "promotion"]] = ["failure", "promotion"]  # ("on" is YAML 1.1 for true)
-    timeout_s: float = Field(10, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_url(cls, data: Any):
+        if isinstance(data, dict) and data.get("webhook_url") is not None:
+            raise ValueError("webhook_url: a webhook URL carries its token, and params.yaml is committed and copied "
+                             "into each night's records; save it as a Prefect notification block (`python -m "
+                             "pipeline.notify save-webhook NAME` reads the URL from stdin) and set "
+                             "pipeline.notify.block: custom-webhook/NAME")
+        if isinstance(data, dict) and "webhook_url" in data:  # `webhook_url: null` (the old default): nothing set
+            data = {k: v for k, v in data.items() if k != "webhook_url"}
+        return data
 
 
 class ScheduleSettings(_Section):

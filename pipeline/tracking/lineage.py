@@ -24,14 +24,29 @@ from ..records import (
 from ..settings import Settings
 
 
-def git_info(project: Path) -> GitInfo:
-    def git(*args):
-        proc = subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
-        return proc.stdout.strip() if proc.returncode == 0 else None
+def _git(project: Path, *args: str) -> str | None:
+    proc = subprocess.run(["git", *args], cwd=project, capture_output=True, text=True)
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
+
+def git_remote_url(project: Path) -> str | None:
+    """The project's ``origin`` remote (where another host clones it from), without credentials: an HTTP(S) URL
+    loses its user part (``https://user:token@host/...`` -> ``https://host/...``), any other URL its password
+    (``ssh://git@host/...`` keeps ``git@``). None without an origin."""
+    url = _git(project, "remote", "get-url", "origin")
+    if url and "://" in url:
+        scheme, _, rest = url.partition("://")
+        host, slash, path = rest.partition("/")
+        user, at, host = host.rpartition("@")
+        keep = "" if not at or scheme in ("http", "https") else user.partition(":")[0] + "@"
+        url = f"{scheme}://{keep}{host}{slash}{path}"
+    return url
+
+
+def git_info(project: Path) -> GitInfo:
+    commit = _git(project, "rev-parse", "HEAD")
     # the pipeline's own writes (dvc.lock, kept per night by `dvc exp save`) do not make the tree dirty
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")) \
+    dirty = bool(_git(project, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock")) \
         if commit else None
     return GitInfo(commit=commit, dirty=dirty)
 

@@ -14,7 +14,46 @@ import yaml
 from ..records import FetchedSource, Lineage
 from ..settings import Settings
 from .client import client
-from .lineage import identity
+from .lineage import git_remote_url, identity
+
+# DVC's remote plugins (pip names): whichever of them the night has installed, a dvc:// base may need to be read back
+DVC_REMOTE_PLUGINS = ("dvc-s3", "dvc-gs", "dvc-azure", "dvc-ssh", "dvc-hdfs", "dvc-webhdfs", "dvc-oss", "dvc-gdrive",
+                      "dvc-webdav")
+
+
+def _installed(name: str) -> str | None:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def model_requirements(base_uri: str, torch_index: str | None = None) -> list[str]:
+    """The version's pip requirements, pinned as installed, for MLflow's environment managers (``mlflow models
+    serve`` without ``--env-manager local``): mlflow, torch, transformers, peft, safetensors, and what fetches the base
+    (huggingface_hub for ``hf://``; dvc and the installed DVC remote plugins for ``dvc://``).
+
+    torch: the public version (``2.13.0+cpu`` -> ``torch==2.13.0``), which any index serves (on Linux, PyPI's is the
+    multi-GB CUDA build); with ``torch_index`` (``pipeline.mlflow.torch_index``, an index serving the night's build,
+    e.g. PyTorch's ``https://download.pytorch.org/whl/cpu``) the exact build and that index (``--extra-index-url``)."""
+    torch = md.version("torch")
+    reqs = [f"--extra-index-url {torch_index}", f"torch=={torch}"] if torch_index else \
+        [f"torch=={torch.partition('+')[0]}"]
+    reqs += [f"{n}=={md.version(n)}" for n in ("mlflow", "transformers", "peft", "safetensors")]
+    if base_uri.startswith("hf://"):
+        reqs.append(f"huggingface_hub=={md.version('huggingface_hub')}")
+    if base_uri.startswith("dvc://"):
+        reqs += [f"dvc=={md.version('dvc')}"] + [f"{n}=={v}" for n in DVC_REMOTE_PLUGINS if (v := _installed(n))]
+    return reqs
+
+
+def base_locator(base: FetchedSource, lineage: Lineage) -> dict:
+    """How the pyfunc finds the base on any host (pyfunc_model.resolve_base): the night's directory, the catalog's
+    source and revision, pico's digest of it, and for a ``dvc://`` or relative source the project it is read from
+    (its git remote without credentials, the night's checkout, the night's git commit)."""
+    return {"base_model": base.path, "base_uri": base.uri, "base_revision": base.revision,
+            "base_sha256": base.sha256, "base_project": lineage.project,
+            "base_git_url": git_remote_url(Path(lineage.project)), "base_git_commit": lineage.git.commit}
 
 
 def serving_signature(generation: dict):
@@ -30,7 +69,7 @@ def serving_signature(generation: dict):
 
 
 def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lineage: Lineage,
-              generation: dict) -> str:
+              generation: dict, torch_index: str | None = None) -> str:
     """The merged adapter as an MLflow logged model of the run: the pyfunc of pyfunc_model.py (model code plus the
     adapter files; the base is named in its config, never copied), generating as the benchmark did (``generation``:
     chat template, max new tokens, stop strings), with a signature of its per-request params and an input example.
@@ -39,9 +78,7 @@ def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lin
     import mlflow
     from mlflow.models import Model
 
-    # pinned as installed ("2.13.0+cpu" -> "2.13.0": a local label no index serves)
-    reqs = [f"{p}=={md.version(p).partition('+')[0]}" for p in
-            ("mlflow", "torch", "transformers", "peft", "safetensors")]
+    reqs = model_requirements(base.uri, torch_index)
     recipe = lineage.recipe
     model = c.create_logged_model(
         exp_id, name="model", source_run_id=run_id,
@@ -60,8 +97,7 @@ def log_model(c, exp_id: str, run_id: str, store: Path, base: FetchedSource, lin
                 signature=serving_signature(generation),
                 input_example=([generation.get("example") or "Hello!"],
                                {"max_new_tokens": int(generation["max_new_tokens"])}),
-                model_config={"base_model": base.path, "base_uri": base.uri, "base_revision": base.revision,
-                              "base_sha256": base.sha256, "dtype": "float32", "device": "auto",
+                model_config={**base_locator(base, lineage), "dtype": "float32", "device": "auto",
                               **{k: generation[k] for k in ("apply_chat_template", "chat_template", "max_new_tokens",
                                                             "stop")}})
             c.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))

@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from ..evaluation import generation
 from ..merging import diagnostics, plot_diagnostics
 from ..records import EvalResult, Evaluation, FetchedSource, Lineage, MergeResult, Registration, SearchResult
@@ -48,22 +50,45 @@ def run_metrics(ev: Evaluation, found: SearchResult | None, timings: dict[str, f
     return metrics
 
 
+# settings never sent to the tracking server: where notifications go (a block's name; a URL would carry a token)
+REDACTED = ("notify",)
+
+
+def redacted(obj):
+    """``obj`` (params.yaml as read) without any key named in :data:`REDACTED`, at any depth."""
+    if isinstance(obj, dict):
+        return {k: redacted(v) for k, v in obj.items() if k not in REDACTED}
+    if isinstance(obj, list):
+        return [redacted(v) for v in obj]
+    return obj
+
+
+def params_artifact(path: Path) -> str:
+    """config/params.yaml of the run: the file the night read, less its notify settings (:func:`redacted`)."""
+    data = redacted(yaml.safe_load(path.read_text()) or {})
+    return (f"# {path.name} as the night read it, less its notification settings (pipeline/tracking/runs.py)\n"
+            + yaml.safe_dump(data, sort_keys=False))
+
+
 def run_params(settings: Settings, merged: MergeResult) -> dict:
-    """The run's params (flattened): the recipe, the catalog, the benchmark and gate settings."""
+    """The run's params (flattened): the recipe, the catalog, the benchmark and gate settings; never the notify
+    settings (:data:`REDACTED`)."""
     p = settings.pipeline
-    return {"merge": settings.merge, "recipe_hash": merged.manifest["recipe_hash"],
-            "catalog": [e.to_dict() for e in settings.catalog.adapters], "eval": p.eval.model_dump(),
-            "gate": p.gate.model_dump(), "task_runner": p.task_runner.kind, "dtype": p.dtype, "merge_key": merged.key}
+    return redacted({"merge": settings.merge, "recipe_hash": merged.manifest["recipe_hash"],
+                     "catalog": [e.to_dict() for e in settings.catalog.adapters], "eval": p.eval.model_dump(),
+                     "gate": p.gate.model_dump(), "task_runner": p.task_runner.kind, "dtype": p.dtype,
+                     "merge_key": merged.key})
 
 
-def run_artifacts(settings: Settings, merged: MergeResult, ev: Evaluation, lineage: Lineage) -> dict[str, Path | dict]:
+def run_artifacts(settings: Settings, merged: MergeResult, ev: Evaluation,
+                  lineage: Lineage) -> dict[str, Path | dict | str]:
     """The run's artifacts: the manifest, per-layer diagnostics (JSON and a plot), evaluations, lineage, config."""
     plot = plot_diagnostics(merged.manifest, settings.work / "plots" / f"{merged.key[:16]}.png")
     return {"merge_manifest.json": Path(merged.store) / "merge_manifest.json",
             "diagnostics.json": diagnostics(merged.manifest), "plots/diagnostics.png": plot,
             "eval.json": {"merged": ev.merged.model_dump(), "baselines": [b.model_dump() for b in ev.baselines],
                           "champion": ev.champion.model_dump() if ev.champion else None},
-            "lineage.json": lineage.to_json(), "config/params.yaml": settings.params_path,
+            "lineage.json": lineage.to_json(), "config/params.yaml": params_artifact(settings.params_path),
             "config/catalog.yaml": settings.catalog.path,
             **({"plots/loss_curve.png": Path(merged.store) / "loss_curve.png"}  # a learned merge's training curve
                if (Path(merged.store) / "loss_curve.png").is_file() else {})}
@@ -80,7 +105,7 @@ def run_tags(lineage: Lineage) -> dict[str, str]:
     return resolve_tags(tags)
 
 
-def _upload(c, run_id: str, artifacts: dict[str, Path | dict]) -> None:
+def _upload(c, run_id: str, artifacts: dict[str, Path | dict | str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for rel, content in artifacts.items():
             dest = Path(tmp) / rel
@@ -123,7 +148,7 @@ def register(settings: Settings, lineage: Lineage, merged: MergeResult, base: Fe
                 _upload(c, run_id, run_artifacts(settings, merged, ev, lineage))
                 if settings.pipeline.mlflow.log_adapter:
                     model_id = log_model(c, exp_id, run_id, Path(merged.store), base, lineage,
-                                         generation(settings, base.path))
+                                         generation(settings, base.path), settings.pipeline.mlflow.torch_index)
                     source = f"models:/{model_id}"
                 else:
                     source = Path(merged.store).as_uri()

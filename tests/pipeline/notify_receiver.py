@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
@@ -28,6 +29,12 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def block(self, timeout_s: float = 5.0) -> str:
+        """A webhook block POSTing here, saved on the current Prefect API: what ``pipeline.notify.block`` names."""
+        from pipeline import notify
+
+        return notify.save_webhook(f"receiver-{uuid.uuid4().hex[:8]}", self.url, timeout_s=timeout_s)
 
     def close(self):
         self.server.shutdown()

@@ -183,7 +183,9 @@ class MlflowServer:
         self.proc = None
 
 
-def start_prefect_server(root: Path) -> str:
+def prefect_server(root: Path, services: bool = False):
+    """A real `prefect server start` on 127.0.0.1: (its API URL, a function that stops it; also run at exit).
+    ``services``: with the server's services (the triggers and actions that run Automations)."""
     home = root / "prefect-home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -191,8 +193,8 @@ def start_prefect_server(root: Path) -> str:
     env.pop("PREFECT_API_URL", None)
     log = open(home / "server.log", "wb")
     proc = subprocess.Popen([str(Path(PY).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port), "--no-services"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                             str(port), *([] if services else ["--no-services"])], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
 
     def stop():
@@ -208,7 +210,13 @@ def start_prefect_server(root: Path) -> str:
 
     atexit.register(stop)
     wait_http(url + "/health", timeout=180, proc=proc)
-    os.environ["PREFECT_API_URL"], os.environ["PREFECT_HOME"] = url, str(home)
+    return url, stop
+
+
+def start_prefect_server(root: Path) -> str:
+    """A real Prefect server without services, and this process pointed at it (PREFECT_API_URL, PREFECT_HOME)."""
+    url, _ = prefect_server(root)
+    os.environ["PREFECT_API_URL"], os.environ["PREFECT_HOME"] = url, str(root / "prefect-home")
     return url
 
 

@@ -1,6 +1,8 @@
 """The registered version is an MLflow model: `models:/<name>@champion` loads through mlflow.pyfunc and generates with
-the tiny skills suite's base plus the merged adapter (the base named, never copied), `mlflow models serve` answers over
-HTTP on 127.0.0.1, the scores are metrics on the run and on the logged model, and an unchanged rerun uploads nothing.
+the tiny skills suite's base plus the merged adapter (the base named, never copied), also on another host (its base
+resolved from its dvc:// source and verified), `mlflow models serve` answers over HTTP on 127.0.0.1 (this environment
+and MLflow's default one), the scores are metrics on the run and on the logged model, and an unchanged rerun uploads
+nothing.
 
 The night here runs the real skills suite through its `callable` alias (`suite: skills`) on a tiny trained suite."""
 
@@ -15,6 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 from pipeline_helpers import PY, client, free_port, make_project, nightly, run, set_env, subprocess_env, wait_http
+
+
+def client_of(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
 
 PROMPTS = ["12+34=", "rev abc=", "sort dcba="]
 
@@ -122,20 +131,116 @@ def test_unchanged_rerun_uploads_nothing(night):
     assert c.get_run(again["registered"]["run_id"]).data.tags["pico.reused_version"] == "1"
 
 
+LOAD_ELSEWHERE = """
+import json, os, shutil, sys
+for name in ("pico", "pipeline", "flows", "skills"):  # the version must load with none of the project's code
+    sys.modules[name] = None
+import mlflow
+out = {"predictions": mlflow.pyfunc.load_model("models:/merged-test@champion").predict(json.loads(sys.argv[1]))}
+cached = os.path.join(os.environ["PICO_BASE_CACHE"], os.listdir(os.environ["PICO_BASE_CACHE"])[0])
+tampered = shutil.copytree(cached, sys.argv[2])
+with open(os.path.join(tampered, "config.json"), "a") as f:
+    f.write(" ")
+os.environ["PICO_BASE_MODEL"] = tampered
+try:
+    mlflow.pyfunc.load_model("models:/merged-test@champion")
+except Exception as exc:
+    out["tampered"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def dvc_base_night(night, tmp_path_factory, mlflow_template):
+    """A night of a git + DVC project whose base is DVC-tracked (``dvc://base``, pushed to a folder remote), with its
+    MLflow store outside the project: the tiny suite's base (it has a tokenizer) and two of its adapters."""
+    import shutil
+
+    from pipeline_helpers import dvc
+
+    first, _, base = night
+    root = tmp_path_factory.mktemp("dvcbase")
+    mp = pytest.MonkeyPatch()
+    set_env(mp, root)
+    store = root / "mlflow"
+    store.mkdir()
+    shutil.copyfile(mlflow_template, store / "mlflow.db")
+    project = make_project(root / "proj", [first / "adapters" / n for n in ("add", "rev")], base, pipeline={
+        "eval": {"suite": "callable", "callable": "scorer:score", "baselines": False}, "dvc": {"enabled": False},
+        "mlflow": {"experiment": "test-nightly", "model_name": "merged-test",
+                   "tracking_uri": f"sqlite:///{store / 'mlflow.db'}", "artifact_root": str(store / "artifacts")}})
+    shutil.copytree(base, project / "base")
+    dvc(project, "add", "-q", "base")
+    dvc(project, "push", "-q")
+    catalog = yaml.safe_load((project / "adapters.yaml").read_text())
+    catalog["base"] = {"name": "base", "source": "dvc://base"}
+    (project / "adapters.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "the base, DVC-tracked"], project)
+    summary = nightly(project)
+    yield project, summary, store
+    mp.undo()
+
+
+def test_the_champion_loads_on_another_host_from_its_dvc_source(dvc_base_night, tmp_path, monkeypatch):
+    """The night's checkout is gone (moved), so is its base directory; in a fresh process started in a clone of the
+    project at another path, with only the MLflow URI (and an empty base cache), the champion resolves its base
+    through ``dvc://base`` at the night's commit (the clone's DVC remote), verifies its digest and generates what it
+    generated on the night's host; a tampered copy of the base is refused, naming both digests."""
+    import mlflow
+
+    project, summary, store = dvc_base_night
+    assert summary["decision"]["alias"] == "champion"
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    here = mlflow.pyfunc.load_model("models:/merged-test@champion").predict(PROMPTS)  # on the night's host
+    local = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=client_of(uri).get_model_version("merged-test", summary["registered"]["version"]).source))
+    config = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]["config"]
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert (config["base_uri"], config["base_git_commit"], config["base_project"]) == ("dvc://base", head, str(project))
+    assert config["base_model"] == str(project / "base") and config["base_git_url"] is None
+    reqs = (local / "requirements.txt").read_text().splitlines()
+    assert any(r.startswith("dvc==") for r in reqs) and any(r.startswith("torch==") for r in reqs)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    project.rename(tmp_path / "moved")  # the night's host: gone
+    try:
+        env = subprocess_env(None, MLFLOW_TRACKING_URI=uri, PICO_BASE_CACHE=str(tmp_path / "cache"))
+        env.pop("PYTHONPATH")
+        env.pop("PICO_BASE_MODEL", None)
+        proc = subprocess.run([PY, "-c", LOAD_ELSEWHERE, json.dumps(PROMPTS), str(tmp_path / "tampered")], cwd=clone,
+                              env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        (tmp_path / "moved").rename(project)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["predictions"] == here and all(isinstance(t, str) for t in here)
+    assert (tmp_path / "cache" / config["base_sha256"]).is_dir()  # fetched through DVC, verified, cached
+    assert "BaseModelError" in out["tampered"] and f"expected {config['base_sha256']}" in out["tampered"]
+
+
 @pytest.mark.slow
-def test_served_champion_answers_over_http(night, tmp_path, monkeypatch):
+@pytest.mark.parametrize("env_manager", ["local", "default"])
+def test_served_champion_answers_over_http(night, tmp_path, monkeypatch, env_manager):
+    """`mlflow models serve` of the champion, in this environment (``--env-manager local``) and with MLflow's default
+    environment manager (virtualenv: a fresh Python environment from the version's pinned requirements, built in a
+    temporary MLFLOW_ENV_ROOT, packages from this machine's pip configuration)."""
     import mlflow
 
     project, _, _ = night
     uri = f"sqlite:///{project / 'build' / 'mlflow' / 'mlflow.db'}"
     port = free_port()
-    env = subprocess_env(None, MLFLOW_TRACKING_URI=uri)
+    extra = {"MLFLOW_ENV_ROOT": str(tmp_path / "envs")} if env_manager == "default" else {}
+    env = subprocess_env(None, MLFLOW_TRACKING_URI=uri, **extra)
     log = open(tmp_path / "serve.log", "wb")
+    flags = ["--env-manager", "local"] if env_manager == "local" else []  # default: virtualenv
     proc = subprocess.Popen([str(Path(PY).parent / "mlflow"), "models", "serve", "-m", "models:/merged-test@champion",
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log,
+                             *flags, "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/ping", timeout=300, proc=proc)
+        wait_http(f"http://127.0.0.1:{port}/ping", timeout=300 if env_manager == "local" else 1500, proc=proc)
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
                                      data=json.dumps({"inputs": PROMPTS}).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -146,6 +251,8 @@ def test_served_champion_answers_over_http(night, tmp_path, monkeypatch):
         proc.wait(30)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert answer["predictions"] == mlflow.pyfunc.load_model("models:/merged-test@champion").predict(PROMPTS)
+    if env_manager == "default":  # it did serve from its own environment, not this one
+        assert list((tmp_path / "envs").rglob("mlflow-*/bin/python"))
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def test_search_chooses_on_validation_reads_test_once_and_records_it(search_proj
     receiver = Receiver()
     env_before = os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        set_params(project, pipeline__notify={"webhook_url": receiver.url})
+        set_params(project, pipeline__notify={"block": receiver.block()})
         first = nightly(project)
     finally:
         receiver.close()
@@ -155,7 +155,7 @@ def test_failure_notification_reaches_the_receiver(search_project):
     project = search_project
     receiver = Receiver()
     try:
-        set_params(project, pipeline__notify={"webhook_url": receiver.url})
+        set_params(project, pipeline__notify={"block": receiver.block()})
         cat = project / "adapters.yaml"
         data = yaml.safe_load(cat.read_text())
         data["adapters"][0]["sha256"] = "0" * 64

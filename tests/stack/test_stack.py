@@ -329,3 +329,83 @@ def test_a_dask_worker_killed_mid_merge_is_rescheduled_with_identical_bytes(stac
         assert got[name] == ref[name], name
     client.wait_for_workers(2, timeout=120)  # the nanny brought the killed worker back
     client.close()
+
+
+SERVE_PROMPTS = ["12+34=", "rev abc=", "sort dcba="]
+LOAD = """
+import json, sys
+for name in ("pico", "pipeline", "flows", "skills"):  # the version must load with none of the project's code
+    sys.modules[name] = None
+import mlflow
+print(json.dumps(mlflow.pyfunc.load_model(sys.argv[1]).predict(json.loads(sys.argv[2]))))
+"""
+
+
+def test_the_champion_loads_and_serves_from_a_second_clone(stack, tmp_path):
+    """Issue 25 item 2: a night on the stack whose base is DVC-tracked (``dvc://base`` on the S3 remote); then the
+    night's checkout is moved away, and in a second clone at another path, with only the MLflow and S3 variables
+    (no PICO_*, no Prefect), the champion loads in a fresh process and serves over HTTP: its base is read through
+    DVC at the night's commit, verified against the recorded digest, and it generates what it generated on the
+    night's host."""
+    import shutil
+    import urllib.request
+    import uuid
+
+    import mlflow
+    import yaml
+    from pipeline_helpers import PY, free_port, wait_http
+
+    from skills.tiny import build_tiny_suite
+
+    tag = uuid.uuid4().hex[:10]
+    suite = build_tiny_suite(tmp_path / "suite", adapters=["add", "rev"])  # a base with a tokenizer
+    project = make_project(tmp_path / "proj", [Path(p) for p in suite["adapters"].values()], Path(suite["base"]),
+                           pipeline={"mlflow": {"experiment": f"stack-{tag}", "model_name": f"stack-{tag}",
+                                                "registry_limit": os.environ["PICO_REGISTRY_LIMIT"]},
+                                     "eval": {"suite": "callable", "callable": "scorer:score", "baselines": False}})
+    shutil.copytree(suite["base"], project / "base")
+    dvc(project, "add", "-q", "base")
+    catalog = yaml.safe_load((project / "adapters.yaml").read_text())
+    catalog["base"] = {"name": "base", "source": "dvc://base"}
+    (project / "adapters.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
+    commit_all(project, "the base, DVC-tracked")
+    use_s3_remote(project, f"tests/{tag}")  # pushes the base too
+    name = model_name(project)
+    night = nightly(project)
+    assert night["decision"]["promoted"] and champion(name) == night["registered"]["version"]
+    uri = f"models:/{name}@champion"
+    here = mlflow.pyfunc.load_model(uri).predict(SERVE_PROMPTS)  # on the night's host
+
+    clone = tmp_path / "second" / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    project.rename(tmp_path / "moved")  # the night's checkout (its base, its DVC cache): gone
+    keep = ("PATH", "HOME", "LANG", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "HF_HUB_OFFLINE")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env["PICO_BASE_CACHE"] = str(tmp_path / "cache")
+    try:
+        loaded = subprocess.run([PY, "-c", LOAD, uri, json.dumps(SERVE_PROMPTS)], cwd=clone, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        assert json.loads(loaded.stdout.strip().splitlines()[-1]) == here
+        sha = mlflow_client().get_model_version(name, night["registered"]["version"]).tags["base.sha256"]
+        assert (tmp_path / "cache" / sha).is_dir()  # fetched from the S3 remote through DVC, verified, cached
+
+        shutil.rmtree(tmp_path / "cache")  # the server resolves it again, by itself
+        port = free_port()
+        log = open(tmp_path / "serve.log", "wb")
+        proc = subprocess.Popen([str(Path(PY).parent / "mlflow"), "models", "serve", "-m", uri, "--env-manager",
+                                 "local", "-h", "127.0.0.1", "-p", str(port)], cwd=clone, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ping", timeout=300, proc=proc)
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                         data=json.dumps({"inputs": SERVE_PROMPTS}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                assert json.loads(resp.read())["predictions"] == here
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(30)
+    finally:
+        (tmp_path / "moved").rename(project)
