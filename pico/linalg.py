@@ -139,9 +139,8 @@ def _fast_parts(x: torch.Tensor, fast, depth: int) -> tuple[torch.Tensor, torch.
     except RuntimeError:  # torch raises (LinAlgError) when gesvda reports a matrix it did not converge on
         GESVDA_STATS["raised"] += 1
     if depth == 0 or x.shape[0] == 1:
-        (count, m, n), p = x.shape, min(x.shape[-2:])
-        return x.new_full((count, m, p), float("nan")), x.new_full((count, p), float("nan")), \
-            x.new_full((count, p, n), float("nan"))
+        (count, m, n), p, nan = x.shape, min(x.shape[-2:]), float("nan")
+        return x.new_full((count, m, p), nan), x.new_full((count, p), nan), x.new_full((count, p, n), nan)
     half = (x.shape[0] + 1) // 2
     first, second = _fast_parts(x[:half], fast, depth - 1), _fast_parts(x[half:], fast, depth - 1)
     return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]]), torch.cat([first[2], second[2]])
