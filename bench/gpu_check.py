@@ -10,7 +10,8 @@ part-way still leaves what it measured, and a step that would overrun --budget i
     written by several processes; then every batch is read onto the device (timed);
  2. merge math, whole model, on the device: core Pico + TA / TIES / TSV from the resident factors (Grams, Pico, core
     bases, method, output products, manifest entries), as pico.merge batches them; a warm-up, then the median of
-    --reps synchronised runs; what the checked gesvda did (pico.linalg.GESVDA_STATS);
+    --reps synchronised runs; what the checked gesvda did (pico.linalg.GESVDA_STATS) and how many per-task SVDs
+    TSV took from the task factors (pico.linalg.lowrank_svd; on a CPU device too, for a dry run);
  3. end to end: `pico.merge(pico.load_adapters(paths), recipe, out, device=...)`, Pico + TIES alternating with the
     read + write floor (bench/competitors.py child_floor) --e2e-reps times, then TA and TSV twice each; a second
     run of each method must give byte-identical files;
@@ -19,12 +20,15 @@ part-way still leaves what it measured, and a step that would overrun --budget i
  5. Pico + TIES on --ref-layers layers against the float64 reference (bench/reference.py);
  6. where end-to-end time goes, each part alone: hashing the inputs, the math with the copy back to the host, and
     writing the merged adapter (streamed sha256, fsync); plus single-stream sha256 speed;
- 7. goals and a markdown summary, OUT/results-gpu.md (also what bench/render_8b.py puts in bench/RESULTS.md).
+ 7. for comparison on the same device: Pico + TSV merge math with the dense per-task SVDs (the route before the
+    factored one: an SVD of each rank-r R x R core), two runs;
+ 8. goals and a markdown summary, OUT/results-gpu.md (also what bench/render_8b.py puts in bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -143,14 +147,48 @@ def filesystem(path: Path) -> str:
     return f"{best[1]} ({best[2]} on {best[0]})"
 
 
+LOWRANK_STATS = {"calls": 0, "matrices": 0}  # TSV's per-task SVDs from the task factors (counted by main's wrapper)
+TSV_DEFAULT_DEVICES: tuple[str, ...] = ()  # pico.methods.tsv.FACTOR_SVD_DEVICES as the library sets it (main)
+TSV_DEVICES: tuple[str, ...] = ()  # what the device under test uses (main: its type, or none with --tsv-dense)
+
+
+@contextlib.contextmanager
+def tsv_route(which: str):
+    """TSV's per-task SVD route within: "device" (the device under test's: from the factors unless --tsv-dense),
+    "default" (the library's: from the factors on CUDA only) or "dense" (never from the factors)."""
+    from pico.methods import tsv
+
+    before = tsv.FACTOR_SVD_DEVICES
+    tsv.FACTOR_SVD_DEVICES = {"device": TSV_DEVICES, "default": TSV_DEFAULT_DEVICES, "dense": ()}[which]
+    try:
+        yield
+    finally:
+        tsv.FACTOR_SVD_DEVICES = before
+
+
+def count_lowrank_svds() -> None:
+    """Wrap pico.methods.tsv.lowrank_svd so that LOWRANK_STATS counts its calls and matrices."""
+    from pico.methods import tsv
+
+    inner = tsv.lowrank_svd
+
+    def counted(left, right, top=None):
+        LOWRANK_STATS["calls"] += 1
+        LOWRANK_STATS["matrices"] += left[..., 0, 0].numel()
+        return inner(left, right, top)
+
+    tsv.lowrank_svd = counted
+
+
 def file_digests(path: Path) -> dict:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(Path(path).iterdir()) if f.is_file()}
 
 
 # ----------------------------------------------------------------------------------------------------------- steps
 
-def step_math(run: Run, aset, dev, reps: int) -> None:
-    """Read every batch onto the device (timed), then time the merge math of each method from there."""
+def step_math(run: Run, aset, dev, reps: int, plan=tuple((m, m) for m in METHODS)) -> None:
+    """Read every batch onto the device (timed, the first time), then time the merge math of each (key, method) of
+    ``plan`` from there, recorded as run.res["math"][key]."""
     import torch
 
     from pico import factored, linalg
@@ -162,9 +200,10 @@ def step_math(run: Run, aset, dev, reps: int) -> None:
     stacks = [factored.load(aset, b, dev) for b in batches]
     sync(dev)
     read_s = time.perf_counter() - t0
-    math = run.res["math"] = {"batches": len(batches), "batch_sizes": [len(b) for b in batches],
-                              "read_to_device_s": read_s}
-    run.log(f"read {len(batches)} batches onto {dev}: {read_s:.2f} s")
+    math = run.res.setdefault("math", {})
+    if "read_to_device_s" not in math:
+        math.update(batches=len(batches), batch_sizes=[len(b) for b in batches], read_to_device_s=read_s)
+        run.log(f"read {len(batches)} batches onto {dev}: {read_s:.2f} s")
     raw = [(s.b_all, s.a_all, s.ranks) for s in stacks]
     del stacks
 
@@ -182,11 +221,12 @@ def step_math(run: Run, aset, dev, reps: int) -> None:
             merge_batch(cal, recipe, to_cpu=False)
         return fast
 
-    for method in METHODS:
-        if run.over(3.0, f"merge math {method}"):
+    for key, method in plan:
+        if run.over(3.0, f"merge math {key}"):
             continue
         recipe = recipe_for(method)
         linalg.GESVDA_STATS.update(calls=0, matrices=0, fallbacks=0, raised=0, max_error=0.0)
+        LOWRANK_STATS.update(calls=0, matrices=0)
         t0 = time.perf_counter()
         fast = once(recipe)
         sync(dev)
@@ -198,14 +238,16 @@ def step_math(run: Run, aset, dev, reps: int) -> None:
             once(recipe)
             sync(dev)
             times.append(time.perf_counter() - t0)
-        math[method] = {"time_s": statistics.median(times), "runs": times, "warmup_s": warm, "gram_fast_path": fast,
-                        "gesvda": dict(linalg.GESVDA_STATS)}
-        run.log(f"merge math, whole model, Pico + {method.upper()}: median {statistics.median(times) * 1e3:.1f} ms "
-                f"(runs {', '.join(f'{t * 1e3:.1f}' for t in times)} ms; warm-up {warm * 1e3:.0f} ms); "
-                f"gesvda {linalg.GESVDA_STATS}")
+        math[key] = {"time_s": statistics.median(times), "runs": times, "warmup_s": warm, "gram_fast_path": fast,
+                     "gesvda": dict(linalg.GESVDA_STATS), "lowrank_svd": dict(LOWRANK_STATS)}
+        run.log(f"merge math, whole model, Pico + {method.upper()}{'' if key == method else f' ({key})'}: median "
+                f"{statistics.median(times) * 1e3:.1f} ms (runs {', '.join(f'{t * 1e3:.1f}' for t in times)} ms; "
+                f"warm-up {warm * 1e3:.0f} ms); gesvda {linalg.GESVDA_STATS}; per-task SVDs from the factors "
+                f"{LOWRANK_STATS}")
         run.save()
     if dev.type == "cuda":
-        math["device_peak_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        math["device_peak_gib"] = max(math.get("device_peak_gib", 0.0), torch.cuda.max_memory_allocated(dev) / 2**30)
+    run.save()
 
 
 def merge_once(paths, method, out: Path, device: str):
@@ -303,7 +345,8 @@ def step_cpu(run: Run, paths, dev_outs: dict, work: Path, modules, cmp_dev) -> N
         if run.over(4 * run.res["e2e"].get(method, {}).get("time_s", 10.0) + 10, f"CPU merge and comparison, {method}"):
             continue
         out = work / f"cpu-{method}"
-        t = merge_once(paths, method, out, "cpu")
+        with tsv_route("default"):  # the CPU's own route: dense per-task SVDs, the bytes users have
+            t = merge_once(paths, method, out, "cpu")
         t0 = time.perf_counter()
         diff, where = compare_outputs(dev_out, out, modules, cmp_dev)
         cpu[method] = {"time_s": t, "max_rel_diff_device_vs_cpu": diff, "worst_module": where,
@@ -427,12 +470,16 @@ def render(res: dict) -> str:
     L += ["| what | time |", "|---|---:|"]
     if "read_to_device_s" in math:
         L.append(f"| read every batch onto the device ({math['batches']} batches) | {_ms(math['read_to_device_s'])} |")
-    for meth in METHODS:
+    for meth in (*METHODS, "tsv_dense"):
         if meth in math:
             x = math[meth]
             gs = x["gesvda"]
-            L.append(f"| merge math, whole model, Pico + {meth.upper()} (median of {len(x['runs'])}; gesvda "
-                     f"{gs['matrices']} matrices, {gs['fallbacks']} re-solved"
+            what = "Pico + TSV, per-task SVDs by the dense route (as before)" if meth == "tsv_dense" else \
+                f"Pico + {meth.upper()}"
+            lowrank = x.get("lowrank_svd", {}).get("matrices")
+            L.append(f"| merge math, whole model, {what} (median of {len(x['runs'])}; "
+                     + (f"per-task SVDs from the factors: {lowrank} matrices; " if lowrank else "")
+                     + f"gesvda {gs['matrices']} matrices, {gs['fallbacks']} re-solved"
                      + (f" ({gs['raised']} calls raised)" if gs.get("raised") else "")
                      + f", max error {gs['max_error']:.1e}) | "
                      f"{_ms(x['time_s'])} |")
@@ -475,6 +522,9 @@ def render(res: dict) -> str:
         L.append("- annotated_types was missing there: bench/compat's subset was used.")
     if res.get("checked_gesvda") is False:
         L.append("- Run with --unchecked-svd: small CUDA SVDs by the default driver, as before issue 26.")
+    if "tsv_factor_svd_devices" in res:
+        route = "from the task factors" if dev.split(":")[0] in res["tsv_factor_svd_devices"] else "dense"
+        L.append(f"- Pico + TSV's per-task SVDs on the device: {route}; in the CPU merges: dense (pico's CPU route).")
     for s in res.get("skipped", []):
         L.append(f"- Skipped (time budget): {s}.")
     for name in res.get("errors", {}):
@@ -543,6 +593,9 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the outputs under --work")
     ap.add_argument("--unchecked-svd", action="store_true",
                     help="small CUDA SVDs as before issue 26 (default driver; psd_eig by unchecked gesvda)")
+    ap.add_argument("--tsv-dense", action="store_true",
+                    help="TSV's per-task SVDs on the device by the dense route (an SVD of each R x R core), as "
+                         "before; default: from the task factors, on a CPU device too (a dry run of the GPU's route)")
     ap.add_argument("--fold", metavar="JSON", default=None,
                     help="no run: copy a run's results-gpu.json to bench/ and re-render bench/RESULTS.md's GPU part")
     args = ap.parse_args(argv)
@@ -566,8 +619,15 @@ def main(argv=None) -> int:
     linalg.CHECKED_GESVDA = not args.unchecked_svd
     from workload import Shape, ensure_adapters
 
+    from pico.methods import tsv
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
+    global TSV_DEFAULT_DEVICES, TSV_DEVICES
+    TSV_DEFAULT_DEVICES = tsv.FACTOR_SVD_DEVICES
+    TSV_DEVICES = () if args.tsv_dense else tuple(sorted({*TSV_DEFAULT_DEVICES, dev.type}))
+    tsv.FACTOR_SVD_DEVICES = TSV_DEVICES  # every merge on the device below; the CPU's own merges: tsv_route
+    count_lowrank_svds()
     shape = dict(QUICK_SHAPE if quick else FULL_SHAPE)
     if args.layers:
         shape["layers"] = args.layers
@@ -587,7 +647,8 @@ def main(argv=None) -> int:
         props = torch.cuda.get_device_properties(dev)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
     run.res.update(machine=info, device=device, quick=quick, commit=git_commit(), code_digest=code_digest(),
-                   compat_annotated_types=compat, pico=pico.__version__, checked_gesvda=linalg.CHECKED_GESVDA)
+                   compat_annotated_types=compat, pico=pico.__version__, checked_gesvda=linalg.CHECKED_GESVDA,
+                   tsv_factor_svd_devices=list(TSV_DEVICES))
     run.log(f"machine: {info}")
     run.save()
 
@@ -623,7 +684,12 @@ def main(argv=None) -> int:
     if not run.over(6 * run.res.get("e2e", {}).get("floor_s", 5.0) + 10, "phases alone"):
         run.guarded("phases", step_phases, run, paths, dev, runs_dir)
 
-    # 7. goals and summary
+    # 7. for comparison: Pico + TSV with the dense per-task SVDs, on the same device
+    if not args.tsv_dense and not run.over(5.0 if quick else 45.0, "merge math tsv_dense"):
+        with tsv_route("dense"):
+            run.guarded("math_tsv_dense", step_math, run, aset, dev, 1, (("tsv_dense", "tsv"),))
+
+    # 8. goals and summary
     run.res["goals"] = goals(run.res)
     run.save()
     text = render(run.res)

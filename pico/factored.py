@@ -202,10 +202,14 @@ class FactoredCore:
     def project(self) -> torch.Tensor:
         """The task cores M_t (L, T, R, R), float64."""
         with single_thread(not self.e_b.is_cuda):
-            s_b, s_a = self.e_b.sqrt(), self.e_a.sqrt()
-            left = s_b.unsqueeze(-1) * self.v_b.mT  # diag(s_b) V'^T: (L, R, R), columns = stacked B columns
-            right = self.w_a * s_a.unsqueeze(-2)  # W diag(s_a): rows = stacked A rows
-            return torch.stack([left[..., :, s] @ right[..., s, :] for s in _blocks(self.ranks)], dim=1)
+            return torch.stack([left @ right for left, right in self.task_factors()], dim=1)
+
+    def task_factors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The cores' factors (L, R, r_t) and (L, r_t, R): M_t = (diag(s_b) V'^T[:, cols_t]) (W[rows_t, :] diag(s_a))."""
+        s_b, s_a = self.e_b.sqrt(), self.e_a.sqrt()
+        left = s_b.unsqueeze(-1) * self.v_b.mT  # diag(s_b) V'^T: (L, R, R), columns = stacked B columns
+        right = self.w_a * s_a.unsqueeze(-2)  # W diag(s_a): rows = stacked A rows
+        return [(left[..., :, s], right[..., s, :]) for s in _blocks(self.ranks)]
 
     def reconstruct(self, merged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact-rank factors (B_out (L, m, R), A_out (L, R, n)) in float32 with B_out A_out = U_B merged V_A^T."""

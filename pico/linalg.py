@@ -102,28 +102,23 @@ def svd_error(x: torch.Tensor, u: torch.Tensor, s: torch.Tensor, vh: torch.Tenso
 def checked_svd(x: torch.Tensor, top: int | None = None, *, fast=None, safe=None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD by ``fast`` (default: cuSOLVER's gesvda), with every matrix whose ``svd_error`` exceeds
-    ``GESVDA_TOL`` solved again by ``safe`` (default: torch's default driver), and the whole batch if ``fast``
-    raises. One host sync per call."""
+    ``GESVDA_TOL`` solved again by ``safe`` (default: torch's default driver). When ``fast`` raises (torch raises for
+    the whole batch if gesvda did not converge on one matrix), the batch is bisected (``_fast_parts``) and only the
+    parts that still raise are solved by ``safe``, in the same call as the matrices that missed the check. One host
+    sync per call, plus one per call of ``fast`` that raised."""
     fast = fast or (lambda a: torch.linalg.svd(a, full_matrices=False, driver="gesvda"))
     safe = safe or (lambda a: torch.linalg.svd(a, full_matrices=False))
     batch, (m, n) = x.shape[:-2], x.shape[-2:]
     xf = x.reshape(-1, m, n)
     GESVDA_STATS["calls"] += 1
     GESVDA_STATS["matrices"] += xf.shape[0]
-    try:
-        u, s, vh = fast(xf)
-    except RuntimeError:  # torch raises (LinAlgError) when gesvda reports a matrix it did not converge on
-        GESVDA_STATS["raised"] += 1
-        GESVDA_STATS["fallbacks"] += xf.shape[0]
-        u, s, vh = safe(xf)
-        count = 0
-    else:
-        err = svd_error(xf, u, s, vh, top)
-        bad = err > GESVDA_TOL
-        finite_err = torch.where(torch.isfinite(err), err, torch.zeros_like(err))
-        count, worst = torch.stack([bad.sum().to(err.dtype), finite_err.amax()]).tolist()
-        GESVDA_STATS["fallbacks"] += int(count)
-        GESVDA_STATS["max_error"] = max(GESVDA_STATS["max_error"], worst)
+    u, s, vh = _fast_parts(xf, fast, BISECT_DEPTH)
+    err = svd_error(xf, u, s, vh, top)  # inf for the parts that raised (NaN)
+    bad = err > GESVDA_TOL
+    finite_err = torch.where(torch.isfinite(err), err, torch.zeros_like(err))
+    count, worst = torch.stack([bad.sum().to(err.dtype), finite_err.amax()]).tolist()
+    GESVDA_STATS["fallbacks"] += int(count)
+    GESVDA_STATS["max_error"] = max(GESVDA_STATS["max_error"], worst)
     if count:
         idx = bad.nonzero().squeeze(-1)
         u2, s2, vh2 = safe(xf[idx])
@@ -131,6 +126,64 @@ def checked_svd(x: torch.Tensor, top: int | None = None, *, fast=None, safe=None
         u[idx], s[idx], vh[idx] = u2, s2, vh2
     p = s.shape[-1]
     return u.reshape(*batch, m, p), s.reshape(*batch, p), vh.reshape(*batch, p, n)
+
+
+BISECT_DEPTH = 5  # a raising batch is halved at most this often: <= 62 more calls of fast, parts of >= 1/32 of it
+
+
+def _fast_parts(x: torch.Tensor, fast, depth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``fast`` on a flat batch x; if it raises, on each half again (``depth`` levels at most). A part that raises
+    at the last level, or a single matrix that raises, comes back as NaN, which ``svd_error`` rates inf."""
+    try:
+        return fast(x)
+    except RuntimeError:  # torch raises (LinAlgError) when gesvda reports a matrix it did not converge on
+        GESVDA_STATS["raised"] += 1
+    if depth == 0 or x.shape[0] == 1:
+        (count, m, n), p, nan = x.shape, min(x.shape[-2:]), float("nan")
+        return x.new_full((count, m, p), nan), x.new_full((count, p), nan), x.new_full((count, p, n), nan)
+    half = (x.shape[0] + 1) // 2
+    first, second = _fast_parts(x[:half], fast, depth - 1), _fast_parts(x[half:], fast, depth - 1)
+    return torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]]), torch.cat([first[2], second[2]])
+
+
+def lowrank_svd(left: torch.Tensor, right: torch.Tensor, top: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of the products X = left @ right of low-rank factors, left (..., p, r) and right (..., r, q), from
+    the factors alone: with QRs left = Q_l R_l and right^T = Q_r R_r, X = Q_l (R_l R_r^T) Q_r^T, so the SVD
+    R_l R_r^T = U_s diag(s) V_s^T of a k_l x k_r matrix (k_l = min(p, r), k_r = min(q, r); ``small_svd``) gives
+    U = Q_l U_s and V = Q_r V_s. Returns U (..., p, k), s (..., k), Vh (..., k, q), k = min(p, q, r), in left's dtype
+    (computed in float64): the SVD of X to float64 rounding whatever X's rank (the columns past it are an orthonormal
+    completion inside span(left) and span(right^T)), and never a decomposition of a p x q matrix.
+
+    Q_l and Q_r are applied from geqrf's Householder reflectors (``_apply_q``) rather than formed by
+    torch.linalg.qr, whose CUDA orgqr is one cuSOLVER call per matrix; on CUDA, torch's geqrf of a batch of
+    matrices with up to 256 rows is one batched cuBLAS call. ``top``: as in ``small_svd``.
+    """
+    dtype = left.dtype
+    left, right = left.double(), right.double()
+    with lapack_threads(left, size=left.shape[-1]):
+        a_l, tau_l = torch.geqrf(left)
+        a_r, tau_r = torch.geqrf(right.mT)
+    k_l, k_r = tau_l.shape[-1], tau_r.shape[-1]
+    small = a_l[..., :k_l, :].triu() @ a_r[..., :k_r, :].triu().mT  # R_l R_r^T
+    u, s, vh = small_svd(small, top)
+    return _apply_q(a_l, tau_l, u).to(dtype), s.to(dtype), _apply_q(a_r, tau_r, vh.mT).mT.to(dtype)
+
+
+def _apply_q(a: torch.Tensor, tau: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Q z for the thin Q (..., p, k) of a QR by ``torch.geqrf`` (a, tau) and z (..., k, c). Q = H_0 ... H_{k-1},
+    H_j = I - tau_j v_j v_j^T with v_j = (0, .., 0, 1, a[j+1:, j]) (LAPACK's convention), in LAPACK's compact WY form
+    Q = I - V T V^T (T upper triangular, built column by column as dlarft does), so Q [z; 0] is three products."""
+    p, k = a.shape[-2], tau.shape[-1]
+    v = a[..., :k].tril(-1) + torch.eye(p, k, dtype=a.dtype, device=a.device)
+    g = v.mT @ v
+    t = torch.zeros_like(g)
+    for i in range(k):  # T[:i, i] = -tau_i T[:i, :i] V[:, :i]^T v_i; elementwise (no k tiny matmuls per matrix)
+        t[..., :i, i] = -tau[..., i, None] * (t[..., :i, :i] * g[..., None, :i, i]).sum(-1)
+        t[..., i, i] = tau[..., i]
+    y = -(v @ (t @ (v[..., :k, :].mT @ z)))
+    y[..., :k, :] += z
+    return y
 
 
 CHUNK = 1024  # rows of float64 scratch per step in the chunked CPU products below (about a megabyte per module)

@@ -109,7 +109,8 @@ def merge_in_space(cal: CalibratedBatch, recipe: Recipe):
     T = len(cal.ranks)
     weights = torch.tensor(recipe.weights if recipe.weights is not None else [1.0] * T)
     taus, state = space.project(cal)
-    ctx = Context(modules=cal.modules, ranks=cal.ranks, space=recipe.space, seed=recipe.seed)
+    ctx = Context(modules=cal.modules, ranks=cal.ranks, space=recipe.space, seed=recipe.seed,
+                  factors=space.task_factors(cal, state))
     with space.compute(state, taus):
         merged = method.fn(taus, weights, ctx, **recipe.method_params()) * recipe.lam
     target = cal.source_norms.mean(-1)

@@ -104,12 +104,15 @@ class Method:
 
 @dataclass
 class Context:
-    """What a method may know besides its tensors: module names (for seeded randomness), ranks, space, seed."""
+    """What a method may know besides its tensors: module names (for seeded randomness), ranks, space, seed, and
+    where the space has them, each task matrix's low-rank factors ``factors[t]`` = (P_t (L, p, r_t), Q_t (L, r_t, q))
+    with taus[:, t] = P_t Q_t up to rounding (unweighted), for exact low-rank algebra (TSV's per-task SVDs)."""
 
     modules: list[str]
     ranks: tuple[int, ...]
     space: str
     seed: int = 0
+    factors: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 METHODS: Registry[Method] = Registry("merge method", " (`pico methods` lists them)", sort=True)

@@ -27,7 +27,8 @@ class Space:
     state; ``reconstruct`` turns the merged (L, p, q) back into factors B' (L, m, k), A' (L, k, n), the per-module
     output rank, and the kept energy fraction (None when the space is exact). ``calibrate`` reads and calibrates a
     batch (a space may take a faster route than the general one: the core space's Gram form), and ``compute`` is the
-    context a method runs in.
+    context a method runs in. ``task_factors`` gives each task matrix as a product of low-rank factors where the
+    space has that form (core and full space: rank r_t), for methods that decompose task matrices (TSV).
     """
 
     name = ""
@@ -54,6 +55,11 @@ class Space:
 
     def reconstruct(self, merged: torch.Tensor, state, rank: int):
         raise NotImplementedError
+
+    def task_factors(self, cal, state) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Each task matrix of ``project`` as a product of its low-rank factors, (P_t (L, p, r_t), Q_t (L, r_t, q)),
+        or None where the space has no such form (``registry.Context.factors``)."""
+        return None
 
     def compute(self, state, taus: torch.Tensor):
         return contextlib.nullcontext()

@@ -48,8 +48,14 @@ class Core(Space):
         # (U_B^T B_t)(A_t V_A) at O((m + n) R r) cost; U_B M_t V_A^T == B_t A_t exactly.
         u_b = thin_svd(torch.cat(bs, dim=-1))[0]
         v_a = thin_svd(torch.cat(as_, dim=-2).mT)[0]
-        cores = torch.stack([(u_b.mT @ b) @ (a @ v_a) for b, a in zip(bs, as_)], dim=1)
-        return cores, {"u_b": u_b, "v_a": v_a}
+        factors = [(u_b.mT @ b, a @ v_a) for b, a in zip(bs, as_)]
+        cores = torch.stack([left @ right for left, right in factors], dim=1)
+        return cores, {"u_b": u_b, "v_a": v_a, "factors": factors}
+
+    def task_factors(self, cal, state):
+        if isinstance(state, factored.FactoredCore):
+            return state.task_factors()
+        return state["factors"]
 
     def reconstruct(self, merged, state, rank):
         if isinstance(state, factored.FactoredCore):

@@ -17,6 +17,9 @@ class Full(Space):
     def project_factors(self, bs, as_):
         return torch.stack([b @ a for b, a in zip(bs, as_)], dim=1), None
 
+    def task_factors(self, cal, state):
+        return list(zip(cal.bs, cal.as_))
+
     def reconstruct(self, merged, state, rank):
         # truncated SVD, S folded into B as PEFT's svd combination does
         L = merged.shape[0]

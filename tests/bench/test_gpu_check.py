@@ -49,6 +49,12 @@ def test_quick_run_measures_checks_and_writes_results(tmp_path):
         assert len(math["runs"]) == 2 and 0 < math["time_s"] < 60 and math["gram_fast_path"]
         assert len(res["e2e"][method]["runs"]) == 2 and res["e2e"][method]["deterministic"]
         assert res["cpu"][method]["modules"] == 14
+        # TSV's per-task SVDs come from the factors on the device (the CPU here, as a dry run of the GPU's route):
+        # 14 modules x 3 tasks, in the warm-up and the 2 runs; the CPU merges it is compared with are dense
+        assert math["lowrank_svd"]["matrices"] == (3 * 14 * 3 if method == "tsv" else 0)
+    assert res["tsv_factor_svd_devices"] == ["cpu", "cuda"]
+    dense = res["math"]["tsv_dense"]  # the dense route on the same device, for comparison
+    assert len(dense["runs"]) == 1 and dense["lowrank_svd"]["matrices"] == 0 and dense["time_s"] > 0
     goals = res["goals"]
     assert set(goals) == {"math_ta_ties_under_0.1s", "math_tsv_under_0.2s", "e2e_within_2x_floor",
                           "cpu_equals_device", "deterministic", "equals_reference"}
@@ -59,6 +65,8 @@ def test_quick_run_measures_checks_and_writes_results(tmp_path):
     assert {"hash_inputs_s", "read_to_device_s", "read_math_to_host_s", "write_s"} <= set(res["phases"])
     text = (out / "results-gpu.md").read_text()
     assert "[x] device output equals the CPU output (ta, ties, tsv)" in text
+    assert "Pico + TSV (median of 2; per-task SVDs from the factors: 126 matrices; gesvda 0 matrices" in text
+    assert "Pico + TSV, per-task SVDs by the dense route (as before) (median of 1; gesvda" in text
     assert "annotated_types was missing there" in text
     assert not (out / "work" / "runs").exists()  # outputs removed unless --keep
     assert "+" in proc.stdout.splitlines()[0] and "s]" in proc.stdout.splitlines()[0]  # time-stamped progress

@@ -78,17 +78,76 @@ def test_fallback_replaces_exactly_the_matrices_that_fail(shape, monkeypatch):
     assert stats["max_error"] > GESVDA_TOL
 
 
-def test_a_raising_fast_solver_falls_back_for_the_whole_batch(monkeypatch):
+def _stats(monkeypatch):
     monkeypatch.setattr(linalg, "GESVDA_STATS", {"calls": 0, "matrices": 0, "fallbacks": 0, "raised": 0,
                                                  "max_error": 0.0})
+    return linalg.GESVDA_STATS
+
+
+def _counting_safe(calls):
+    def safe(a):
+        calls.append(a.shape[0])
+        return torch.linalg.svd(a, full_matrices=False)
+    return safe
+
+
+POISON = 1234.5  # a matrix with this entry makes the stand-in fast solver raise for any batch that holds it
+
+
+def _raises_on_poison(a):
+    if (a[:, 0, 0] == POISON).any():
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+    return _flipped(a)
+
+
+@pytest.mark.parametrize("depth, resolved", [(5, [5]), (2, [4, 5, 6, 7])])
+def test_a_raising_batch_is_bisected_and_only_the_raising_part_re_solved(depth, resolved, monkeypatch):
+    stats = _stats(monkeypatch)
+    monkeypatch.setattr(linalg, "BISECT_DEPTH", depth)
+    x = _batch(L=16)
+    x[5, 0, 0] = POISON
+    calls = []
+    u, s, vh = checked_svd(x, fast=_raises_on_poison, safe=_counting_safe(calls))
+    ref_u, ref_s, ref_vh = torch.linalg.svd(x, full_matrices=False)
+    for i in range(16):
+        sign = 1 if i in resolved else -1  # re-solved by safe (LAPACK's signs), or kept from fast (flipped)
+        assert torch.equal(u[i], sign * ref_u[i]) and torch.equal(vh[i], sign * ref_vh[i]), i
+    assert torch.equal(s, ref_s)
+    assert calls == [len(resolved)]  # one safe call, for the part that still raised
+    # 16 -> 8 -> 4 -> 2 -> 1 matrices (depth 5), or 16 -> 8 -> 4 (depth 2): one raising call per level
+    assert stats["raised"] == min(depth, 4) + 1 and stats["fallbacks"] == len(resolved) and stats["calls"] == 1
+
+
+def test_a_batch_that_always_raises_is_re_solved_in_one_call(monkeypatch):
+    stats = _stats(monkeypatch)
     x = _batch(L=3)
 
     def fast(a):
         raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
 
-    u, s, vh = checked_svd(x, fast=fast, safe=lambda a: torch.linalg.svd(a, full_matrices=False))
+    calls = []
+    u, s, vh = checked_svd(x, fast=fast, safe=_counting_safe(calls))
     assert all(torch.equal(p, q) for p, q in zip((u, s, vh), torch.linalg.svd(x, full_matrices=False)))
-    assert linalg.GESVDA_STATS["raised"] == 1 and linalg.GESVDA_STATS["fallbacks"] == 3
+    assert calls == [3]
+    assert stats["raised"] == 5 and stats["fallbacks"] == 3  # 3 -> (2 -> 1, 1), 1
+
+
+def test_raised_and_inaccurate_matrices_are_re_solved_together(monkeypatch):
+    stats = _stats(monkeypatch)
+    x = _batch(L=8)
+    x[6, 0, 0] = POISON
+
+    def fast(a):
+        u, s, vh = _raises_on_poison(a)
+        u[..., 0, 0] += 1e-6 * (a[:, 1, 1] == x[1, 1, 1])  # matrix 1: a bad vector
+        return u, s, vh
+
+    calls = []
+    u, s, vh = checked_svd(x, fast=fast, safe=_counting_safe(calls))
+    assert calls == [2] and stats["fallbacks"] == 2
+    assert (u @ torch.diag_embed(s) @ vh - x).abs().max() < 1e-12
+    ref_u = torch.linalg.svd(x, full_matrices=False)[0]
+    assert torch.equal(u[1], ref_u[1]) and torch.equal(u[6], ref_u[6]) and torch.equal(u[0], -ref_u[0])
 
 
 def test_psd_form_checks_eigenvectors_of_a_gram():
