@@ -17,8 +17,8 @@ def missing_inputs(settings: Settings) -> list[str]:
     """Project-relative paths the night needs that are not there yet."""
     cat = settings.catalog
     entries = cat.adapters + cat.baselines + ([cat.base] if cat.base else [])
-    wanted = [e.source[len("dvc://"):].partition("@")[0] for e in entries
-              if e.source.startswith("dvc://") and "@" not in e.source]
+    uris = [e.source for e in entries] + [e.prompts for e in cat.adapters if e.prompts]  # prompts: learned merges
+    wanted = [u[len("dvc://"):].partition("@")[0] for u in uris if u.startswith("dvc://") and "@" not in u]
     need = [p for p in wanted if not (settings.project / p).exists()]
     for p in evaluation.scorer_inputs(settings):
         if not p.exists():

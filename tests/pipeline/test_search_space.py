@@ -129,3 +129,17 @@ def test_the_smollm2_preset_of_params_yaml():
     space = s.space  # its own search space (from its report), every candidate valid
     assert s.search and not space.skipped and "iso" in {c.recipe["method"] for c in space.candidates}
     assert s.merge != skills.merge and s.path("merged") != skills.path("merged")  # its own DVC stage outputs
+
+
+def test_the_suite_build_includes_the_prompts_a_learned_merge_reads(tmp_path):
+    """The one-off build (pipeline/build.py) builds what the night reads: the adapters and the base, and the catalog's
+    `dvc://` prompts (the first SmolLM2 night once failed at fetch: the calibration split was never built)."""
+    from pipeline.build import missing_inputs
+    from pipeline.settings import load_settings
+
+    (tmp_path / "cat.yaml").write_text(yaml.safe_dump({"adapters": [
+        {"name": "a", "source": "dvc://build/ad/a", "prompts": "dvc://build/cal/a.jsonl"},
+        {"name": "b", "source": "dvc://build/ad/b", "prompts": "prompts/b.jsonl"}]}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"merge": {"method": "ta", "space": "core"}, "pipeline": {
+        "catalog": "cat.yaml", "eval": {"suite": "callable", "callable": "json:dumps"}}}))
+    assert missing_inputs(load_settings(tmp_path)) == ["build/ad/a", "build/ad/b", "build/cal/a.jsonl"]
