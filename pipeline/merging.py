@@ -227,6 +227,12 @@ def learned_key(fetched: list[FetchedSource], base: FetchedSource, config: dict,
                         "pico_code": pico_code_digest(), "dtype": dtype, "device": device, "threads": threads})
 
 
+def learn_threads(settings: Settings) -> int:
+    """torch threads of a learned candidate's training: ``pipeline.learn.threads``, else every core. Set explicitly:
+    the night's merge tasks pin the process-wide count to ``pipeline.calibrate.threads`` (1) before it trains."""
+    return settings.pipeline.learn.threads or os.cpu_count() or 1
+
+
 def check_prompts(fetched: list[FetchedSource], label: str) -> list[str]:
     """Each adapter's prompts file (catalog ``prompts:``): a learned merge needs one per adapter."""
     missing = [f.name for f in fetched if f.prompts is None]
@@ -255,7 +261,7 @@ def learn_into_store(settings: Settings, aset: pico.AdapterSet, fetched: list[Fe
             manifest = verify_dir(out)
             if manifest is None:
                 clean_stale(out.parent, out.name)
-                with torch_threads(p.learn.threads):
+                with torch_threads(learn_threads(settings)):
                     manifest = tara_merge(base.path, aset, prompts, out, config, device=p.device,
                                           dtype=getattr(torch, p.dtype), overwrite=out.exists(),
                                           progress=p.learn.progress, cache_dir=settings.work / "teacher-cache")
@@ -283,7 +289,7 @@ def merge_chosen(settings: Settings, aset: pico.AdapterSet, fetched: list[Fetche
         assert isinstance(cand, Candidate)
         key = rec.merge_key if rec else learned_key(fetched, base, cand.tara_config().resolve(len(fetched)).to_dict(),
                                                     settings.pipeline.dtype, device_class(settings),
-                                                    settings.pipeline.learn.threads)
+                                                    learn_threads(settings))
         return learn_into_store(settings, aset, fetched, base, cand.tara_config(), key, cand.label)[0]
     return merge_into_store(settings, aset, fetched, pico.Recipe.from_dict(chosen.recipe), compute=compute)
 

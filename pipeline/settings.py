@@ -198,7 +198,7 @@ class DvcSettings(_Section):
 class LearnSettings(_Section):
     """Training the learned candidates of a search space (``method: tara`` grids; pipeline/merging.py)."""
 
-    # torch threads of the training (None: torch's default, every core); part of the learned merge's key
+    # torch threads of the training (None: every core); the count is part of the learned merge's key
     threads: PositiveInt | None = None
     progress: bool = True  # pico's progress bars (teacher replies, steps) on the worker's stderr
 

@@ -113,6 +113,12 @@ def _candidate_key(ctx, params) -> str:
 def score_candidate(settings: Settings, aset: pico.AdapterSet, fetched: list[FetchedSource], base: FetchedSource,
                     candidate: Candidate, merge_key: str, key: str, cache_key: str) -> CandidateRecord:
     """One candidate merged and scored on validation (``cache_key``: its record's key and the project)."""
+    if candidate.kind == "learned" and not search.record_path(settings, key).is_file():
+        cfg = candidate.tara_config().resolve(len(fetched))
+        get_run_logger().info("%s: teacher replies to %d prompts (cached by content), then %s training steps on %d "
+                              "torch threads (minutes on a CPU: pico's bars show each on a terminal)", candidate.label,
+                              sum(f.prompts.n for f in fetched if f.prompts), cfg.total_steps(cfg.steps_per_epoch),
+                              merging.learn_threads(settings))
     rec = search.run_candidate(settings, aset, fetched, base, candidate, merge_key, key)
     get_run_logger().info("%-40s validation mean %.4f%s", candidate.label, rec.validation.mean,
                           " (cached)" if rec.cached else f" (merge {rec.merge_s} s, score {rec.score_s} s)")
