@@ -92,6 +92,7 @@ def leaderboard_table(summary: NightlyResult, board: list[dict]) -> list[dict]:
     for r in leaderboard_rows(summary, board):
         rec = r.recipe or {}
         recipe = ("baseline, not registered" if r.recipe is None else r.note if not rec else
+                  f"{recipe_summary(rec)} steps={rec.get('steps')}" if "objective" in rec else
                   f"{rec.get('method', '?')}/{rec.get('space', '?')}/{rec.get('calibrate', '?')} "
                   f"lam={rec.get('lam', '?')}")
         row = {"model": r.model, "recipe": recipe,
@@ -113,7 +114,8 @@ def leaderboard_text(summary: NightlyResult, board: list[dict], settings: Settin
     for r in leaderboard_rows(summary, board):
         label = r.model
         if r.recipe:
-            label += f" {r.recipe.get('method', '?')}/{r.recipe.get('calibrate', '?')}"
+            label += (f" learned/{r.recipe.get('method')}" if "objective" in r.recipe else
+                      f" {r.recipe.get('method', '?')}/{r.recipe.get('calibrate', '?')}")
         if r.aliases:
             label += " [" + ",".join(r.aliases) + "]"
         label += " *" if r.note == "this night" else " [champion before]" if r.note else ""

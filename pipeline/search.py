@@ -132,8 +132,8 @@ def run_rounds(settings: Settings, space: SearchSpace, fetched: list[FetchedSour
     why = (f"validation argmax: mean {chosen.validation.mean:.4f}"
            + (f", {margin:+.4f} over the runner-up {runner_up.label} ({runner_up.validation.mean:.4f})"
               if runner_up else "")
-           + f" among {len(pool)} " + ("finalists and learned merges" if screened and learned else "finalists"
-                                       if screened else "candidates"))
+           + f" among {len(pool)} " + (f"candidates ({len(pool) - len(learned)} finalists, {len(learned)} learned)"
+                                       if screened and learned else "finalists" if screened else "candidates"))
     return SearchResult(records=records, chosen=chosen, runner_up=runner_up, margin=margin, why=why,
                         cached=len(cached), seconds=round(time.perf_counter() - t0, 2))
 
