@@ -21,6 +21,7 @@ import torch
 import pico
 from pico.merge import check_weights, plan_batches, write_merged
 from pico.output import MANIFEST_NAME, natural_key
+from pico.tara import tara_merge
 from pico.writer import AtomicDir, json_digest, sha256_file
 
 from .errors import PipelineError
@@ -248,8 +249,6 @@ def learn_into_store(settings: Settings, aset: pico.AdapterSet, fetched: list[Fe
     verified copy if there is one, else trained and written atomically under the key's lock. Teacher replies are
     cached by content under ``<work>/teacher-cache``. Returns the merge and its training record (init, steps, loss
     curve, seconds; the seconds are this night's, 0 when the store had it)."""
-    from pico.tara import tara_merge
-
     p = settings.pipeline
     out = store_dir(settings, key)
     manifest = verify_dir(out)

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import pico
+from pico.tara import TaraConfig
 
 
 class Record(BaseModel):
@@ -210,8 +211,6 @@ class Candidate(Record):
     def tara_config(self, init: str | None = None):
         """The learned candidate's ``pico.tara.TaraConfig`` (``init``: the data-free merge it starts from when the
         grid names none)."""
-        from pico.tara import TaraConfig
-
         fields = {k: v for k, v in self.recipe.items() if k != "method"}
         if fields.get("init") is None and init is not None:
             fields["init"] = init

@@ -19,6 +19,8 @@ import shutil
 from pathlib import Path
 
 from pico.adapters import CONFIG_NAME, PICKLE_NAMES, SAFETENSORS_NAME, Source, adapter_file_names, hub_snapshot
+from pico.tara import TaraError
+from pico.tara.inputs import read_prompt_rows
 from pico.writer import sha256_file
 
 from . import dvcio
@@ -144,9 +146,6 @@ def fetch_prompts(settings: Settings, entry: CatalogEntry) -> PromptsFile | None
     (pico's reader: a bad row is refused here, naming the file and line, before any merge)."""
     if entry.prompts is None:
         return None
-    from pico.tara import TaraError
-    from pico.tara.inputs import read_prompt_rows
-
     uri, revision = entry.prompts, None
     if uri.startswith("dvc://"):
         path, revision, _ = _resolve_dvc(settings, uri[len("dvc://"):])

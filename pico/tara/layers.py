@@ -17,6 +17,13 @@ from ..spaces import get_space, project
 from .config import LEARNED, TaraConfig, TaraError
 
 
+def teacher_update(layer: TaraLinear | LearnedLinear, xf: torch.Tensor) -> torch.Tensor:
+    """x A_t^T B_t^T of the one original adapter ``layer.only_task`` (the teacher, or a baseline), in float32."""
+    assert layer.only_task is not None
+    b, a = layer.originals[layer.only_task]
+    return (xf @ a.mT) @ b.mT
+
+
 class TaraLinear(nn.Module):
     """base(x) + ((x A^T) * c) B^T, with c = coeff[index] (or coeff); for tara-b (fold = (T, k)) the coefficients
     weight the T blocks of A's rows, which are summed: base(x) + x (sum_t diag(c_t) A_t)^T B^T, the same function as
@@ -39,8 +46,7 @@ class TaraLinear(nn.Module):
         y = self.base(x)
         xf = x.to(torch.float32)
         if self.only_task is not None:
-            b, a = self.originals[self.only_task]
-            return y + ((xf @ a.mT) @ b.mT).to(y.dtype)
+            return y + teacher_update(self, xf).to(y.dtype)
         if self.fold is not None:  # tara-b: fold the coefficients into A first (k x n), T times cheaper than (x A^T)
             return y + ((xf @ self._folded_a(self.coeff).mT) @ self.b.mT).to(y.dtype)
         c = self.coeff if self.index is None else self.coeff[self.index]
@@ -104,8 +110,7 @@ class LearnedLinear(nn.Module):
         y = self.base(x)
         xf = x.to(torch.float32)
         if self.only_task is not None:
-            b, a = self.originals[self.only_task]
-            return y + ((xf @ a.mT) @ b.mT).to(y.dtype)
+            return y + teacher_update(self, xf).to(y.dtype)
         if self.kind == "core":
             return y + (((xf @ self.a.mT) @ self._current()[0].mT) @ self.b.mT).to(y.dtype)
         b, a = self._current()
