@@ -379,6 +379,32 @@ def exp_save(project: Path, name: str, stages: list[str], include: list[str]) ->
     return sha
 
 
+def exp_push(project: Path, git_remote: str, name: str) -> None:
+    """``dvc exp push GIT_REMOTE NAME``: the night's experiment ref to the team's git remote, with its DVC objects
+    (``push_cache``: to the default DVC remote), so the history outlives the worker."""
+    with repo(project, write=True) as r:
+        _wrap("exp push", project, r.experiments.push, git_remote, [name], force=True, push_cache=True)
+
+
+def exp_prune(project: Path, keep: int, git_remote: str | None = None) -> list[str]:
+    """Retention: remove the nightly experiments (``nightly-*``, named by time) older than the newest ``keep``, here
+    and on ``git_remote`` when given. Returns the removed names (oldest first). Other experiments are left alone."""
+    with repo(project, write=True) as r:
+        listing = _wrap("exp ls", project, r.experiments.ls, all_commits=True)
+        names = sorted({n for exps in listing.values() for n, _ in exps if n and n.startswith("nightly-")})
+        old = names[:-keep] if keep < len(names) else []
+        if old:
+            _wrap("exp remove", project, r.experiments.remove, exp_names=old)
+        if git_remote:
+            remote = _wrap("exp ls", project, r.experiments.ls, all_commits=True, git_remote=git_remote)
+            gone = sorted({n for exps in remote.values() for n, _ in exps if n and n.startswith("nightly-")})
+            gone = gone[:-keep] if keep < len(gone) else []
+            if gone:
+                _wrap("exp remove", project, r.experiments.remove, exp_names=gone, git_remote=git_remote)
+            old = sorted(set(old) | set(gone))
+    return old
+
+
 def exp_name(stamp: str, md5: str | None) -> str:
     """A valid experiment name per night: nightly-YYYYMMDD-HHMMSS-<md5 prefix>."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"nightly-{stamp}-{(md5 or 'none')[:8]}")

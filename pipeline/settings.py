@@ -188,6 +188,11 @@ class DvcSettings(_Section):
     # exp: each night is a DVC experiment (`dvc exp save`: dvc exp show / metrics diff compare nights); none: only
     # the workspace dvc.lock
     history: Literal["exp", "none"] = "exp"
+    # with history exp: the git remote each night's experiment is pushed to (`dvc exp push`, with its DVC objects);
+    # None: it stays on the worker
+    exp_push: str | None = None
+    # with history exp: keep the newest N nightly experiments (here and on exp_push's remote); None: keep all
+    exp_keep: PositiveInt | None = None
     # the one-off suite build (pipeline/build.py): independent stages (a foreach's items) run this many at once
     build_jobs: PositiveInt = 1
     # what a suite's merge@<suite> / eval@<suite> stages read (dvc.yaml interpolates them; the night does not)

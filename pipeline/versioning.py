@@ -64,6 +64,11 @@ def version_outputs(settings: Settings, store: Path, scores: dict[str, float]) -
             name = dvcio.exp_name(stamp, md5)
             sha = dvcio.exp_save(project, name, stages, [metrics.relative_to(project).as_posix()])
             exp = {"name": name, "sha": sha}
+            if cfg.exp_push:  # raises when the git remote refuses: nothing registered, like `dvc push`
+                dvcio.exp_push(project, cfg.exp_push, name)
+                exp["pushed_to"] = cfg.exp_push
+            if cfg.exp_keep:
+                exp["pruned"] = ",".join(dvcio.exp_prune(project, cfg.exp_keep, cfg.exp_push))
     return DvcRecord(enabled=True, path=rel, md5=md5, pushed=pushed, lock=entries, exp=exp)
 
 

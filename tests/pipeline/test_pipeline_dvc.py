@@ -164,3 +164,34 @@ def test_per_suite_stages_record_the_suite_that_ran(project):
     assert lock["merge@two"]["outs"][0]["md5"] == second["dvc"]["md5"] != first["dvc"]["md5"]
     assert {"adapters", "adapters.yaml"} <= {d["path"] for d in lock["merge@two"]["deps"]}
     assert "up to date" in dvc(project, "status", "merge@one", "eval@one", "merge@two", "eval@two").stdout
+
+
+def test_each_night_is_pushed_as_an_experiment_and_old_ones_are_pruned(project, tmp_path):
+    """pipeline.dvc.exp_push: each night's `dvc exp save` goes to the team's git remote (its DVC objects to the DVC
+    remote); exp_keep: only the newest N nightly experiments stay, here and on that remote (issue 25 item 5)."""
+    import subprocess
+
+    from pipeline_helpers import set_params
+
+    remote = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    subprocess.run(["git", "remote", "add", "origin", str(remote)], cwd=project, check=True)
+    subprocess.run(["git", "push", "-q", "origin", "HEAD"], cwd=project, check=True)
+    set_params(project, pipeline__dvc={"exp_push": "origin", "exp_keep": 1})
+    subprocess.run(["git", "commit", "-qam", "push nights"], cwd=project, check=True)
+
+    def remote_exps():
+        out = subprocess.run(["git", "ls-remote", str(remote), "refs/exps/*"], capture_output=True, text=True,
+                             check=True).stdout
+        return sorted(line.rsplit("/", 1)[-1] for line in out.splitlines())
+
+    first = nightly(project)
+    assert first["dvc"]["exp"]["pushed_to"] == "origin" and remote_exps() == [first["dvc"]["exp"]["name"]]
+    set_params(project, merge__lam=0.5)  # another merge, from params.yaml (an override is not versioned)
+    subprocess.run(["git", "commit", "-qam", "lam 0.5"], cwd=project, check=True)
+    second = nightly(project)
+    name = second["dvc"]["exp"]["name"]
+    assert name != first["dvc"]["exp"]["name"] and second["dvc"]["exp"]["pruned"] == first["dvc"]["exp"]["name"]
+    assert remote_exps() == [name]  # the older night removed from the remote too
+    local = dvc(project, "exp", "ls", "--all-commits", "--name-only").stdout.split()
+    assert [n for n in local if n.startswith("nightly-")] == [name]
