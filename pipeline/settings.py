@@ -109,10 +109,11 @@ class MlflowSettings(_Section):
     # a pip index serving the night's torch build (e.g. https://download.pytorch.org/whl/cpu for 2.13.0+cpu): the model
     # version's requirements then pin that build and name the index; None: the public version (PyPI's is CUDA)
     torch_index: str | None = None
-    # A Prefect global concurrency limit (limit 1) held while versions are registered and aliases move, so runs on
-    # different hosts never race on the aliases (`prefect gcl create pico-registry --limit 1`); None: a file lock
-    # under pipeline.paths.work only (one host)
-    registry_limit: str | None = None
+    # The Prefect global concurrency limit (limit 1) held while versions are registered and aliases move, whenever a
+    # Prefect server is configured (PREFECT_API_URL), so runs on different hosts never race on the aliases; the
+    # preflight checks it exists (`prefect global-concurrency-limit create pico-registry --limit 1`). The embedded
+    # API, or None here: a file lock under pipeline.paths.work only (one host)
+    registry_limit: str | None = "pico-registry"
     registry_limit_timeout_s: float = Field(600, gt=0)
 
 

@@ -64,6 +64,9 @@ def transient(task_, task_run, state) -> bool:
 def mlflow_preflight(settings: Settings) -> str:
     exp = mlflow_client.preflight(settings)
     get_run_logger().info("MLflow %s reachable (experiment %s)", settings.tracking_uri, exp)
+    guard = mlflow_client.check_guard(settings)  # the cross-host alias guard, with a Prefect server
+    if guard:
+        get_run_logger().info("alias guard: Prefect global concurrency limit %s", guard)
     return exp
 
 

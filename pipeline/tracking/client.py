@@ -128,17 +128,62 @@ def params(obj: dict, prefix: str = "") -> list:
     return [Param(k[:250], "null" if v is None else str(v)[:6000]) for k, v in sorted(flatten(prefix, obj).items())]
 
 
+def prefect_server() -> str | None:
+    """The Prefect API this process talks to when it is a configured server (``PREFECT_API_URL``), None for the
+    embedded ephemeral API (one process, one host)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def guard_limit(settings: Settings) -> str | None:
+    """The Prefect global concurrency limit guarding the aliases: ``pipeline.mlflow.registry_limit`` whenever a
+    Prefect server is configured (runs on several hosts can share it); None with the embedded API or when set null."""
+    return settings.pipeline.mlflow.registry_limit if prefect_server() else None
+
+
+class GuardMissing(PipelineError):
+    """The Prefect server has no global concurrency limit for the alias guard: nothing registered, never retried."""
+
+    permanent = True
+
+
+def check_guard(settings: Settings) -> str | None:
+    """Preflight of the cross-host alias guard: the limit exists on the configured Prefect server. Returns its name
+    (None: no guard needed); raises :class:`GuardMissing` with the command that creates it."""
+    name = guard_limit(settings)
+    if name is None:
+        return None
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as c:
+        try:
+            limit = c.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            raise GuardMissing(
+                f"the Prefect server {prefect_server()} has no global concurrency limit {name!r}, which guards the "
+                f"registry's aliases across hosts: create it with `prefect global-concurrency-limit create {name} "
+                "--limit 1`, or set pipeline.mlflow.registry_limit: null (one host only: a file lock)") from None
+    if limit.limit != 1 or not limit.active:
+        raise GuardMissing(f"the Prefect global concurrency limit {name!r} must be active with limit 1 (it is "
+                           f"{'active' if limit.active else 'inactive'}, limit {limit.limit}): two hosts could move "
+                           "the aliases at once")
+    return name
+
+
 @contextmanager
 def registry_guard(settings: Settings):
-    """Mutual exclusion for registering versions and moving aliases: a file lock (runs on this host) and, when
-    ``pipeline.mlflow.registry_limit`` names one, the Prefect global concurrency limit (runs on every host that
-    shares the Prefect API). ``strict``: a limit that does not exist is an error, never a silent no-lock."""
+    """Mutual exclusion for registering versions and moving aliases: a file lock (runs on this host) and, whenever a
+    Prefect server is configured, its global concurrency limit ``pipeline.mlflow.registry_limit`` (runs on every host
+    that shares the Prefect API). ``strict``: a limit that does not exist is an error, never a silent no-lock."""
     cfg = settings.pipeline.mlflow
+    name = guard_limit(settings)
     with project_lock(settings.work, "registry"):
-        if not cfg.registry_limit:
+        if not name:
             yield
             return
         from prefect.concurrency.sync import concurrency
 
-        with concurrency(cfg.registry_limit, occupy=1, timeout_seconds=cfg.registry_limit_timeout_s, strict=True):
+        with concurrency(name, occupy=1, timeout_seconds=cfg.registry_limit_timeout_s, strict=True):
             yield

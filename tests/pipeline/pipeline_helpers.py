@@ -210,7 +210,19 @@ def prefect_server(root: Path, services: bool = False):
 
     atexit.register(stop)
     wait_http(url + "/health", timeout=180, proc=proc)
+    create_registry_limit(url)
     return url, stop
+
+
+def create_registry_limit(url: str, name: str = "pico-registry") -> None:
+    """The alias guard's global concurrency limit (limit 1), as a team creates it once on its Prefect server: the
+    night's preflight refuses a configured server without it (pipeline.mlflow.registry_limit)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as c:
+        c.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
 def start_prefect_server(root: Path) -> str:
