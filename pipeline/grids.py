@@ -41,6 +41,7 @@ from pico import Recipe
 from pico.errors import PicoError
 from pico.registry import METHODS, get_method
 from pico.tara import TaraConfig
+from pico.tara.config import ENTROPY_DEFAULTS, LEARNED, TEACHER_DEFAULTS
 from pico.writer import json_digest
 
 from .errors import SearchError
@@ -132,14 +133,14 @@ def _duplicate_reason(recipe: Recipe) -> str | None:
 def learned_label(fields: dict) -> str:
     """tara/factors teacher steps=20 (from the best data-free merge) | ... init=ta/core lam=0.25"""
     cfg = TaraConfig(**fields)
-    variant = cfg.variant or ("factors" if cfg.objective == "teacher" else "tara-a")
+    variant = cfg.variant or (TEACHER_DEFAULTS if cfg.objective == "teacher" else ENTROPY_DEFAULTS)["variant"]
     s = f"tara/{variant} {cfg.objective}"
     for name, value in sorted(fields.items()):
         if name not in ("variant", "objective", "init"):
             s += f" {name}={value:g}" if isinstance(value, float) else f" {name}={value}"
     if fields.get("init") is not None:
         s += f" init={fields['init']}"
-    elif variant in ("core", "factors"):
+    elif variant in LEARNED:  # trained from an init merge
         s += " (from the best data-free merge)"
     return s
 

@@ -21,12 +21,13 @@ import torch
 import pico
 from pico.merge import check_weights, plan_batches, write_merged
 from pico.output import MANIFEST_NAME, natural_key
-from pico.tara import tara_merge
+from pico.tara import TaraConfig, tara_merge
 from pico.writer import AtomicDir, json_digest, sha256_file
 
 from .errors import PipelineError
 from .files import project_lock
 from .records import Candidate, CandidateRecord, FetchedSource, MergeResult
+from .render import recipe_summary
 from .settings import Settings
 
 
@@ -217,15 +218,15 @@ def merge_into_store(settings: Settings, aset: pico.AdapterSet, fetched: list[Fe
     return MergeResult(key=key, store=str(store), manifest=manifest, cached=cached)
 
 
-def learned_key(fetched: list[FetchedSource], base: FetchedSource, config: dict, dtype: str, device: str,
-                threads: int | None) -> str:
+def learned_key(settings: Settings, fetched: list[FetchedSource], base: FetchedSource, config: TaraConfig) -> str:
     """Everything that decides a learned merge's bytes: the adapters' and their prompts' bytes in order, the base
     model's, the resolved TARA config (its init recipe included), pico's code, dtype, device class and the torch
     thread count of the training (BLAS rounds differently with another count)."""
     return json_digest({"sources": [f.sha256 for f in fetched], "prompts": [f.prompts and f.prompts.sha256
                                                                              for f in fetched],
-                        "base": base.sha256, "tara": config, "pico": pico.__version__,
-                        "pico_code": pico_code_digest(), "dtype": dtype, "device": device, "threads": threads})
+                        "base": base.sha256, "tara": config.resolve(len(fetched)).to_dict(), "pico": pico.__version__,
+                        "pico_code": pico_code_digest(), "dtype": settings.pipeline.dtype,
+                        "device": device_class(settings), "threads": learn_threads(settings)})
 
 
 def learn_threads(settings: Settings) -> int:
@@ -283,13 +284,10 @@ def merge_chosen(settings: Settings, aset: pico.AdapterSet, fetched: list[Fetche
     if chosen.kind == "learned":
         if base is None:
             raise PipelineError(f"the learned candidate {chosen.label!r} needs the base model", permanent=True)
-        rec = chosen if isinstance(chosen, CandidateRecord) else None
-        cand = rec.candidate() if rec else chosen
-        assert isinstance(cand, Candidate)
-        key = rec.merge_key if rec else learned_key(fetched, base, cand.tara_config().resolve(len(fetched)).to_dict(),
-                                                    settings.pipeline.dtype, device_class(settings),
-                                                    learn_threads(settings))
-        return learn_into_store(settings, aset, fetched, base, cand.tara_config(), key, cand.label)[0]
+        cand = chosen.candidate() if isinstance(chosen, CandidateRecord) else chosen
+        config = cand.tara_config()
+        return learn_into_store(settings, aset, fetched, base, config, learned_key(settings, fetched, base, config),
+                                cand.label)[0]
     return merge_into_store(settings, aset, fetched, pico.Recipe.from_dict(chosen.recipe), compute=compute)
 
 
@@ -332,11 +330,10 @@ def plot_diagnostics(manifest: dict, path: Path) -> Path:
 
     layers = manifest["layers"]
     modules = sorted(layers, key=natural_key)
-    series = {}
     if all("norm_ratio" in layers[m] for m in modules):
-        series["norm ratio (merged / mean source)"] = [layers[m]["norm_ratio"] for m in modules]
-    series["rank"] = [layers[m]["rank"] for m in modules] if not series else []
-    series = {k: v for k, v in series.items() if v}
+        series = {"norm ratio (merged / mean source)": [layers[m]["norm_ratio"] for m in modules]}
+    else:  # a learned merge's manifest (pico tara) has no norm ratios
+        series = {"rank": [layers[m]["rank"] for m in modules]}
     if all("alpha" in layers[m] for m in modules):
         series["Pico min alpha"] = [min(layers[m]["alpha"]) for m in modules]
     for key in ("overlap_B", "overlap_A"):
@@ -346,9 +343,7 @@ def plot_diagnostics(manifest: dict, path: Path) -> Path:
     for label, values in series.items():
         ax.plot(values, marker=".", label=label)
     ax.set_xlabel("module (model order)")
-    r = manifest["recipe"]
-    ax.set_title(f"{r['method']} / {r.get('space', r.get('objective'))} / "
-                 + (f"calibrate={r['calibrate']}" if "space" in r else f"init={r.get('init')}"))
+    ax.set_title(recipe_summary(manifest["recipe"]))
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -120,8 +120,7 @@ def run_rounds(settings: Settings, space: SearchSpace, fetched: list[FetchedSour
         learned = [resolve_learned(c, init) for c in learned]
         st = full if cfg.limit else settings
         for c in learned:
-            merge_keys[c.index] = merging.learned_key(fetched, base, c.tara_config().resolve(len(fetched)).to_dict(),
-                                                      p.dtype, device, merging.learn_threads(settings))
+            merge_keys[c.index] = merging.learned_key(settings, fetched, base, c.tara_config())
         on = "all validation items" + (" (learned)" if cfg.limit else "")
         done = [r.model_copy(update={"scored_on": on}) for r in score_all(st, jobs(st, learned))]
         cached |= {r.index for r in done if r.cached}

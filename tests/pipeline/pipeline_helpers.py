@@ -126,6 +126,15 @@ def make_project(root: Path, adapters: list[Path], base: Path, *, recipe: dict |
     return root
 
 
+def tokenized_base(base: Path, dest: Path) -> Path:
+    """A copy of the tiny base with the skills tokenizer beside its weights (lm-eval's HF model needs one)."""
+    from skills.tokenizer import build_tokenizer
+
+    shutil.copytree(base, dest)
+    build_tokenizer().save_pretrained(dest)
+    return dest
+
+
 def file_hashes(path: Path) -> dict[str, str]:
     from pico.writer import sha256_file
 

@@ -6,19 +6,16 @@ import json
 import shutil
 
 import yaml
-from pipeline_helpers import make_project, set_env
+from pipeline_helpers import make_project, set_env, tokenized_base
 
 
 def test_lm_eval_task_list_scores_and_cache(tmp_path, monkeypatch, adapters, base):
     from pipeline import evaluation
     from pipeline.settings import load_settings
     from pipeline.sources import model_source
-    from skills.tokenizer import build_tokenizer
 
     set_env(monkeypatch, tmp_path)
-    model = tmp_path / "base-tok"
-    shutil.copytree(base, model)
-    build_tokenizer().save_pretrained(model)
+    model = tokenized_base(base, tmp_path / "base-tok")
     project = make_project(tmp_path / "p", adapters, model, dvc_init=False)
     tasks_dir = project / "lm_tasks"
     tasks_dir.mkdir()
@@ -63,12 +60,9 @@ def test_skills_suite_plugs_in_through_the_callable_hook(tmp_path, monkeypatch, 
     from pipeline.sources import model_source
     from skills.data import write_suite_data
     from skills.tiny import tiny_params
-    from skills.tokenizer import build_tokenizer
 
     set_env(monkeypatch, tmp_path)
-    model = tmp_path / "base-tok"
-    shutil.copytree(base, model)
-    build_tokenizer().save_pretrained(model)
+    model = tokenized_base(base, tmp_path / "base-tok")
     project = make_project(tmp_path / "p", adapters, model, dvc_init=False)
     write_suite_data(tiny_params()["data"], project / "suite-data")
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -118,12 +112,9 @@ def test_lm_eval_group_and_multi_filter_task(tmp_path, monkeypatch, adapters, ba
     from pipeline import evaluation
     from pipeline.settings import ConfigError, load_settings
     from pipeline.sources import model_source
-    from skills.tokenizer import build_tokenizer
 
     set_env(monkeypatch, tmp_path)
-    model = tmp_path / "base-tok"
-    shutil.copytree(base, model)
-    build_tokenizer().save_pretrained(model)
+    model = tokenized_base(base, tmp_path / "base-tok")
     project = make_project(tmp_path / "p", adapters, model, dvc_init=False)
     tasks_dir = project / "lm_tasks"
     tasks_dir.mkdir()

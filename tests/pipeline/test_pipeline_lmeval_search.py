@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_helpers import client, nightly, set_params
+from pipeline_helpers import client, nightly, set_params, tokenized_base
 
 VAL_N, TEST_N = 16, 10
 
@@ -42,11 +41,8 @@ def write_user_tasks(folder: Path) -> None:
 
 @pytest.fixture
 def lmeval_project(plain_project, base, tmp_path):
-    from skills.tokenizer import build_tokenizer
 
-    model = tmp_path / "base-tok"  # lm-eval's HF model needs a tokenizer beside the weights
-    shutil.copytree(base, model)
-    build_tokenizer().save_pretrained(model)
+    model = tokenized_base(base, tmp_path / "base-tok")  # lm-eval's HF model needs a tokenizer beside the weights
     catalog = yaml.safe_load((plain_project / "adapters.yaml").read_text())
     catalog["base"] = {"source": str(model)}
     (plain_project / "adapters.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
