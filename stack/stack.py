@@ -48,8 +48,10 @@ PG_HOME = _pg_home()
 PGDATA = PG_HOME / "pg"
 PG_LOG = PG_HOME / "postgres.log"
 HOST = "127.0.0.1"
-PORTS = {"postgres": 15000, "mlflow": 15001, "prefect": 15002, "s3": 15003, "dask": 15004,
-         "gpu-0": (15006, 15007), "gpu-1": (15008, 15009)}
+# PICO_STACK_PORT_BASE moves every port (default 15000): two checkouts on one machine can each run a stack.
+BASE_PORT = int(os.environ.get("PICO_STACK_PORT_BASE", "15000"))
+PORTS = {"postgres": BASE_PORT, "mlflow": BASE_PORT + 1, "prefect": BASE_PORT + 2, "s3": BASE_PORT + 3,
+         "dask": BASE_PORT + 4, "gpu-0": (BASE_PORT + 6, BASE_PORT + 7), "gpu-1": (BASE_PORT + 8, BASE_PORT + 9)}
 POOL, GCL = "pico-nightly", "pico-registry"
 BUCKETS = ("mlflow-artifacts", "dvc-remote")
 PIPELINE_USER, VIEWER_USER = "pico-pipeline", "pico-viewer"
