@@ -8,7 +8,8 @@ configurations run alternately, ``--repeat`` rounds of ``--steps`` steps each, o
 - ``plain``: sdpa attention, bf16 autocast casting every frozen weight on each forward, one padded batch;
 - ``+bf16 frozen``: the frozen LoRA-wrapped weights held in bf16 (``bf16_frozen_weights``: the same bits);
 - ``+eager``: transformers' eager attention (its bf16 backward is cheaper on CPU than the sdpa kernel's);
-- ``build`` (``attn: eager``, ``chunks: 2``): + the batch as two micro-batches sorted by length (less padding).
+- ``+2 chunks`` (``attn: eager``, ``chunks: 2``): + the batch as two micro-batches sorted by length (less padding);
+- ``build``: + the LM head on the answer positions only (``lm_loss(head="answer")``: the same loss).
 
 Usage: ``python bench/smollm2_train_step.py [--steps 4] [--repeat 3] [--skill finance] [--out bench/RESULTS-smollm2-step.md]``
 """
@@ -27,12 +28,13 @@ sys.path.insert(0, str(ROOT))
 
 from harness import machine  # noqa: E402  (bench/, the script's own folder)
 
-CONFIGS = {  # name: (autocast, attn, hold frozen weights in bf16, chunks)
-    "fp32": (None, "sdpa", False, 1),
-    "plain": ("bf16", "sdpa", False, 1),
-    "+bf16 frozen": ("bf16", "sdpa", True, 1),
-    "+eager": ("bf16", "eager", True, 1),
-    "build": ("bf16", "eager", True, 2),
+CONFIGS = {  # name: (autocast, attn, hold frozen weights in bf16, chunks, LM head rows)
+    "fp32": (None, "sdpa", False, 1, "full"),
+    "plain": ("bf16", "sdpa", False, 1, "full"),
+    "+bf16 frozen": ("bf16", "sdpa", True, 1, "full"),
+    "+eager": ("bf16", "eager", True, 1, "full"),
+    "+2 chunks": ("bf16", "eager", True, 2, "full"),
+    "build": ("bf16", "eager", True, 2, "answer"),
 }
 
 
@@ -66,21 +68,21 @@ def main(argv: list[str] | None = None) -> None:
     batches = [[task[rng.randrange(len(task))] for _ in range(4)] + [replay[rng.randrange(len(replay))] for _ in range(4)]
                for _ in range(a.steps)]
     models = {}
-    for name, (_, attn, _, _) in CONFIGS.items():
+    for name, (_, attn, _, _, _) in CONFIGS.items():
         torch.manual_seed(0)
         model = get_peft_model(load_base(p["paths"]["base"], attn=attn)[0], lora_config(run, common))
         models[name] = model.train()
     tok = load_base(p["paths"]["base"])[1]
     times: dict[str, list[float]] = {n: [] for n in CONFIGS}
     for _ in range(a.repeat):
-        for name, (autocast, _, hold, chunks) in CONFIGS.items():
+        for name, (autocast, _, hold, chunks, head) in CONFIGS.items():
             model = models[name]
             with bf16_frozen_weights(model, enabled=hold):
-                train_step(model, tok, batches[0], autocast=autocast, chunks=chunks)  # warm-up
+                train_step(model, tok, batches[0], autocast=autocast, chunks=chunks, head=head)  # warm-up
                 t0 = time.perf_counter()
                 for b in batches:
                     model.zero_grad(set_to_none=True)
-                    train_step(model, tok, b, autocast=autocast, chunks=chunks)
+                    train_step(model, tok, b, autocast=autocast, chunks=chunks, head=head)
                 times[name].append((time.perf_counter() - t0) / len(batches))
     med = {n: statistics.median(v) for n, v in times.items()}
     tokens = sum(len(tok(x + y)["input_ids"]) for b in batches for x, y in b) / len(batches)

@@ -73,15 +73,28 @@ def _pad(tok, encoded: Sequence[tuple[list[int], list[int]]]):
     return ids.to(DEVICE), mask.to(DEVICE), labels.to(DEVICE)
 
 
-def lm_loss(model, ids, mask, labels, autocast: str | None = None, reduction: str = "mean") -> torch.Tensor:
+def lm_loss(model, ids, mask, labels, autocast: str | None = None, reduction: str = "mean",
+            head: str = "answer") -> torch.Tensor:
+    """Cross-entropy of the next token at every labelled position (labels -100 elsewhere).
+
+    ``head="answer"``: the vocabulary projection runs on the labelled positions only (the answer tokens, a small
+    share of a batch's positions): the decoder's hidden states, then the LM head on those rows; the same loss as
+    ``head="full"`` (the model's logits at every position) to float rounding, for less work per training step (the
+    49k-row head, forward and backward: bench/RESULTS-smollm2-step.md)."""
     dtype = {"bf16": torch.bfloat16, None: None, "none": None, "fp32": None}[autocast]
+    target = labels[:, 1:]
     with torch.autocast(DEVICE.type, dtype=dtype, enabled=dtype is not None):
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
-                           ignore_index=-100, reduction=reduction)
+        if head == "full":
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+            return F.cross_entropy(logits.float().transpose(1, 2), target, ignore_index=-100, reduction=reduction)
+        keep = target != -100
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        logits = model.get_output_embeddings()(hidden[keep])
+    return F.cross_entropy(logits.float(), target[keep], reduction=reduction)
 
 
-def train_step(model, tok, pairs: Sequence[tuple[str, str]], autocast: str | None = None, chunks: int = 1) -> float:
+def train_step(model, tok, pairs: Sequence[tuple[str, str]], autocast: str | None = None, chunks: int = 1,
+               head: str = "answer") -> float:
     """Forward and backward of the answer-token mean loss over ``pairs`` (gradients accumulate in the parameters);
     returns the loss.
 
@@ -93,7 +106,7 @@ def train_step(model, tok, pairs: Sequence[tuple[str, str]], autocast: str | Non
     per = -(-len(enc) // max(1, int(chunks)))
     total = 0.0
     for s in range(0, len(enc), per):
-        loss = lm_loss(model, *_pad(tok, enc[s: s + per]), autocast=autocast, reduction="sum") / n_tokens
+        loss = lm_loss(model, *_pad(tok, enc[s: s + per]), autocast=autocast, reduction="sum", head=head) / n_tokens
         loss.backward()
         total += loss.item()
     return total

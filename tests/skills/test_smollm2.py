@@ -113,6 +113,8 @@ def test_train_step_micro_batches_give_the_batch_loss_and_bf16_frozen_weights_th
 
     model, tok = load_base(mini_smollm2["base"])
     one = lm_loss(model, *make_batch(tok, pairs)).item()  # the plain padded batch
+    full = lm_loss(model, *make_batch(tok, pairs), head="full").item()  # the head at every position
+    assert one == pytest.approx(full, rel=1e-6) and one != 0
     loss1, g1, _, _ = grads(1)
     loss3, g3, _, _ = grads(3)  # sorted by length, three micro-batches: the same mean over answer tokens
     assert loss1 == pytest.approx(one, rel=1e-5) and loss3 == pytest.approx(one, rel=1e-5)
