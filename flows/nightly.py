@@ -37,7 +37,7 @@ from pipeline.settings import Settings, load_settings
 from pipeline.tracking.promote import leaderboard
 from pipeline.tracking.runs import run_url
 
-CODE_ROOT = Path(__file__).resolve().parent.parent  # the code this run imported (a worker's run: its clone)
+CODE_ROOT = Path(steps.__file__).resolve().parents[1]  # the pipeline code this run imported (a worker's: its clone)
 
 
 # no timeout_seconds here: the flow applies the project's pipeline.schedule.flow_timeout_s itself (runtime.flow_timeout),
