@@ -73,7 +73,7 @@ SECRET_KEYS = ("PG_SUPER_PASSWORD", "PG_MLFLOW_PASSWORD", "PG_PREFECT_PASSWORD",
                "S3_SECRET_KEY", "PREFECT_API_PASSWORD")
 # what the PostgreSQL cluster holds (its roles, MLflow's users) or was stamped with: a new key elsewhere (the Prefect
 # API's password) must not re-create a cluster
-CLUSTER_KEYS = SECRET_KEYS[:9]
+CLUSTER_KEYS = tuple(k for k in SECRET_KEYS if k != "PREFECT_API_PASSWORD")
 
 
 def secrets_env() -> dict[str, str]:
