@@ -33,26 +33,30 @@ from pico.writer import json_digest
 from pipeline import evaluation, merging, notify, render, runtime, search, sources, steps
 from pipeline.build import ensure_suite
 from pipeline.records import Evaluation, MergeResult, NightlyResult, SearchResult, Sources
-from pipeline.settings import ScheduleSettings, Settings, load_settings
+from pipeline.settings import Settings, load_settings
 from pipeline.tracking.promote import leaderboard
 from pipeline.tracking.runs import run_url
 
+CODE_ROOT = Path(steps.__file__).resolve().parents[1]  # the pipeline code this run imported (a worker's: its clone)
 
-# the default timeout of a night; the deployment (flows/deploy.py) applies pipeline.schedule.flow_timeout_s
-@flow(name="nightly-merge", log_prints=True, timeout_seconds=ScheduleSettings().flow_timeout_s,
-      on_failure=[notify.on_failure_hook], on_crashed=[notify.on_failure_hook])
+
+# no timeout_seconds here: the flow applies the project's pipeline.schedule.flow_timeout_s itself (runtime.flow_timeout),
+# so a worker's run of the deployment, which imports this decorator's options, times out as params.yaml says
+@flow(name="nightly-merge", log_prints=True, on_failure=[notify.on_failure_hook], on_crashed=[notify.on_failure_hook])
 def nightly_merge(project: str = ".", params: str = "params.yaml", overrides: dict | None = None) -> NightlyResult:
     """Fetch the sources; choose the recipe on validation (when params.yaml's merge: is a search space) and merge
     it; benchmark it on the test split and judge it against the champion; version, register and promote it."""
-    settings = load_settings(project, params, overrides)
-    evaluation.check_benchmark(settings)  # task lists resolved (groups expanded), floors and overlaps checked: first
-    clock = runtime.Clock()
-    srcs = clock.mark("fetch", fetch_sources(settings))
-    merged, found = clock.mark("choose_merge", choose_and_merge(settings, srcs))
-    judged = clock.mark("benchmark_judge", benchmark_and_judge(settings, srcs, merged))
-    night = clock.mark("version_register_promote", version_register_promote(settings, srcs, merged, found, judged,
-                                                                             clock.durations()))
-    return steps.publish(settings, night.model_copy(update={"timings": clock.durations()}))
+    settings = load_settings(project, params, overrides)  # a relative project: against the run's folder (a clone)
+    get_run_logger().info("project %s, code %s, work %s", settings.project, CODE_ROOT, settings.work)
+    with runtime.flow_timeout(settings.pipeline.schedule.flow_timeout_s):
+        evaluation.check_benchmark(settings)  # task lists resolved (groups expanded), floors and overlaps checked
+        clock = runtime.Clock()
+        srcs = clock.mark("fetch", fetch_sources(settings))
+        merged, found = clock.mark("choose_merge", choose_and_merge(settings, srcs))
+        judged = clock.mark("benchmark_judge", benchmark_and_judge(settings, srcs, merged))
+        night = clock.mark("version_register_promote", version_register_promote(settings, srcs, merged, found,
+                                                                                 judged, clock.durations()))
+        return steps.publish(settings, night.model_copy(update={"timings": clock.durations()}))
 
 
 def fetch_sources(settings: Settings) -> Sources:

@@ -38,6 +38,24 @@ def make_task_runner(settings: Settings):
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=kwargs)
 
 
+class FlowTimeout(TimeoutError):
+    """The night ran longer than ``pipeline.schedule.flow_timeout_s``."""
+
+
+@contextlib.contextmanager
+def flow_timeout(seconds: float | None):
+    """``pipeline.schedule.flow_timeout_s`` around the night's work, read from the project at run time: a worker's
+    run of the deployment loads the flow from its entrypoint (the decorator's options, not the project's). Prefect's
+    own timeout scope (the one a flow's ``timeout_seconds`` uses); the engine ends the run TimedOut."""
+    from prefect.utilities.timeout import timeout
+
+    try:
+        with timeout(seconds, timeout_exc_type=FlowTimeout):
+            yield
+    except FlowTimeout:
+        raise FlowTimeout(f"the night ran longer than pipeline.schedule.flow_timeout_s ({seconds:g} s)") from None
+
+
 def log_progress(futures: list, what: str, log) -> None:
     """Wait for mapped tasks, logging each completion with the elapsed time and an estimate of the rest (the mean
     time per completed task so far, times the tasks left; cached ones count as done at once)."""

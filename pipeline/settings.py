@@ -37,7 +37,9 @@ class _Section(BaseModel):
 
 
 class PathSettings(_Section):
-    work: str = "build/pipeline"  # content-addressed merge store, eval cache, locks, fetched sources
+    # content-addressed merge store, eval cache, locks, fetched sources; the environment's PICO_WORK_DIR (absolute)
+    # replaces it: a worker host's persistent, shared folder (a deployment's run clones the project afresh)
+    work: str = "build/pipeline"
     merged: str = "build/pipeline/merged"  # DVC 'merge' stage output: the latest merged adapter
     eval: str = "build/pipeline/eval"  # DVC 'eval' stage output: metrics.json of the latest merge
 
@@ -429,6 +431,11 @@ def load_settings(project: str | Path = ".", params: str | Path = "params.yaml",
         preset = copy.deepcopy(presets[suite] or {})
         preset_merge = preset.pop("merge", None)
         pipe = deep_merge(pipe, preset)
+    if work := os.environ.get("PICO_WORK_DIR"):  # this host's work folder, over params.yaml (--set still wins)
+        if not Path(work).is_absolute():
+            raise ConfigError(f"PICO_WORK_DIR must be an absolute path (it replaces pipeline.paths.work of "
+                              f"{params_path.name}), got {work!r}")
+        pipe = deep_merge(pipe, {"paths": {"work": work}})
     raw = deep_merge(pipe, overrides)  # --set wins over the preset
     try:
         pipeline = PipelineSettings.model_validate(raw)

@@ -5,8 +5,8 @@ What runs (fixed ports, all bound to 127.0.0.1; state, logs and generated creden
   15000  PostgreSQL 15 (Debian's `postgresql`), its own cluster in build/stack/pg (not the system one), run by the
          `postgres` user when this script runs as root; databases `mlflow`, `mlflow_auth`, `prefect`
   15001  `mlflow server` on PostgreSQL, with MLflow's basic-auth app, proxying artifacts to s3://mlflow-artifacts
-  15002  `prefect server start` on PostgreSQL (asyncpg); work pool `pico-nightly` (process) + one `prefect worker`;
-         global concurrency limit `pico-registry` (1)
+  15002  `prefect server start` on PostgreSQL (asyncpg), with API auth (basic, user `pico`); work pool
+         `pico-nightly` (process) + one `prefect worker`; global concurrency limit `pico-registry` (1)
   15003  moto's S3-compatible server: buckets `mlflow-artifacts` (MLflow) and `dvc-remote` (the DVC remote)
   15004  `dask scheduler`; workers `gpu-0` (15006/15007) and `gpu-1` (15008/15009), `--resources GPU=1`
 
@@ -53,8 +53,9 @@ BASE_PORT = int(os.environ.get("PICO_STACK_PORT_BASE", "15000"))
 PORTS = {"postgres": BASE_PORT, "mlflow": BASE_PORT + 1, "prefect": BASE_PORT + 2, "s3": BASE_PORT + 3,
          "dask": BASE_PORT + 4, "gpu-0": (BASE_PORT + 6, BASE_PORT + 7), "gpu-1": (BASE_PORT + 8, BASE_PORT + 9)}
 POOL, GCL = "pico-nightly", "pico-registry"
+WORK = STATE / "work"  # the worker's pipeline.paths.work (PICO_WORK_DIR): outside the clone each run pulls
 BUCKETS = ("mlflow-artifacts", "dvc-remote")
-PIPELINE_USER, VIEWER_USER = "pico-pipeline", "pico-viewer"
+PIPELINE_USER, VIEWER_USER, PREFECT_USER = "pico-pipeline", "pico-viewer", "pico"
 PY = Path(sys.executable)
 BIN = PY.parent
 SERVICE_PORTS = {"s3": PORTS["s3"], "mlflow": PORTS["mlflow"], "prefect": PORTS["prefect"],
@@ -69,7 +70,10 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- credentials and the pipeline's environment
 SECRET_KEYS = ("PG_SUPER_PASSWORD", "PG_MLFLOW_PASSWORD", "PG_PREFECT_PASSWORD", "MLFLOW_ADMIN_PASSWORD",
                "MLFLOW_PIPELINE_PASSWORD", "MLFLOW_VIEWER_PASSWORD", "MLFLOW_FLASK_SECRET", "S3_ACCESS_KEY",
-               "S3_SECRET_KEY")
+               "S3_SECRET_KEY", "PREFECT_API_PASSWORD")
+# what the PostgreSQL cluster holds (its roles, MLflow's users) or was stamped with: a new key elsewhere (the Prefect
+# API's password) must not re-create a cluster
+CLUSTER_KEYS = tuple(k for k in SECRET_KEYS if k != "PREFECT_API_PASSWORD")
 
 
 def secrets_env() -> dict[str, str]:
@@ -91,6 +95,12 @@ def pg_url(user: str, password: str, db: str, driver: str = "postgresql+psycopg2
     return f"{driver}://{user}:{password}@{HOST}:{PORTS['postgres']}/{db}"
 
 
+def prefect_auth(s: dict[str, str]) -> str:
+    """The Prefect API's basic-auth credential, `user:password`: the server's PREFECT_SERVER_API_AUTH_STRING and every
+    client's PREFECT_API_AUTH_STRING (environment only)."""
+    return f"{PREFECT_USER}:{s['PREFECT_API_PASSWORD']}"
+
+
 def pipeline_env(s: dict[str, str]) -> dict[str, str]:
     """What the pipeline (and a team member's shell) needs: service URLs and the pipeline user's credentials."""
     return {
@@ -98,6 +108,7 @@ def pipeline_env(s: dict[str, str]) -> dict[str, str]:
         "MLFLOW_TRACKING_USERNAME": PIPELINE_USER,
         "MLFLOW_TRACKING_PASSWORD": s["MLFLOW_PIPELINE_PASSWORD"],
         "PREFECT_API_URL": f"http://{HOST}:{PORTS['prefect']}/api",
+        "PREFECT_API_AUTH_STRING": prefect_auth(s),
         "AWS_ACCESS_KEY_ID": s["S3_ACCESS_KEY"],
         "AWS_SECRET_ACCESS_KEY": s["S3_SECRET_KEY"],
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -123,7 +134,8 @@ def base_env() -> dict[str, str]:
     env = {**os.environ, "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
            "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_URL"):
+    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_URL",
+              "PREFECT_API_AUTH_STRING", "PICO_WORK_DIR"):
         env.pop(k, None)
     return env
 
@@ -252,7 +264,7 @@ def postgres_up(s: dict[str, str]) -> None:
         os.chown(PG_HOME, uid, gid)  # the cluster and its server log are written by postgres
         PG_HOME.chmod(0o700)
     stamp = PG_HOME / "credentials.sha256"  # which secrets.env the cluster's roles and MLflow users were made with
-    want = hashlib.sha256("\n".join(s[k] for k in SECRET_KEYS).encode()).hexdigest()
+    want = hashlib.sha256("\n".join(s[k] for k in CLUSTER_KEYS).encode()).hexdigest()
     if (PGDATA / "PG_VERSION").is_file() and (not stamp.is_file() or stamp.read_text().strip() != want):
         # A cluster made with other credentials: an earlier checkout at this same path (CI clones to a fixed path;
         # as root the cluster lives in /var/tmp, outside the clone) or build/stack/ was removed. Its passwords are
@@ -386,13 +398,15 @@ def ensure_mlflow_users(s: dict[str, str]) -> None:
 
 def prefect_env(s: dict[str, str]) -> dict[str, str]:
     return {**base_env(), "PREFECT_HOME": str(STATE / "prefect"),
-            "PREFECT_API_URL": f"http://{HOST}:{PORTS['prefect']}/api"}
+            "PREFECT_API_URL": f"http://{HOST}:{PORTS['prefect']}/api", "PREFECT_API_AUTH_STRING": prefect_auth(s)}
 
 
 def prefect_up(s: dict[str, str]) -> None:
     env = {**prefect_env(s), "PREFECT_API_DATABASE_CONNECTION_URL": pg_url(
-        "prefect", s["PG_PREFECT_PASSWORD"], "prefect", "postgresql+asyncpg"), "PREFECT_UI_ENABLED": "false"}
+        "prefect", s["PG_PREFECT_PASSWORD"], "prefect", "postgresql+asyncpg"), "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_API_AUTH_STRING": prefect_auth(s)}  # API auth: every request but the health probe
     env.pop("PREFECT_API_URL")
+    env.pop("PREFECT_API_AUTH_STRING")
     spawn("prefect", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(PORTS["prefect"])], env)
     wait_port(PORTS["prefect"], "prefect", timeout=180)
     import urllib.request
@@ -414,8 +428,9 @@ def prefect_up(s: dict[str, str]) -> None:
         proc = subprocess.run([str(BIN / "prefect"), *args], env=penv, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0 and "already exists" not in proc.stdout + proc.stderr:
             raise SystemExit(f"prefect {' '.join(args)} failed: {(proc.stdout + proc.stderr).strip()[-400:]}")
-    # the worker runs each flow run in a subprocess with its own environment: the pipeline's, nothing more
-    wenv = {**penv, **pipeline_env(s)}
+    # the worker runs each flow run in a subprocess with its own environment: the pipeline's, nothing more, and the
+    # shared work folder (a deployment's run clones the code afresh: its merge store and caches live outside it)
+    wenv = {**penv, **pipeline_env(s), "PICO_WORK_DIR": str(WORK)}
     spawn("prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", "stack-worker",
                              "--limit", "1"], wenv)
 
@@ -452,7 +467,7 @@ def up() -> int:
     mlflow_up(s)
     log(f"mlflow     http://{HOST}:{PORTS['mlflow']}  (basic auth)  ({time.monotonic() - t0:.1f} s)")
     prefect_up(s)
-    log(f"prefect    http://{HOST}:{PORTS['prefect']}/api  pool {POOL}, worker, limit {GCL}  "
+    log(f"prefect    http://{HOST}:{PORTS['prefect']}/api  (API auth)  pool {POOL}, worker, limit {GCL}  "
         f"({time.monotonic() - t0:.1f} s)")
     dask_up(s)
     log(f"dask       tcp://{HOST}:{PORTS['dask']}  workers gpu-0, gpu-1 (GPU=1)  ({time.monotonic() - t0:.1f} s)")

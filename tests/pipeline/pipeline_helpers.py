@@ -126,6 +126,16 @@ def make_project(root: Path, adapters: list[Path], base: Path, *, recipe: dict |
     return root
 
 
+def add_flow_code(project: Path) -> None:
+    """Make the project a team's pico-merge repository, as a worker clones it: this checkout's code (the files git
+    tracks under pico/, pipeline/ and flows/, as they are on disk) committed beside its params.yaml and catalog."""
+    for f in run(["git", "ls-files", "pico", "pipeline", "flows"], REPO).stdout.split():
+        (project / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, project / f)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "the flow code"], project)
+
+
 def tokenized_base(base: Path, dest: Path) -> Path:
     """A copy of the tiny base with the skills tokenizer beside its weights (lm-eval's HF model needs one)."""
     from skills.tokenizer import build_tokenizer

@@ -57,7 +57,7 @@ def test_cluster_made_with_other_credentials_is_recreated(stack):
     stack.postgres_up(old)
     stamp = stack.PG_HOME / "credentials.sha256"
     assert stack.calls.count("initdb") == 1 and stamp.read_text().strip() == hashlib.sha256(
-        "\n".join(old[k] for k in stack.SECRET_KEYS).encode()).hexdigest()
+        "\n".join(old[k] for k in stack.CLUSTER_KEYS).encode()).hexdigest()
     (stack.PGDATA / "old-data").write_text("x")
 
     stack.calls.clear()
@@ -65,10 +65,14 @@ def test_cluster_made_with_other_credentials_is_recreated(stack):
     assert "initdb" not in stack.calls and (stack.PGDATA / "old-data").is_file()
 
     stack.calls.clear()
+    stack.postgres_up({**old, "PREFECT_API_PASSWORD": "rotated"})  # a secret the cluster does not hold: kept
+    assert "initdb" not in stack.calls and (stack.PGDATA / "old-data").is_file()
+
+    stack.calls.clear()
     stack.postgres_up(new)  # a fresh secrets.env (a new clone at the same path): the old cluster goes
     assert stack.calls.count("initdb") == 1 and "pg_ctl stop" in stack.calls
     assert not (stack.PGDATA / "old-data").exists()
-    assert stamp.read_text().strip() == hashlib.sha256("\n".join(new[k] for k in stack.SECRET_KEYS).encode()).hexdigest()
+    assert stamp.read_text().strip() == hashlib.sha256("\n".join(new[k] for k in stack.CLUSTER_KEYS).encode()).hexdigest()
     assert sum(c == "psql" for c in stack.calls) == 5  # roles and databases made again, with the new passwords
 
 
@@ -96,7 +100,8 @@ def test_startup_failure_shows_the_end_of_the_service_log(stack):
 
 def test_no_secret_on_any_command_line_and_the_password_file_is_never_readable(stack, monkeypatch):
     """Issue 25 item 8: argv is world-readable (/proc/<pid>/cmdline, ps): the PostgreSQL passwords reach psql on stdin
-    and MLflow's store URI through its environment; initdb's password file is 0600 from its creation."""
+    and MLflow's store URI through its environment; initdb's password file is 0600 from its creation. The Prefect
+    API's credential (item 3) reaches the server, its CLI calls, the worker and env.sh through the environment."""
     argvs, modes = [], []
     real = stack.as_pg_user
 
@@ -112,13 +117,48 @@ def test_no_secret_on_any_command_line_and_the_password_file_is_never_readable(s
     monkeypatch.setattr(stack, "spawn", lambda name, args, env: spawned.setdefault(name, (list(args), dict(env))))
     monkeypatch.setattr(stack, "wait_port", lambda *a, **kw: None)
     monkeypatch.setattr(stack, "ensure_mlflow_users", lambda s: None)
+    cli = []
+    monkeypatch.setattr(stack.subprocess, "run", lambda args, **kw: cli.append((list(args), kw["env"])) or
+                        stack.subprocess.CompletedProcess(args, 0, "", ""))
+
+    class Healthy:  # the health probe's answer (unauthenticated, as on the real server)
+        status = 200
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **kw: Healthy())
     s = secrets(stack, "pw")
     stack.postgres_up(s)
     stack.mlflow_up(s)
+    stack.prefect_up(s)
     assert modes == [0o600]
-    args, env = spawned["mlflow"]
-    argvs.append(args)
+    argvs += [args for args, _ in spawned.values()] + [args for args, _ in cli]
+    assert {"mlflow", "prefect", "prefect-worker"} <= set(spawned) and len(cli) == 2
     for argv in argvs:
         for key, value in s.items():
             assert not any(value in a for a in argv), f"{key} on the command line {argv[:3]}..."
-    assert s["PG_MLFLOW_PASSWORD"] in env["MLFLOW_BACKEND_STORE_URI"]  # where it goes instead
+    assert s["PG_MLFLOW_PASSWORD"] in spawned["mlflow"][1]["MLFLOW_BACKEND_STORE_URI"]  # where it goes instead
+    auth = f"pico:{s['PREFECT_API_PASSWORD']}"
+    assert spawned["prefect"][1]["PREFECT_SERVER_API_AUTH_STRING"] == auth
+    assert "PREFECT_API_AUTH_STRING" not in spawned["prefect"][1]
+    assert spawned["prefect-worker"][1]["PREFECT_API_AUTH_STRING"] == auth
+    assert all(env["PREFECT_API_AUTH_STRING"] == auth for _, env in cli)  # work pool and limit created with it
+    assert stack.pipeline_env(s)["PREFECT_API_AUTH_STRING"] == auth  # env.sh: the pipeline and the tests
+
+
+def test_secrets_are_generated_once_with_mode_600_and_missing_ones_added(stack):
+    """secrets.env is created 0600; a key added later (PREFECT_API_PASSWORD for an older stack) joins the existing
+    values, which stay as they were."""
+    first = stack.secrets_env()
+    path = stack.STATE / "secrets.env"
+    assert set(first) == set(stack.SECRET_KEYS) and path.stat().st_mode & 0o777 == 0o600
+    assert len({*first.values()}) == len(first) and all(len(v) >= 20 for v in first.values())
+    path.write_text("".join(f"{k}={v}\n" for k, v in first.items() if k != "PREFECT_API_PASSWORD"))
+    again = stack.secrets_env()
+    assert {k: v for k, v in again.items() if k != "PREFECT_API_PASSWORD"} == \
+        {k: v for k, v in first.items() if k != "PREFECT_API_PASSWORD"}
+    assert again["PREFECT_API_PASSWORD"] != first["PREFECT_API_PASSWORD"] and stack.secrets_env() == again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import sys
@@ -14,6 +15,7 @@ from pipeline_helpers import dvc, run  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / "build" / "stack"
 NEEDED = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_URL",
+          "PREFECT_API_AUTH_STRING",
           "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PICO_DVC_REMOTE_URL", "PICO_DVC_REMOTE_ENDPOINT",
           "PICO_DASK_ADDRESS", "PICO_PREFECT_POOL", "PICO_REGISTRY_LIMIT")
 
@@ -30,6 +32,8 @@ def stack_secrets() -> dict[str, str]:
     """Every credential of the stack (what must never appear in a log or a record)."""
     path = STATE / "secrets.env"
     values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    if auth := os.environ.get("PREFECT_API_AUTH_STRING"):  # as every Prefect request carries it, base64 (basic auth)
+        values["PREFECT_API_AUTH_STRING (base64)"] = base64.b64encode(auth.encode()).decode()
     return {k: v for k, v in values.items() if len(v) >= 12}
 
 

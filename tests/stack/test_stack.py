@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from pipeline_helpers import dvc, make_project, nightly, run, set_params
+from pipeline_helpers import add_flow_code, dvc, make_project, nightly, run, set_params
 from stack_support import REPO, champion, commit_all, mlflow_client, model_name, stack_secrets, use_s3_remote, versions
 
 
@@ -98,45 +98,107 @@ def test_a_user_without_permission_cannot_move_the_champion(stack, stack_project
     assert owner.status_code == 200
 
 
-def test_the_worker_runs_the_deployment_and_no_credential_leaks(stack, stack_project):
-    """The nightly deployment on the process work pool, executed by the stack's worker (run_deployment); then every
-    record it left (Prefect logs and artifacts, MLflow params/tags/artifacts, lineage, manifest, DVC config) is
-    scanned for the stack's credentials."""
+def _flow_run_logs(flow_run_id) -> list:
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+
+def test_the_worker_runs_the_deployment_from_git_and_no_credential_leaks(stack, stack_project, tmp_path):
+    """Issue 25 item 1: the team's repository (the flow code beside the project) is pushed to a git remote; a clone
+    at one path registers the deployment on the work pool (flow.from_source of its origin); the stack's worker
+    clones the repository into its own folder and runs the night there (project ".", the work folder on the
+    worker's PICO_WORK_DIR), leaving the registering checkout untouched and pushing the night's experiment to the
+    remote; a commit that sets flow_timeout_s to 2 s makes the next run TimedOut (the worker pulled it; the project's
+    timeout applies to a worker's run). Then every record the runs left (Prefect logs, artifacts and the deployment,
+    MLflow params/tags/artifacts, lineage, manifest, DVC config and dvc.lock) is scanned for the stack's
+    credentials."""
+    from prefect import get_client
     from prefect.deployments import run_deployment
+    from stack_support import STATE
 
-    from flows.deploy import build_deployment
+    from flows import deploy
 
-    project, name = stack_project, model_name(stack_project)
-    dep = build_deployment(str(project), name=name, pool=os.environ["PICO_PREFECT_POOL"])
-    dep.apply(work_pool_name=os.environ["PICO_PREFECT_POOL"])
+    project, name, pool = stack_project, model_name(stack_project), os.environ["PICO_PREFECT_POOL"]
+    set_params(project, pipeline__dvc__exp_push="origin")  # the night's history leaves with the run's clone
+    commit_all(project, "nightly experiments pushed to origin")
+    add_flow_code(project)
+    remote = tmp_path / "team.git"
+    run(["git", "clone", "-q", "--bare", str(project), str(remote)], tmp_path)
+    here = tmp_path / "laptop" / "pico"  # the checkout that registers the deployment
+    run(["git", "clone", "-q", f"file://{remote}", str(here)], tmp_path)
+    assert deploy.main(["--project", str(here), "--apply", "--pool", pool, "--name", name]) == 0
+
     flow_run = run_deployment(f"nightly-merge/{name}", timeout=900, poll_interval=3)
     assert flow_run.state.is_completed(), flow_run.state
     assert champion(name) == "1"
+    logs = _flow_run_logs(flow_run.id)
+    assert any("git_clone" in log.message for log in logs), "the run did not clone the repository"
+    [where] = [log.message for log in logs if log.message.startswith("project ")]
+    ran_in, code, work = (part.split(" ", 1)[1] for part in where.split(", "))
+    print(f"the worker's run: {where}")
+    assert ran_in == code and Path(ran_in).name != here.name and not ran_in.startswith(str(tmp_path)), where
+    assert work == str(STATE / "work")  # the worker's PICO_WORK_DIR, outside the clone
+    v1 = mlflow_client().get_model_version(name, "1")
+    key = mlflow_client().get_run(v1.run_id).data.tags["pico.merge_key"]
+    assert (STATE / "work" / "store" / key[:32]).is_dir()
+    assert run(["git", "status", "--porcelain"], here).stdout == "" and not (here / "build").exists()
+    assert run(["git", "for-each-ref", "refs/exps"], here).stdout == ""
+    exps = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], remote).stdout.split()
+    assert len(exps) == 1, exps  # the night's DVC experiment, pushed from the worker's clone
+
+    set_params(here, pipeline__schedule__flow_timeout_s=2)
+    commit_all(here, "a 2 s night")
+    run(["git", "push", "-q", "origin", "HEAD"], here)
+    timed_out = run_deployment(f"nightly-merge/{name}", timeout=900, poll_interval=3)
+    assert timed_out.state.name == "TimedOut", timed_out.state
+    assert "pipeline.schedule.flow_timeout_s (2 s)" in timed_out.state.message
+    assert versions(name) == ["1"] and champion(name) == "1"
 
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
         artifacts = client.read_artifacts()
-    assert logs, "the worker's run logged nothing to the API"
-    texts = {"prefect logs": "\n".join(log.message for log in logs),
-             "prefect artifacts": "\n".join(json.dumps(a.model_dump(mode="json")) for a in artifacts)}
+        deployment = client.read_deployment_by_name(f"nightly-merge/{name}")
+    texts = {"prefect logs": "\n".join(log.message for log in logs + _flow_run_logs(timed_out.id)),
+             "prefect artifacts": "\n".join(json.dumps(a.model_dump(mode="json")) for a in artifacts),
+             "prefect deployment": json.dumps(deployment.model_dump(mode="json"))}
     c = mlflow_client()
-    v = c.get_model_version(name, "1")
-    r = c.get_run(v.run_id)
+    r = c.get_run(v1.run_id)
     texts["mlflow params"] = json.dumps(r.data.params)
     texts["mlflow run tags"] = json.dumps(r.data.tags)
-    texts["mlflow version tags"] = json.dumps(v.tags)
+    texts["mlflow version tags"] = json.dumps(v1.tags)
     import mlflow.artifacts
 
     for art in ("lineage.json", "merge_manifest.json", "eval.json", "config/params.yaml"):
-        local = mlflow.artifacts.download_artifacts(run_id=v.run_id, artifact_path=art)
+        local = mlflow.artifacts.download_artifacts(run_id=v1.run_id, artifact_path=art)
         texts[f"artifact {art}"] = Path(local).read_text()
-    texts["dvc config"] = (project / ".dvc" / "config").read_text()
-    texts["dvc.lock"] = (project / "dvc.lock").read_text()
+    texts["dvc config"] = run(["git", "show", f"{exps[0]}:.dvc/config"], remote).stdout
+    texts["dvc.lock"] = run(["git", "show", f"{exps[0]}:dvc.lock"], remote).stdout
+    assert "merged" in texts["dvc.lock"]
     for s, value in stack_secrets().items():
         for where, text in texts.items():
             assert value not in text, f"credential {s} appears in {where}"
+
+
+def test_the_prefect_api_refuses_requests_without_its_credential(stack):
+    """Issue 25 item 3: the stack's Prefect server runs with API auth (PREFECT_SERVER_API_AUTH_STRING): no or a
+    wrong credential gets 401; the clients' PREFECT_API_AUTH_STRING (env.sh: the worker's, the pipeline's, these
+    tests') works; the health probe stays open."""
+    from prefect import get_client
+
+    api = os.environ["PREFECT_API_URL"]
+    user, password = os.environ["PREFECT_API_AUTH_STRING"].split(":", 1)
+    assert requests.post(f"{api}/flows/filter", json={}, timeout=30).status_code == 401
+    assert requests.post(f"{api}/flows/filter", json={}, auth=(user, password + "x"), timeout=30).status_code == 401
+    assert requests.get(f"{api}/work_pools/{os.environ['PICO_PREFECT_POOL']}", timeout=30).status_code == 401
+    ok = requests.post(f"{api}/flows/filter", json={}, auth=(user, password), timeout=30)
+    assert ok.status_code == 200 and isinstance(ok.json(), list)
+    assert requests.get(f"{api}/health", timeout=30).status_code == 200
+    with get_client(sync_client=True) as client:  # Prefect's own client, from the environment
+        pool = client.read_work_pool(os.environ["PICO_PREFECT_POOL"])
+        workers = client.read_workers_for_work_pool(pool.name)
+    assert pool.type == "process" and any(w.status.value == "ONLINE" for w in workers)  # the worker got in too
 
 
 def _stack_processes() -> dict[int, str]:
