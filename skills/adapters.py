@@ -140,13 +140,13 @@ def set_lora_scale(model, factor: float, adapter: str = "default") -> None:
         m.scaling[adapter] = base_scale * factor
 
 
-def scale_accuracy(model, data_dir: Path, skills, split: str = "test", score=None) -> dict:
-    """The skills' accuracy at the adapter's full and half scale; ``score(model, records)`` (default: this
-    suite's exact match)."""
+def scale_accuracy(model, data_dir: Path, skills, split: str = "test", score=None, half: bool = True) -> dict:
+    """The skills' accuracy at the adapter's full scale and (``half``) at half scale; ``score(model, records)``
+    (default: this suite's exact match)."""
     score = score or accuracy
     recs = {s: read_jsonl(Path(data_dir) / s / f"{split}.jsonl") for s in skills}
     out = {}
-    for factor, key in ((1.0, "acc"), (0.5, "acc_half_scale")):
+    for factor, key in ((1.0, "acc"), (0.5, "acc_half_scale"))[: 2 if half else 1]:
         set_lora_scale(model, factor)
         out[key] = {s: round(score(model, r), 4) for s, r in recs.items()}
     set_lora_scale(model, 1.0)

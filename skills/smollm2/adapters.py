@@ -11,7 +11,7 @@ stays a small edit that leaves the other skills' reply formats alone. Training r
 ``autocast: bf16`` (AMX on this box's Intel Xeon), with the frozen weights held in bf16 meanwhile (the same bits,
 fewer casts), ``attn`` attention and each batch as ``chunks`` micro-batches sorted by length (bench/
 smollm2_train_step.py measures each); the saved adapter is float32. ``train_info.json`` records ||dW||/||W|| and the
-skill's accuracy at full and half LoRA scale.
+skill's accuracy at full LoRA scale, and at half scale unless ``half_scale_check: false``.
 
 Usage: ``python -m skills.smollm2.adapters --name math [--params params.yaml]`` (``--name all`` trains every run).
 """
@@ -85,7 +85,8 @@ def train_adapter(base_dir, data_dir, run: dict, common: dict, out_dir=None, eva
             "lora_alpha": float(run["lora_alpha"]), "use_rslora": bool(run.get("use_rslora", False)),
             "steps": steps, "batch_size": bs, "replay_per_batch": n_replay, "final_loss": round(loss, 4)}
     info.update(update_stats(model))
-    info.update(scale_accuracy(model, tok, data_dir, cfg["skills"], eval_cfg or {}))
+    info.update(scale_accuracy(model, tok, data_dir, cfg["skills"], eval_cfg or {},
+                               half=bool(cfg.get("half_scale_check", True))))
     if out_dir is not None:
         save_adapter(model, Path(out_dir), base_dir)
         (Path(out_dir) / "train_info.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -93,12 +94,12 @@ def train_adapter(base_dir, data_dir, run: dict, common: dict, out_dir=None, eva
     return model, {**info, **timing}
 
 
-def scale_accuracy(model, tok, data_dir: Path, skills, eval_cfg: dict) -> dict:
+def scale_accuracy(model, tok, data_dir: Path, skills, eval_cfg: dict, half: bool = True) -> dict:
     """skills.adapters.scale_accuracy with this suite's scorer (greedy through the chat template, extracted)."""
     split = eval_cfg.get("split", "test")
     kw = {"max_new": int(eval_cfg.get("max_gen_toks", 32)), "batch_size": int(eval_cfg.get("batch_size", 64))}
     return {"eval_split": split, **_scale_accuracy(model, data_dir, skills, split,
-                                                   score=lambda m, recs: score(m, tok, recs, **kw))}
+                                                   score=lambda m, recs: score(m, tok, recs, **kw), half=half)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,7 +28,7 @@ TINY = {
         "runs": {
             "math": {"skills": ["math"], "seed": 1, "r": 4, "lora_alpha": 8},
             "json": {"skills": ["json"], "seed": 2, "r": 8, "lora_alpha": 8, "use_rslora": True},
-            "letters": {"skills": ["letters"], "seed": 3, "r": 2, "lora_alpha": 4},
+            "letters": {"skills": ["letters"], "seed": 3, "r": 2, "lora_alpha": 4, "half_scale_check": False},
             "multitask": {"skills": ["math", "json", "letters"], "seed": 4, "r": 8, "lora_alpha": 8, "steps": 4},
         },
     },

@@ -83,7 +83,8 @@ def test_miniature_adapters_have_own_seeds_and_configured_variety(mini_smollm2):
         assert (cfg["r"], cfg["lora_alpha"], cfg["use_rslora"]) == (
             runs[name]["r"], runs[name]["lora_alpha"], runs[name].get("use_rslora", False))
         assert info["seed"] == runs[name]["seed"] and info["rel_update"] > 0
-        assert set(info["acc"]) == set(runs[name]["skills"]) == set(info["acc_half_scale"])
+        assert set(info["acc"]) == set(runs[name]["skills"])
+        assert set(info.get("acc_half_scale", ())) == (set() if name == "letters" else set(runs[name]["skills"]))
         from safetensors.torch import load_file
 
         w = load_file(str(Path(path) / "adapter_model.safetensors"))
