@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from tara_helpers import delta, peaked_base, rel
 
 import pico
 from pico.adapters import load_adapters
@@ -37,27 +37,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture(scope="module")
 def peaked(make_adapter, tmp_path_factory):
     """A tiny base whose predictions are far from uniform (large init), so entropies move visibly, + 2 adapters."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    root = tmp_path_factory.mktemp("peaked")
-    torch.manual_seed(5)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         initializer_range=0.3)
-    LlamaForCausalLM(config).save_pretrained(root / "base")
-    adapters = [make_adapter(root / "base", root / "x", r=4, alpha=8, seed=11),
-                make_adapter(root / "base", root / "y", r=6, alpha=6, seed=12)]
-    return root / "base", adapters
-
-
-def delta(path: Path, module: str) -> torch.Tensor:
-    t = load_file(str(path / "adapter_model.safetensors"))
-    key = f"base_model.model.{module}.lora_"
-    return t[key + "B.weight"].double() @ t[key + "A.weight"].double()
-
-
-def rel(x, y):
-    return float((x - y).norm() / y.norm().clamp_min(1e-30))
+    return peaked_base(make_adapter, tmp_path_factory.mktemp("peaked"), 5, (11, 12))
 
 
 def test_coefficient_count_per_variant(random_prompts, base, adapters):

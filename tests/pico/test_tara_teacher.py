@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from tara_helpers import delta, peaked_base, rel
 
 import pico
 from pico.adapters import load_adapters
@@ -30,27 +30,7 @@ def teacher_cfg(**kw) -> TaraConfig:
 @pytest.fixture(scope="module")
 def peaked(make_adapter, tmp_path_factory):
     """A tiny base with peaked predictions (large init) and two adapters whose replies differ from the base's."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    root = tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(7)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         initializer_range=0.3, eos_token_id=2, bos_token_id=1)
-    LlamaForCausalLM(config).save_pretrained(root / "base")
-    adapters = [make_adapter(root / "base", root / "x", r=4, alpha=8, seed=21),
-                make_adapter(root / "base", root / "y", r=6, alpha=6, seed=22)]
-    return root / "base", adapters
-
-
-def delta(path: Path, module: str) -> torch.Tensor:
-    t = load_file(str(path / "adapter_model.safetensors"))
-    key = f"base_model.model.{module}.lora_"
-    return t[key + "B.weight"].double() @ t[key + "A.weight"].double()
-
-
-def rel(x, y):
-    return float((x - y).norm() / y.norm().clamp_min(1e-30))
+    return peaked_base(make_adapter, tmp_path_factory.mktemp("teacher"), 7, (21, 22), eos_token_id=2, bos_token_id=1)
 
 
 def test_teacher_is_each_adapter_alone_and_its_replies_are_cached(random_prompts, peaked, tmp_path):
