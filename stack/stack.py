@@ -471,7 +471,8 @@ def up() -> int:
         f"({time.monotonic() - t0:.1f} s)")
     dask_up(s)
     log(f"dask       tcp://{HOST}:{PORTS['dask']}  workers gpu-0, gpu-1 (GPU=1)  ({time.monotonic() - t0:.1f} s)")
-    env_file = write_env_file(pipeline_env(s))
+    # the port base too: the stack tests restart single services through this script (tests/stack/stack_support.py)
+    env_file = write_env_file({**pipeline_env(s), "PICO_STACK_PORT_BASE": str(BASE_PORT)})
     log(f"up in {time.monotonic() - t0:.1f} s; point the pipeline at it with: source {env_file.relative_to(ROOT)}")
     return 0
 

@@ -11,6 +11,7 @@ refusal permanent unless its code says temporary.
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from ..environ import export_env, mlflow_env
 from ..errors import PipelineError
 from ..files import project_lock
 from ..settings import Settings
+
+log = logging.getLogger("pico.registry")
 
 
 class RegistryUnavailable(PipelineError):
@@ -172,18 +175,60 @@ def check_guard(settings: Settings) -> str | None:
     return name
 
 
+class GuardUnavailable(PipelineError):
+    """The alias guard could not be taken (the Prefect server is unreachable or refused, or another run held it past
+    the timeout): nothing was registered or moved under it; a rerun can succeed."""
+
+
+# how long the Prefect server keeps a slot whose holder never released it (prefect's concurrency() default)
+GUARD_LEASE_S = 300
+
+
+@contextmanager
+def _guard_slot(name: str, timeout_s: float):
+    """One slot of the Prefect global concurrency limit ``name``, held while the body runs. A slot that cannot be
+    taken raises :class:`GuardUnavailable` before the body runs. A slot that cannot be given back (the server went
+    away meanwhile) is logged, never raised: raising would replace the body's own error (a registry failure would
+    read as Prefect's) or fail a body that did its work under the guard; the server frees the slot when its lease
+    expires (``GUARD_LEASE_S``)."""
+    from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import concurrency
+
+    held = concurrency(name, occupy=1, timeout_seconds=timeout_s, lease_duration=GUARD_LEASE_S, strict=True)
+    try:
+        held.__enter__()
+    except (ConcurrencySlotAcquisitionError, TimeoutError) as exc:
+        cause = " ".join(f"{e!s} ({type(e).__name__})" for e in (exc, exc.__cause__) if e is not None)
+        raise GuardUnavailable(
+            f"the alias guard, the Prefect global concurrency limit {name!r} on {prefect_server()}, could not be "
+            f"taken: {cause[:400]}: nothing was registered or promoted and no alias moved; rerun when the Prefect "
+            "server answers (whatever was merged and scored is cached)") from exc
+    failed: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        failed = exc
+        raise
+    finally:
+        try:
+            held.__exit__(type(failed) if failed else None, failed, failed.__traceback__ if failed else None)
+        except Exception as exc:
+            if exc is not failed:
+                log.warning("the alias guard's slot of %r was not given back (%s: %s); the Prefect server frees it "
+                            "when its lease expires, within %d s", name, type(exc).__name__, exc, GUARD_LEASE_S)
+
+
 @contextmanager
 def registry_guard(settings: Settings):
     """Mutual exclusion for registering versions and moving aliases: a file lock (runs on this host) and, whenever a
     Prefect server is configured, its global concurrency limit ``pipeline.mlflow.registry_limit`` (runs on every host
-    that shares the Prefect API). ``strict``: a limit that does not exist is an error, never a silent no-lock."""
+    that shares the Prefect API; :func:`_guard_slot`). ``strict``: a limit that does not exist is an error, never a
+    silent no-lock."""
     cfg = settings.pipeline.mlflow
     name = guard_limit(settings)
     with project_lock(settings.work, "registry"):
         if not name:
             yield
             return
-        from prefect.concurrency.sync import concurrency
-
-        with concurrency(name, occupy=1, timeout_seconds=cfg.registry_limit_timeout_s, strict=True):
+        with _guard_slot(name, cfg.registry_limit_timeout_s):
             yield

@@ -254,7 +254,8 @@ def search_tags(found: SearchResult | None, test: EvalResult) -> dict[str, str]:
 def record_search_and_gate(settings: Settings, registered: Registration, ev: Evaluation,
                            found: SearchResult | None) -> None:
     """Child runs per candidate; the outcomes table, the search summary and the gate's statistics on the night's
-    run; the search's tags on the version (unless the version existed already)."""
+    run; the search's tags on the version (on a reused version only those it lacks: the night that registered it
+    may have died before writing them, e.g. SIGKILLed right after registering)."""
     if found is not None:
         log_candidates(settings, registered.run_id, found)
     models = {"merged": ev.merged}
@@ -276,9 +277,11 @@ def record_search_and_gate(settings: Settings, registered: Registration, ev: Eva
         if ev.verdict is not None:
             c.log_dict(registered.run_id, ev.verdict.model_dump(), "gate.json")
         tags = search_tags(found, ev.merged)
-        if tags and not registered.reused:
-            for k, v in tags.items():
-                c.set_model_version_tag(settings.model_name, registered.version, k, str(v)[:4900])
+        if tags and registered.reused:  # its own night's record stands; what that night never wrote is added
+            have = c.get_model_version(settings.model_name, registered.version).tags
+            tags = {k: v for k, v in tags.items() if k not in have}
+        for k, v in tags.items():
+            c.set_model_version_tag(settings.model_name, registered.version, k, str(v)[:4900])
 
 
 def run_url(settings: Settings, experiment_id: str, run_id: str) -> str:

@@ -131,6 +131,35 @@ def test_unchanged_rerun_uploads_nothing(night):
     assert c.get_run(again["registered"]["run_id"]).data.tags["pico.reused_version"] == "1"
 
 
+
+def test_a_reused_version_gets_the_search_tags_it_lacks_and_keeps_its_own(tmp_path, adapters, base, monkeypatch):
+    """Issue 25 item 9: a night SIGKILLed right after registering its version never tagged it with its search and
+    stderr record; the rerun reuses the version and adds what it lacks, never overwriting what the version's own
+    night wrote."""
+    from types import SimpleNamespace
+
+    from pipeline.records import EvalResult, Evaluation, Registration
+    from pipeline.settings import load_settings
+    from pipeline.tracking import runs
+
+    settings = load_settings(make_project(tmp_path / "p", adapters, base, dvc_init=False))
+    written: dict[str, str] = {}
+    own = {"eval.mean_stderr": "0.010000"}  # what the version's own night wrote before it died
+    fake = SimpleNamespace(log_table=lambda *a, **k: None, log_dict=lambda *a, **k: None,
+                           get_model_version=lambda name, version: SimpleNamespace(tags=dict(own)),
+                           set_model_version_tag=lambda name, version, k, v: written.__setitem__(k, v))
+    monkeypatch.setattr(runs, "client", lambda s: fake)
+    merged = EvalResult(key="k", scores={"t1": 0.5, "t2": 0.7}, mean=0.6, seconds=0.0, label="merged",
+                        stderr={"t1": 0.02, "t2": 0.03}, mean_stderr=0.02)
+    ev = Evaluation(benchmark={}, fingerprint="f" * 64, merged=merged)
+    reg = Registration(run_id="r", experiment_id="e", model=settings.model_name, version="1", reused=True,
+                       artifact_uri="x")
+    runs.record_search_and_gate(settings, reg, ev, None)
+    assert written == {"eval.stderr": json.dumps({"t1": 0.02, "t2": 0.03}, sort_keys=True)}
+    runs.record_search_and_gate(settings, reg.model_copy(update={"reused": False}), ev, None)  # a new version: all
+    assert written["eval.mean_stderr"] == "0.020000"
+
+
 LOAD_ELSEWHERE = """
 import json, os, shutil, sys
 for name in ("pico", "pipeline", "flows", "skills"):  # the version must load with none of the project's code

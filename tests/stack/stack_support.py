@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import functools
+import importlib.util
 import os
 import socket
 import sys
@@ -76,3 +78,13 @@ def champion(name: str) -> str | None:
         return str(mlflow_client().get_model_version_by_alias(name, "champion").version)
     except MlflowException:
         return None
+
+
+@functools.cache
+def stack_script():
+    """stack/stack.py as a module, to stop and start single services of the running stack: it knows where the
+    cluster, the pid files and the logs are, and its ports (PICO_STACK_PORT_BASE, from build/stack/env.sh)."""
+    spec = importlib.util.spec_from_file_location("pico_stack", REPO / "stack" / "stack.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

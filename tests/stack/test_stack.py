@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 from pipeline_helpers import add_flow_code, dvc, make_project, nightly, run, set_params
-from stack_support import REPO, champion, commit_all, mlflow_client, model_name, stack_secrets, use_s3_remote, versions
+from stack_support import (REPO, champion, commit_all, mlflow_client, model_name, stack_script, stack_secrets,
+                           use_s3_remote, versions)
 
 
 def test_nights_on_the_stack_history_and_lineage_from_a_fresh_clone(stack_project, tmp_path):
@@ -257,16 +258,6 @@ def test_no_credential_in_service_logs_or_on_the_process_table(stack):
             assert value not in text, f"credential {key} in the service log {name}"
 
 
-def _restart_postgres() -> None:
-    """pg_ctl restart of the stack's own cluster, through stack/stack.py (it knows where the cluster lives)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pico_stack", REPO / "stack" / "stack.py")
-    stack = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stack)
-    stack.pg_ctl("restart", "-m", "fast", "-w", "-l", str(stack.PG_LOG))
-
-
 PROMOTE = """
 import sys, time
 from pipeline.settings import load_settings
@@ -315,38 +306,155 @@ def test_two_workers_promoting_at_once_leave_one_champion(stack_project, tmp_pat
     assert tags[better]["promotion"] == "champion" and tags[worse]["promotion"] == "candidate"
 
 
-def test_postgres_restarted_mid_night_moves_no_alias_and_the_next_night_completes(stack_project, monkeypatch):
-    """PostgreSQL (MLflow's backend) restarts between versioning and registration: the night either completes
-    (the server reconnects) or fails clearly; no alias moves on failure; the next night completes."""
+def test_storage_and_database_faults_during_register_lose_nothing(stack_project, monkeypatch, tmp_path):
+    """Issue 25 item 9, faults at the exact moment in the register step, three nights on one model:
+    1. the S3 server (moto) SIGKILLed while the logged model's files are uploaded (one file is in): the night fails
+       with RegistryUnavailable, no version exists (none points at missing files; the logged model is FAILED), no
+       alias; moto is started again (it forgets its objects: the buckets are made anew);
+    2. PostgreSQL (MLflow's and Prefect's database) stopped as the version is created and kept down until that call
+       has failed, MLflow's HTTP retries included: RegistryUnavailable, no version, no alias;
+    3. PostgreSQL restarted just before register: the night completes (MLflow's pool pre-pings and reconnects) or
+       fails clearly with no alias, and a next night completes: one version, champion, every file of it readable."""
+    import signal
+
+    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+    from mlflow.tracking import MlflowClient
+
+    from pipeline_helpers import file_hashes
+
+    from pipeline.settings import load_settings
     from pipeline.tracking import client
     from pipeline.tracking import runs as registry
+    from pipeline.tracking.models import download_version
 
+    stack = stack_script()
     name = model_name(stack_project)
-    original = registry.register
-    restarted = []
+    killed: list[str] = []
+    real_put = HttpArtifactRepository.log_artifact
+
+    def put_then_kill_s3(self, local_file, artifact_path=None):
+        real_put(self, local_file, artifact_path)
+        if not killed and "/models/m-" in self.artifact_uri:  # the logged model's first file is in; the rest not
+            os.killpg(stack.read_pid("s3"), signal.SIGKILL)
+            killed.append(f"{self.artifact_uri} after {Path(local_file).name}")
+
+    monkeypatch.setattr(HttpArtifactRepository, "log_artifact", put_then_kill_s3)
+    try:
+        with pytest.raises(client.RegistryUnavailable, match=r"\(registering\).*mlflow-artifacts") as failed:
+            nightly(stack_project)
+    finally:
+        stack.stop("s3")  # forget the dead process's pid file
+        stack.s3_up(stack.secrets_env())  # moto forgets its objects: the buckets again, empty
+    print(f"S3 killed during the upload ({killed}): {str(failed.value)[:300]}")
+    assert killed, "the logged model's upload never ran"
+    assert versions(name) == [] and champion(name) is None
+    exp = mlflow_client().get_experiment_by_name(name).experiment_id  # the half-uploaded model is marked so
+    assert [str(m.status) for m in mlflow_client().search_logged_models([exp])] == ["FAILED"]
+    monkeypatch.undo()
+
+    real_create = MlflowClient.create_model_version
+    down: list[float] = []
+
+    def create_while_postgres_is_down(self, *args, **kw):  # down for the whole call, MLflow's HTTP retries included
+        stack.pg_ctl("stop", "-m", "fast", "-w")
+        t0 = time.monotonic()
+        try:
+            return real_create(self, *args, **kw)
+        finally:
+            down.append(time.monotonic() - t0)
+            stack.pg_ctl("start", "-w", "-t", "60", "-l", str(stack.PG_LOG))
+
+    monkeypatch.setattr(MlflowClient, "create_model_version", create_while_postgres_is_down)
+    with pytest.raises(client.RegistryUnavailable, match=r"\(registering\).*model-versions/create") as failed:
+        nightly(stack_project)
+    print(f"PostgreSQL down {down} s during register: {str(failed.value)[:300]}")
+    assert down and versions(name) == [] and champion(name) is None
+    monkeypatch.undo()
+
+    real_register, restarted = registry.register, []
 
     def register_after_a_restart(*args, **kw):
         if not restarted:
-            _restart_postgres()
-            restarted.append(time.time())
-        return original(*args, **kw)
+            stack.pg_ctl("restart", "-m", "fast", "-w", "-l", str(stack.PG_LOG))
+            restarted.append(time.monotonic())
+        return real_register(*args, **kw)
 
     monkeypatch.setattr(registry, "register", register_after_a_restart)
     try:
         out = nightly(stack_project)
-        failed = None
-    except Exception as exc:  # a clear failure is allowed; silently moved aliases are not
-        out, failed = None, exc
+    except client.RegistryUnavailable as exc:  # a clear failure is allowed; a moved alias is not
+        print(f"PostgreSQL restarted before register: the night failed: {exc!r}"[:400])
+        assert versions(name) == [] and champion(name) is None
+        out = nightly(stack_project)
     assert restarted
-    print(f"PostgreSQL restarted mid-night: the night {'failed: ' + repr(failed)[:300] if failed else 'completed'}")
-    if failed is not None:
-        assert isinstance(failed, client.RegistryUnavailable), repr(failed)
-        assert champion(name) is None
-    else:
-        assert out["decision"]["promoted"] and champion(name) == out["registered"]["version"]
-    monkeypatch.setattr(registry, "register", original)
-    again = nightly(stack_project)
-    assert champion(name) == again["registered"]["version"] and versions(name) == [again["registered"]["version"]]
+    version = out["registered"]["version"]
+    assert out["decision"]["promoted"] and champion(name) == version and versions(name) == [version]
+    source = mlflow_client().get_model_version(name, version).source  # every file of it is there, byte for byte
+    got = download_version(load_settings(stack_project), source, tmp_path / "downloaded")
+    assert file_hashes(got) == file_hashes(out["store"])
+
+
+KILLED_BEFORE_PROMOTE = """
+import os, signal, sys
+from flows.nightly import nightly_merge
+from pipeline.tracking import runs
+def killed(*args, **kw):  # the night's process dies the moment its version exists: before its records, the promote
+    os.kill(os.getpid(), signal.SIGKILL)
+runs.record_search_and_gate = killed
+nightly_merge(project=sys.argv[1])
+"""
+
+
+def test_a_night_killed_or_cut_from_prefect_before_promote_moves_no_alias(stack_project, monkeypatch):
+    """Issue 25 item 9, between register and promote, three nights on one model:
+    1. the night's process SIGKILLed the moment its version is registered (before the run's search and gate records
+       and the promote step): one version, no alias;
+    2. a rerun during which the Prefect server is stopped as the promote step starts: it registers nothing new (the
+       version with this identity is reused) and moves no alias: the promote cannot take the alias guard (the
+       Prefect global concurrency limit) and does not proceed without it;
+    3. Prefect back, the next night completes: the same version, champion, aliases and tags consistent."""
+    from pipeline import steps
+    from pipeline.tracking.client import GuardUnavailable
+    from pipeline_helpers import subprocess_env
+
+    stack = stack_script()
+    project, name = stack_project, model_name(stack_project)
+    proc = subprocess.run([sys.executable, "-c", KILLED_BEFORE_PROMOTE, str(project)], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert versions(name) == ["1"] and champion(name) is None
+    assert not mlflow_client().get_registered_model(name).aliases
+
+    real_promote = steps.promote
+    raised: list[BaseException] = []
+
+    def promote_without_prefect(*args, **kw):
+        stack.stop("prefect")
+        try:
+            return real_promote(*args, **kw)
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    monkeypatch.setattr(steps, "promote", promote_without_prefect)
+    try:
+        with pytest.raises(Exception) as failed:
+            nightly(project)
+    finally:
+        monkeypatch.setattr(steps, "promote", real_promote)
+        stack.prefect_up(stack.secrets_env())
+    print(f"Prefect stopped before promote: the night failed: {failed.value!r}"[:400],
+          f"; the promote step: {raised[0]!r}"[:400] if raised else "")
+    assert raised and isinstance(raised[0], GuardUnavailable), raised
+    assert versions(name) == ["1"]  # reused, not a duplicate
+    assert not mlflow_client().get_registered_model(name).aliases  # nothing moved without the guard
+
+    out = nightly(project)
+    assert (out["registered"]["version"], out["registered"]["reused"]) == ("1", True)
+    assert out["decision"]["promoted"] and versions(name) == ["1"]
+    model = mlflow_client().get_registered_model(name)
+    assert dict(model.aliases) == {"champion": "1"}
+    assert mlflow_client().get_model_version(name, "1").tags["promotion"] == "champion"
 
 
 def test_a_dask_worker_killed_mid_merge_is_rescheduled_with_identical_bytes(stack_project, tmp_path):
