@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,42 @@ def round_sig_array(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def progress(total: int, enabled: bool, desc: str, unit: str = "module"):
-    """A tqdm bar (hidden when disabled or when stderr is not a terminal)."""
+Reporter = Callable[[str, int, int, str], None]  # (what, done, total, unit): a progress line for a log
+
+
+def progress(total: int, enabled: bool | Reporter, desc: str, unit: str = "module"):
+    """A tqdm bar (hidden when disabled or when stderr is not a terminal); ``enabled`` may instead be a reporter
+    ``(what, done, total, unit)``, called at the start and after each update: the lines a log shows where no bar can
+    (a scheduler's task, a file)."""
+    if callable(enabled):
+        return _Reported(total, enabled, desc, unit)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=None if enabled else True, leave=False)
+
+
+class _Reported:
+    """The part of tqdm's interface the producers use, reporting to a callable instead of drawing a bar."""
+
+    def __init__(self, total: int, report: Reporter, desc: str, unit: str):
+        self.total, self.report, self.desc, self.unit, self.n, self.postfix = total, report, desc, unit, 0, ""
+        report(desc, 0, total, unit)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.report(self.desc + (f" ({self.postfix})" if self.postfix else ""), self.n, self.total, self.unit)
+
+    def set_postfix(self, **kw) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in kw.items())
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def adapter_config(aset: AdapterSet, ranks: dict[str, int]) -> dict:

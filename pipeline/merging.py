@@ -245,11 +245,12 @@ def check_prompts(fetched: list[FetchedSource], label: str) -> list[str]:
 
 
 def learn_into_store(settings: Settings, aset: pico.AdapterSet, fetched: list[FetchedSource], base: FetchedSource,
-                     config, key: str, label: str = "learned") -> tuple[MergeResult, dict]:
+                     config, key: str, label: str = "learned", report=None) -> tuple[MergeResult, dict]:
     """The learned merge (``pico.tara.tara_merge``: each adapter the teacher of its own prompts) in the store: a
     verified copy if there is one, else trained and written atomically under the key's lock. Teacher replies are
-    cached by content under ``<work>/teacher-cache``. Returns the merge and its training record (init, steps, loss
-    curve, seconds; the seconds are this night's, 0 when the store had it)."""
+    cached by content under ``<work>/teacher-cache``. ``report``: a pico progress reporter (progress lines for the
+    night's log, in place of pico's terminal bars) when ``pipeline.learn.progress`` is on. Returns the merge and its
+    training record (init, steps, loss curve, seconds; the seconds are this night's, 0 when the store had it)."""
     p = settings.pipeline
     out = store_dir(settings, key)
     manifest = verify_dir(out)
@@ -264,7 +265,8 @@ def learn_into_store(settings: Settings, aset: pico.AdapterSet, fetched: list[Fe
                 with torch_threads(learn_threads(settings)):
                     manifest = tara_merge(base.path, aset, prompts, out, config, device=p.device,
                                           dtype=getattr(torch, p.dtype), overwrite=out.exists(),
-                                          progress=p.learn.progress, cache_dir=settings.work / "teacher-cache")
+                                          progress=(report or True) if p.learn.progress else False,
+                                          cache_dir=settings.work / "teacher-cache")
                 seconds = {k: round(manifest.pop(k), 2) for k in ("seconds_prepare", "seconds_train")}
                 manifest.pop("seconds", None)
     check_sources(manifest, fetched)

@@ -68,6 +68,27 @@ def log_progress(futures: list, what: str, log) -> None:
         log.info("%d/%d %s done, %.0f s elapsed%s", i, n, what, elapsed, f", about {eta:.0f} s left" if i < n else "")
 
 
+def progress_lines(log, label: str, every_s: float = 15.0):
+    """A pico progress reporter (``pico.output.Reporter``) writing to ``log``: one line per stage of work when it
+    starts, then at most one each ``every_s`` seconds and one at its end, each with the elapsed time and an estimate
+    of the rest: what a log and the Prefect UI show of a long learned merge, where no terminal bar can."""
+    started: dict[str, float] = {}
+    last: dict[str, float] = {}
+
+    def report(what: str, done: int, total: int, unit: str) -> None:
+        stage = what.split(" (")[0]
+        now = time.monotonic()
+        t0 = started.setdefault(stage, now)
+        if 0 < done < total and now - last.get(stage, t0) < every_s:
+            return
+        last[stage] = now
+        elapsed = now - t0
+        eta = f", about {elapsed / done * (total - done):.0f} s left" if 0 < done < total else ""
+        log.info("%s: %s %d/%d %ss, %.0f s%s", label, what, done, total, unit, elapsed, eta)
+
+    return report
+
+
 def gpu_annotation(settings: Settings):
     """Dask annotation asking for one unit of the GPU resource (a no-op context otherwise)."""
     cfg = settings.pipeline.task_runner

@@ -57,8 +57,9 @@ def record_path(settings: Settings, key: str) -> Path:
 
 
 def run_candidate(settings: Settings, aset: pico.AdapterSet, fetched: list[FetchedSource], base: FetchedSource,
-                  candidate: Candidate, merge_key: str, key: str) -> CandidateRecord:
-    """Merge + validation score of one candidate (``key``: its :func:`candidate_key`), cached by content."""
+                  candidate: Candidate, merge_key: str, key: str, report=None) -> CandidateRecord:
+    """Merge + validation score of one candidate (``key``: its :func:`candidate_key`), cached by content;
+    ``report``: the learned merge's progress lines (:func:`merging.learn_into_store`)."""
     path = record_path(settings, key)
     if path.is_file():
         return CandidateRecord(**json.loads(path.read_text()), cached=True)
@@ -66,7 +67,7 @@ def run_candidate(settings: Settings, aset: pico.AdapterSet, fetched: list[Fetch
     training = None
     if candidate.kind == "learned":
         merged, training = merging.learn_into_store(settings, aset, fetched, base, candidate.tara_config(), merge_key,
-                                                    candidate.label)
+                                                    candidate.label, report)
     else:
         merged = merging.merge_into_store(settings, aset, fetched, candidate.recipe_obj(), key=merge_key)
     t1 = time.perf_counter()

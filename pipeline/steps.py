@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 import pico
 from pico.writer import json_digest
 
-from . import evaluation, gate, merging, notify, render, search, sources, versioning
+from . import evaluation, gate, merging, notify, render, runtime, search, sources, versioning
 from .errors import is_permanent
 from .records import (
     Candidate,
@@ -119,10 +119,11 @@ def score_candidate(settings: Settings, aset: pico.AdapterSet, fetched: list[Fet
     if candidate.kind == "learned" and not search.record_path(settings, key).is_file():
         cfg = candidate.tara_config().resolve(len(fetched))
         get_run_logger().info("%s: teacher replies to %d prompts (cached by content), then %s training steps on %d "
-                              "torch threads (minutes on a CPU: pico's bars show each on a terminal)", candidate.label,
+                              "torch threads (minutes on a CPU: progress below)", candidate.label,
                               sum(f.prompts.n for f in fetched if f.prompts), cfg.total_steps(cfg.steps_per_epoch),
                               merging.learn_threads(settings))
-    rec = search.run_candidate(settings, aset, fetched, base, candidate, merge_key, key)
+    rec = search.run_candidate(settings, aset, fetched, base, candidate, merge_key, key,
+                               runtime.progress_lines(get_run_logger(), candidate.label))
     get_run_logger().info("%-40s validation mean %.4f%s", candidate.label, rec.validation.mean,
                           " (cached)" if rec.cached else f" (merge {rec.merge_s} s, score {rec.score_s} s)")
     if rec.training and not rec.cached:

@@ -143,7 +143,7 @@ def _task_index(ranks: Sequence[int]) -> torch.Tensor:
 
 
 def build_layers(model: nn.Module, aset: AdapterSet, config: TaraConfig, device: torch.device,
-                 progress: bool = False) -> dict[str, TaraLinear]:
+                 progress: object = False) -> dict[str, TaraLinear]:
     """Replace every merged module of ``model`` by a :class:`TaraLinear` holding the variant's factors."""
     T = len(aset)
     init = config.lam / T

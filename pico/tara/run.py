@@ -12,7 +12,7 @@ import torch
 from .._version import __version__
 from ..adapters import AdapterSet, load_adapters
 from ..errors import OutputExistsError
-from ..output import AdapterWriter, natural_key, round_sig
+from ..output import AdapterWriter, Reporter, natural_key, round_sig
 from ..writer import json_digest
 from .config import TaraConfig
 from .inputs import hash_dir_files
@@ -135,7 +135,7 @@ def _round(x):
 def tara_merge(base: str | Path, sources: AdapterSet | Sequence[str | Path], inputs: Sequence, out: str | Path,
                config: TaraConfig | None = None, *, tokenizer=None, device: str = "auto",
                model_dtype: str = "float32", dtype: torch.dtype = torch.float32, overwrite: bool = False,
-               progress: bool = True, plot: bool = True, common_modules_only: bool = False,
+               progress: bool | Reporter = True, plot: bool = True, common_modules_only: bool = False,
                cache_dir: str | Path | None = None) -> dict:
     """TARA end to end: learn the coefficients and write one PEFT adapter + manifest + loss-curve plot to ``out``.
 

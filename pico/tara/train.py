@@ -12,6 +12,7 @@ import torch
 
 from ..adapters import AdapterSet
 from ..merge import resolve_device
+from ..output import Reporter
 from ..output import progress as progress_bar
 from ..rng import module_generator
 from .config import TaraConfig, TaraError
@@ -171,7 +172,7 @@ def load_tokenizer(tokenizer: str | Path | None, base: str | Path):
 
 def prepare(base: str | Path, aset: AdapterSet, inputs: Sequence, config: TaraConfig | None = None, *,
             tokenizer=None, device: str = "auto", model_dtype: str = "float32", model=None,
-            progress: bool = False, cache_dir: str | Path | None = None,
+            progress: bool | Reporter = False, cache_dir: str | Path | None = None,
             base_digest: str | None = None) -> TaraTrainer:
     """Load the base model (unless ``model`` is given), wrap its merged layers, tokenize the inputs, and compute each
     adapter's own entropy baseline (entropy objective) or each adapter's teacher replies, read from ``cache_dir``
@@ -222,7 +223,7 @@ def end_tokens(tokenizer, model) -> list[int]:
     return sorted(int(i) for i in ids)
 
 
-def train(trainer: TaraTrainer, progress: bool = True) -> TaraResult:
+def train(trainer: TaraTrainer, progress: bool | Reporter = True) -> TaraResult:
     """Run the configured steps of AdamW; record the loss curve."""
     cfg = trainer.config
     steps = cfg.total_steps(trainer.steps_per_epoch())

@@ -119,7 +119,10 @@ def test_learned_variants_start_at_the_init_merge_and_write_an_exact_peft_adapte
         assert rel(delta(tmp_path / "start", module), delta(tmp_path / "ref", module)) < 1e-5, module
 
     trainer = prepare(base, aset, prompts, teacher_cfg(variant=variant, init=init), device="cpu")
-    result = train(trainer, progress=False)
+    lines: list[tuple] = []  # progress as a reporter (what, done, total, unit): the lines a log shows
+    result = train(trainer, progress=lambda *line: lines.append(line))
+    assert [line[1:] for line in lines] == [(i, 3, "step") for i in range(4)]
+    assert lines[0][0] == f"{variant}, teacher (2 tasks)" and "loss" in lines[-1][0]
     manifest = write_tara(trainer, result, aset, base, tmp_path / "out")
     moved = [v["coefficients"]["relative_change"] for v in manifest["layers"].values()]
     assert max(moved) > 1e-3

@@ -60,7 +60,7 @@ def learned_project(plain_project, prompt_files, monkeypatch):
     monkeypatch.setenv("LEARNED_VAL", "0.8")
     monkeypatch.setenv("LEARNED_TEST", "0.85")
     set_params(plain_project, merge=SEARCH, pipeline__eval__baselines=False,
-               pipeline__eval__callable="learned_scorer:score", pipeline__learn={"threads": 1, "progress": False})
+               pipeline__eval__callable="learned_scorer:score", pipeline__learn={"threads": 1, "progress": True})
     return plain_project
 
 
@@ -171,3 +171,27 @@ def test_a_learned_grid_needs_prompts_for_every_adapter(learned_project):
     (learned_project / "adapters.yaml").write_text(yaml.safe_dump(catalog, sort_keys=False))
     with pytest.raises(ConfigError, match=r"gives none for code .*prompts:"):
         load_settings(learned_project, overrides={"merge": SEARCH})
+
+
+def test_progress_lines_give_elapsed_time_and_an_estimate_at_most_every_few_seconds(monkeypatch):
+    from pipeline import runtime
+
+    now = [100.0]
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: now[0])
+    logged = []
+
+    class Log:
+        def info(self, fmt, *args):
+            logged.append(fmt % args)
+
+    report = runtime.progress_lines(Log(), "tara/factors", every_s=15)
+    report("teacher replies", 0, 384, "prompt")
+    for done, t in ((64, 110), (128, 120), (192, 140), (384, 160)):
+        now[0] = t
+        report("teacher replies", done, 384, "prompt")
+    report("factors, teacher (6 tasks)", 0, 20, "step")
+    assert logged == ["tara/factors: teacher replies 0/384 prompts, 0 s",
+                      "tara/factors: teacher replies 128/384 prompts, 20 s, about 40 s left",  # 64 was 10 s in: quiet
+                      "tara/factors: teacher replies 192/384 prompts, 40 s, about 40 s left",
+                      "tara/factors: teacher replies 384/384 prompts, 60 s",  # the end: always
+                      "tara/factors: factors, teacher (6 tasks) 0/20 steps, 0 s"]
