@@ -354,3 +354,36 @@ def test_the_suite_switch_runs_the_pipeline_benchmark_on_the_suite(mini_smollm2,
         recs = read_jsonl(Path(mini_smollm2["data"]) / skill / "validation.jsonl")[:3]
         assert val.scores[skill] == pytest.approx(score(model, ev.tok, recs, 6, 8))
         assert len(val.outcomes[skill]) == 3
+
+
+def test_learned_merge_driver_writes_and_scores_each_checkpoint(mini_smollm2, tmp_path):
+    """skills.smollm2.learned (skills/learned.py) on the miniature: calibration prompts, the init merge and one
+    training step written and scored on the test split, one row each."""
+    import yaml
+    from peft import PeftModel
+
+    from skills.smollm2.common import load_base
+    from skills.smollm2.data import read_jsonl
+    from skills.smollm2.learned import main
+    from skills.smollm2.tiny import tiny_params
+
+    names = ["math", "json", "letters"]
+    calib = tmp_path / "calibration"
+    calib.mkdir()
+    for s in names:
+        rows = read_jsonl(Path(mini_smollm2["data"]) / s / "train.jsonl")[:3]
+        (calib / f"{s}.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
+    p = tiny_params()
+    paths = {"base": mini_smollm2["base"], "data": mini_smollm2["data"], "calibration": str(calib),
+             "adapters": str(Path(mini_smollm2["adapters"]["math"]).parent)}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"smollm2": {"paths": paths, "data": {**p["data"], "skills": names},
+                                                  "eval": p["eval"]}}))
+    main(["--params", str(params), "--out", str(tmp_path / "out"), "--json", str(tmp_path / "rows.jsonl"),
+          "--prompts", "2", "--checkpoints", "0,1", "--steps", "1", "--max-new", "4", "--threads", "1",
+          "--cache", str(tmp_path / "cache")])
+    rows = read_jsonl(tmp_path / "rows.jsonl")
+    assert [r["steps"] for r in rows] == [0, 1] and rows[0]["prompts"] == 2
+    assert all(set(r["test"]) == set(names) and 0 <= r["test_mean"] <= 1 for r in rows)
+    assert len(rows[1]["loss"]) == 1 and rows[0]["config"]["init"] == "tsv/core lam=0.5"
+    PeftModel.from_pretrained(load_base(mini_smollm2["base"])[0], str(tmp_path / "out" / "step-1"))  # loads
