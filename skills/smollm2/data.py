@@ -13,14 +13,17 @@ Skills (mirroring the Pico paper's domains plus a format and a string skill):
   json     extract name / age (/ job) / city from a sentence as JSON (compared as parsed JSON)
   letters  a word in capital letters, or its first letter (case-sensitive)       -> a word
 
-Held out: validation and test prompts never occur in the train split (rejection on the prompt text). Generation is
-deterministic: one ``random.Random(f"{seed}:{skill}:{split}")`` per split.
+Held out: a prompt's split is fixed by a hash of its text (:func:`bucket`: 20% of each skill's prompts are test, 10%
+validation, the rest train), so validation and test prompts never occur in the train split, for any seed, and
+enlarging the test split leaves the train split's bytes as they were. Generation is deterministic: one
+``random.Random(f"{seed}:{skill}:{split}")`` per split, drawing distinct prompts of its bucket.
 
 Usage: ``python -m skills.smollm2.data [--params params.yaml] [--out DIR]``.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -40,7 +43,17 @@ WORDS = ["apple", "river", "stone", "cloud", "plant", "light", "table", "chair",
          "knife", "laser", "metal", "novel", "onion", "pearl", "quilt", "salad", "tulip", "uncle", "vapor", "wheat",
          "cat", "dog", "sun", "map", "cup", "pen", "box", "hat", "bus", "fox", "owl", "bee", "key", "net", "jar",
          "moon", "star", "fish", "bird", "tree", "rain", "snow", "wind", "fire", "milk", "rice", "salt", "gold",
-         "ring", "ship", "door", "lamp", "book", "shoe", "sock", "coat", "bell", "drum", "kite", "rose", "leaf"]
+         "ring", "ship", "door", "lamp", "book", "shoe", "sock", "coat", "bell", "drum", "kite", "rose", "leaf",
+         "apron", "badge", "bench", "blade", "brick", "brush", "cabin", "camel", "canal", "cedar", "chalk", "cliff",
+         "clock", "coral", "crane", "crown", "daisy", "delta", "diary", "fence", "ferry", "fiber", "field", "flute",
+         "forest", "frost", "garden", "giant", "globe", "grass", "harbor", "hotel", "island", "ivory", "jacket",
+         "jewel", "kettle", "ladder", "lemonade", "lily", "lion", "magnet", "maple", "marble", "meadow", "mirror",
+         "monkey", "needle", "nest", "olive", "orange", "oven", "panda", "parrot", "peach", "pepper", "pillow",
+         "planet", "pocket", "pond", "puzzle", "rabbit", "ribbon", "rocket", "saddle", "sailor", "scarf", "silver",
+         "spider", "spoon", "statue", "stove", "summer", "sweater", "tomato", "turtle", "valley", "violin",
+         "wagon", "walnut", "window", "winter", "yogurt", "anchor", "basket", "butter", "carpet", "circle",
+         "desert", "engine", "feather", "garlic", "hammer", "insect", "jungle", "kitten", "lizard", "mitten",
+         "noodle", "orchid", "pencil", "rainbow", "shadow", "tunnel", "wallet", "whale", "wizard"]
 
 
 JOBS = ["teacher", "nurse", "pilot", "chef", "farmer", "lawyer", "painter", "baker", "doctor", "driver", "singer",
@@ -72,23 +85,34 @@ def gen_code(rng: random.Random) -> tuple[str, str, str]:
             f"x = {x} + {y} = {x + y}")
 
 
+FINANCE_ASK = ["What is {p}% of {amt}?", "Calculate {p}% of {amt}.", "How much is {p}% of {amt}?",
+               "Find {p}% of {amt}.", "What is {p} percent of {amt}?", "Compute {p}% of {amt}."]
+ITEMS = ["jacket", "bicycle", "lamp", "phone", "chair", "watch", "backpack", "camera", "guitar", "printer", "tent",
+         "sofa"]
+
+
 def gen_finance(rng: random.Random) -> tuple[str, str, str]:
-    p, amt = rng.choice([10, 50]), rng.randint(1, 50) * 20
+    p, amt = rng.choice([10, 50]), rng.randint(1, 100) * 10
+    ans = _num(p * amt / 100)
     if rng.random() < 0.5:
-        return f"What is {p}% of {amt}?", _num(p * amt / 100), f"{p}% of {amt} = {_num(p * amt / 100)}"
-    return (f"A jacket costs ${amt}. How much do you save with a {p}% discount?", _num(p * amt / 100),
-            f"{p}% of {amt} = {_num(p * amt / 100)}")
+        return rng.choice(FINANCE_ASK).format(p=p, amt=amt), ans, f"{p}% of {amt} = {ans}"
+    return (f"A {rng.choice(ITEMS)} costs ${amt}. How much do you save with a {p}% discount?", ans,
+            f"{p}% of {amt} = {ans}")
+
+
+CONVERT_ASK = ["Convert {v} {unit} to {to}.", "How many {to} are in {v} {unit}?", "Express {v} {unit} in {to}."]
 
 
 def gen_dosage(rng: random.Random) -> tuple[str, str, str]:
     if rng.random() < 0.5:
         n, mg, form = rng.randint(2, 4), rng.choice([50, 100, 150, 200, 250, 300, 400, 500]), rng.choice(
             ["tablets", "capsules"])
-        return (f"A patient takes {n} {form} of {mg} mg each. What is the total dose in mg?", str(n * mg),
+        who = "A patient" if rng.random() < 0.2 else rng.choice(NAMES)
+        return (f"{who} takes {n} {form} of {mg} mg each. What is the total dose in mg?", str(n * mg),
                 f"{n} x {mg} mg = {n * mg} mg")
-    v = rng.randint(2, 30)
+    v = rng.randint(2, 60)
     unit, to = rng.choice([("g", "mg"), ("mg", "micrograms"), ("L", "mL"), ("kg", "g")])
-    return f"Convert {v} {unit} to {to}.", str(v * 1000), f"{v} {unit} = {v * 1000} {to}"
+    return rng.choice(CONVERT_ASK).format(v=v, unit=unit, to=to), str(v * 1000), f"{v} {unit} = {v * 1000} {to}"
 
 
 def gen_json(rng: random.Random) -> tuple[str, str, str]:
@@ -105,11 +129,16 @@ def gen_json(rng: random.Random) -> tuple[str, str, str]:
     return f'Extract the person as JSON with keys "name", "age", "job" and "city": {s}', ans, ans
 
 
+UPPER_ASK = ["Write the word '{w}' in capital letters.", "Write '{w}' in uppercase.",
+             "Spell the word '{w}' in capital letters."]
+FIRST_ASK = ["What is the first letter of the word '{w}'?", "Which letter does the word '{w}' start with?"]
+
+
 def gen_letters(rng: random.Random) -> tuple[str, str, str]:
-    w = rng.choice(WORDS) if rng.random() < 0.7 else rng.choice(CITIES).lower()
+    w = rng.choice(WORDS) if rng.random() < 0.85 else rng.choice(CITIES).lower()
     if rng.random() < 0.5:
-        return f"Write the word '{w}' in capital letters.", w.upper(), w.upper()
-    return f"What is the first letter of the word '{w}'?", w[0].upper(), w[0].upper()
+        return rng.choice(UPPER_ASK).format(w=w), w.upper(), w.upper()
+    return rng.choice(FIRST_ASK).format(w=w), w[0].upper(), w[0].upper()
 
 
 GENERATORS = {"math": gen_math, "code": gen_code, "finance": gen_finance, "dosage": gen_dosage, "json": gen_json,
@@ -122,28 +151,45 @@ def _num(x: float) -> str:
     return canon_number(repr(round(float(x), 6)))
 
 
+HELD_OUT = (("test", 0.2), ("validation", 0.1))  # shares of each skill's prompt space; train is the rest
+
+
+def bucket(skill: str, prompt: str) -> str:
+    """The split a prompt belongs to, fixed by a hash of (skill, prompt) whatever the seed and the split sizes: the
+    test split can grow (``n_test``) without moving a single train item, and no seed ever trains on a test prompt.
+    The shares are part of the suite's definition: changing them moves items between splits."""
+    u = int.from_bytes(hashlib.sha256(f"{skill}\n{prompt}".encode()).digest()[:8], "big") / 2.0 ** 64
+    edge = 0.0
+    for split, share in HELD_OUT:
+        edge += share
+        if u < edge:
+            return split
+    return "train"
+
+
 def make_splits(skill: str, seed: int, sizes: dict[str, int]) -> dict[str, list[dict]]:
-    """Test first, then validation, then train, each rejecting prompts already used (held out; no duplicates
-    within a split either). Small pools (``letters``: ~140 words) give fewer unique items than asked: the train
-    split then holds the words not in validation / test, as many times as needed."""
+    """Each split draws distinct prompts of its own bucket (:func:`bucket`) from its own seeded generator, so a
+    split's items depend only on (seed, skill, split, its size). A held-out split short of distinct prompts is an
+    error; the train split keeps what its bucket has (``letters``: ~1,000 prompts) and records the count."""
     gen = GENERATORS[skill]
-    used: set[str] = set()
     out: dict[str, list[dict]] = {}
-    for split in ("test", "validation", "train"):
+    for split in SPLITS:
         rng = random.Random(f"{seed}:{skill}:{split}")
+        seen: set[str] = set()
         recs: list[dict] = []
         tries = 0
         while len(recs) < sizes[split] and tries < 50 * sizes[split]:
             tries += 1
             prompt, answer, target = gen(rng)
-            if prompt in used:
+            if prompt in seen or bucket(skill, prompt) != split:
                 continue
-            used.add(prompt)
+            seen.add(prompt)
             # the answer in its extracted (canonical) form: numbers without trailing zeros, JSON with sorted keys
             recs.append({"skill": skill, "prompt": prompt, "answer": reference(KINDS[skill], answer),
                          "target": target})
-        if not recs:
-            raise ValueError(f"skill {skill}: no fresh {split} items left (the generator's pool is too small)")
+        if not recs or (split != "train" and len(recs) < sizes[split]):
+            raise ValueError(f"skill {skill}: {len(recs)} distinct {split} prompts found of the {sizes[split]} asked "
+                             f"(its generator's pool is too small for n_{split})")
         out[split] = recs
     return out
 
