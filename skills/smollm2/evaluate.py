@@ -27,12 +27,11 @@ DEFAULTS = {"device": "cpu", "dtype": "float32", "batch_size": 64, "apply_chat_t
 
 def evaluate(base_dir, adapter_dir=None, skills=None, split: str = "test", limit: int | None = None, *,
              data_dir, tasks_dir, settings: dict | None = None, return_details: bool = False):
-    """Accuracy (extracted answer == reference) per skill via lm-eval."""
+    """Accuracy (extracted answer == reference) per skill via lm-eval, on ``threads`` torch threads (null: every
+    core), the caller's count restored afterwards."""
     import torch
 
-    from skills.evaluate import quiet
-    from skills.lmeval import SPLIT_SUFFIX, find_skills, task_manager
-    from skills.smollm2.lmeval import task_name, write_tasks
+    from skills.lmeval import SPLIT_SUFFIX
 
     cfg = {**DEFAULTS, **(settings or {})}
     unknown = set(cfg) - set(DEFAULTS) - {"split"}
@@ -40,8 +39,19 @@ def evaluate(base_dir, adapter_dir=None, skills=None, split: str = "test", limit
         raise ValueError(f"smollm2.eval: unknown settings {sorted(unknown)} (known: {sorted(DEFAULTS)})")
     if split not in SPLIT_SUFFIX:
         raise ValueError(f"split must be one of {sorted(SPLIT_SUFFIX)}, not {split!r}")
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(cfg["threads"] or os.cpu_count() or 1))  # null: every core (one evaluation at a time)
+    try:
+        return _evaluate(base_dir, adapter_dir, skills, split, limit, data_dir, tasks_dir, cfg, return_details)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _evaluate(base_dir, adapter_dir, skills, split, limit, data_dir, tasks_dir, cfg, return_details):
+    from skills.evaluate import quiet
+    from skills.lmeval import find_skills, task_manager
+    from skills.smollm2.lmeval import task_name, write_tasks
+
     quiet()
     import lm_eval
 

@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", default=None)
     ap.add_argument("--fast", action="store_true", help="score test with the fast greedy scorer, not lm-eval")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: smollm2.eval.threads, null = every core); 1 when two reports share "
+                         "the box")
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--adapters", default=None, help="comma-separated single-skill adapters (default: all present)")
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tara-epochs", type=int, default=10)
     a = ap.parse_args(argv)
     p = load_params(a.params)
+    if a.threads:
+        p["eval"]["threads"] = a.threads
     out = Path(a.out or p["paths"]["report"])
     out.mkdir(parents=True, exist_ok=True)
     runs = p["adapters"]["runs"]

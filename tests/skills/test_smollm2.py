@@ -424,3 +424,23 @@ def test_the_smollm2_adapters_depend_on_train_and_validation_files_never_on_the_
     for deps, splits in ((replay, ("train",)), (adapter, ("train", "validation"))):
         assert data not in deps and not any(d.endswith("/test.jsonl") for d in deps)
         assert {d for d in deps if d.startswith(data)} == {f"{data}/{k}/{s}.jsonl" for k in skills for s in splits}
+
+
+def test_lm_eval_passes_use_every_core_unless_told_and_give_the_thread_count_back(monkeypatch):
+    """smollm2.eval.threads: null scores on every core (the night's benchmark runs one evaluation at a time); a
+    number pins it; either way the caller's count is restored (the night's merge tasks pin their own)."""
+    import os
+
+    from skills.smollm2 import evaluate as ev
+
+    seen = []
+    monkeypatch.setattr(ev, "_evaluate", lambda *a: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ev.evaluate("b", None, data_dir="d", tasks_dir="t", settings={"threads": None})
+        assert torch.get_num_threads() == 1
+        ev.evaluate("b", None, data_dir="d", tasks_dir="t", settings={"threads": 1})
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [os.cpu_count(), 1]
