@@ -3,10 +3,12 @@ threaded runner gives: calibration diagnostics, merged factors, and the written 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from pipeline_helpers import file_hashes, nightly, reference_merge
 
 
+@pytest.mark.slow  # a LocalCluster of worker processes: ~25 s, the default tier's slowest test (CI runs the slow tier)
 def test_dask_local_cluster_matches_threads(project, tmp_path):
     from distributed import LocalCluster
     from prefect import flow, unmapped

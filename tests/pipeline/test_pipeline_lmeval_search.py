@@ -61,6 +61,7 @@ def candidate_records(project: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((project / "build" / "pipeline" / "search-cache").glob("*.json"))]
 
 
+@pytest.mark.slow  # two nights of lm-eval search and gate: ~24 s (CI runs the slow tier)
 def test_search_and_gate_on_a_user_lm_eval_task_folder(lmeval_project):
     from pipeline import evaluation
 
